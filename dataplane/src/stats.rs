@@ -1,0 +1,173 @@
+//! Counters the data path keeps and the control plane reads: packets, bytes and drops by reason.
+//!
+//! Every drop has a [`DropReason`]; the data path increments a relaxed atomic and never logs per packet.
+//! Counters are per tunnel (what `braid show tunnels` prints), per uplink (drops before a tunnel is known, such
+//! as an unknown SPI) and for the TUN side (drops before a tunnel is chosen, such as no route).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use braid_crypto::OpenError;
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal: $doc:literal,)*) => {
+        /// Why the data path dropped a packet.
+        #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl DropReason {
+            /// All reasons, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            pub const COUNT: usize = DropReason::ALL.len();
+
+            /// The stable snake_case name used in `braid show` JSON and metrics.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    TooShort => "too_short": "An ESP datagram too short to hold header, IV, trailer and ICV.",
+    Malformed => "malformed": "A UDP payload that is neither ESP nor IKE nor a NAT keepalive (e.g. a reserved SPI).",
+    UnknownSpi => "unknown_spi": "An ESP packet whose SPI matches no inbound SA.",
+    Replay => "replay": "A duplicate or too old sequence number (anti-replay window).",
+    AuthFailed => "auth_failed": "The ICV did not verify: wrong key, corruption or forgery.",
+    BadPadding => "bad_padding": "Authenticated, but the ESP padding is not what RFC 4303 2.4 says.",
+    BadNextHeader => "bad_next_header": "Authenticated, but the next header is not IPv4 or IPv6.",
+    Dummy => "dummy": "A TFC dummy packet (next header 59): valid, carries nothing.",
+    InnerMalformed => "inner_malformed": "The inner packet's version or length is wrong.",
+    InnerSource => "inner_source": "The inner source address is not allowed on the tunnel it came from.",
+    NoRoute => "no_route": "A packet from the TUN device with a destination no tunnel serves.",
+    TooBig => "too_big": "Larger than the tunnel MTU with DF set: an ICMP error was sent back instead.",
+    SeqExhausted => "seq_exhausted": "The outbound SA's sequence numbers are used up; it must be rekeyed.",
+    SendFailed => "send_failed": "The uplink socket refused the datagram (buffer full, no route, ...).",
+    TunWriteFailed => "tun_write_failed": "The TUN device refused the inner packet.",
+}
+
+impl From<OpenError> for DropReason {
+    fn from(e: OpenError) -> DropReason {
+        match e {
+            OpenError::TooShort => DropReason::TooShort,
+            OpenError::SpiMismatch => DropReason::UnknownSpi,
+            OpenError::Replay => DropReason::Replay,
+            OpenError::AuthFailed => DropReason::AuthFailed,
+            OpenError::BadPadding => DropReason::BadPadding,
+            OpenError::BadNextHeader => DropReason::BadNextHeader,
+            OpenError::Dummy => DropReason::Dummy,
+            _ => DropReason::Malformed,
+        }
+    }
+}
+
+/// One counter per [`DropReason`].
+pub struct DropCounters([AtomicU64; DropReason::COUNT]);
+
+impl Default for DropCounters {
+    fn default() -> Self {
+        DropCounters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl DropCounters {
+    #[inline]
+    pub fn count(&self, reason: DropReason) {
+        self.0[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize].load(Relaxed)
+    }
+
+    /// Non-zero counters only, with their names.
+    pub fn nonzero(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .map(|&r| (r, self.get(r)))
+            .filter(|&(_, n)| n > 0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Relaxed)).sum()
+    }
+}
+
+/// Traffic and drop counters of one tunnel.
+#[derive(Default)]
+pub struct TunnelStats {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub drops: DropCounters,
+    /// Milliseconds since the data path started at the last authenticated inbound packet; 0 = never.
+    pub last_rx_ms: AtomicU64,
+    /// ICMP "too big" errors sent back through the TUN for this tunnel.
+    pub icmp_too_big: AtomicU64,
+}
+
+/// Counters of one uplink socket.
+#[derive(Default)]
+pub struct UplinkStats {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    /// IKE messages (behind the non-ESP marker) handed to the control plane.
+    pub ike_received: AtomicU64,
+    /// RFC 3948 NAT keepalives received.
+    pub nat_keepalives: AtomicU64,
+    /// Drops before a tunnel is known.
+    pub drops: DropCounters,
+}
+
+/// Counters of the TUN side, before a tunnel is chosen.
+#[derive(Default)]
+pub struct TunStats {
+    pub rx_packets: AtomicU64,
+    pub drops: DropCounters,
+}
+
+/// Shorthand for `counter += n` with relaxed ordering.
+#[inline]
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_counted() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+        let d = DropCounters::default();
+        d.count(DropReason::Replay);
+        d.count(DropReason::Replay);
+        d.count(DropReason::AuthFailed);
+        assert_eq!(d.get(DropReason::Replay), 2);
+        assert_eq!(d.total(), 3);
+        assert_eq!(d.nonzero().count(), 2);
+    }
+
+    #[test]
+    fn open_errors_map_to_reasons() {
+        assert_eq!(
+            DropReason::from(OpenError::AuthFailed),
+            DropReason::AuthFailed
+        );
+        assert_eq!(DropReason::from(OpenError::Replay), DropReason::Replay);
+        assert_eq!(
+            DropReason::from(OpenError::SpiMismatch),
+            DropReason::UnknownSpi
+        );
+    }
+}

@@ -1,0 +1,48 @@
+//! Uplink sockets: one UDP socket per ISP uplink, bound to its local address and port (4500 by default),
+//! carrying ESP-in-UDP (RFC 3948) and, behind the non-ESP marker, IKE.
+//!
+//! Optional per-uplink settings a multi-ISP box needs: bind to a device (`SO_BINDTODEVICE`), a firewall mark
+//! (`SO_MARK`) for policy routing, and larger socket buffers.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// How to open an uplink socket.
+#[derive(Clone, Debug)]
+pub struct UplinkSocketSpec {
+    pub local: SocketAddr,
+    pub device: Option<String>,
+    pub fwmark: Option<u32>,
+    /// SO_RCVBUF / SO_SNDBUF in bytes (the kernel doubles and caps it; `*BUFFORCE` is tried first as root).
+    pub socket_buffer: usize,
+}
+
+/// Opens a non-blocking UDP socket as `spec` says.
+pub fn open_uplink_socket(spec: &UplinkSocketSpec) -> io::Result<UdpSocket> {
+    let domain = Domain::for_address(spec.local);
+    let sock = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    if spec.local.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    if let Some(dev) = &spec.device {
+        sock.bind_device(Some(dev.as_bytes()))
+            .map_err(|e| io::Error::new(e.kind(), format!("binding to device {dev}: {e}")))?;
+    }
+    if let Some(mark) = spec.fwmark {
+        sock.set_mark(mark)
+            .map_err(|e| io::Error::new(e.kind(), format!("setting fwmark {mark:#x}: {e}")))?;
+    }
+    // Best effort: the buffers are a performance setting, not a correctness one.
+    if sock.set_recv_buffer_size(spec.socket_buffer).is_err() {
+        tracing::debug!(bytes = spec.socket_buffer, "SO_RCVBUF refused");
+    }
+    if sock.set_send_buffer_size(spec.socket_buffer).is_err() {
+        tracing::debug!(bytes = spec.socket_buffer, "SO_SNDBUF refused");
+    }
+    sock.bind(&spec.local.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("binding UDP {}: {e}", spec.local)))?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# braid's whole test suite: formatting, lints, unit tests, and the network-namespace integration tests with
+# real TUN devices and two real gateways. Installs what it needs. Namespace tests need root: as a normal user
+# the test binaries are run through sudo. Under CI=true a namespace test that cannot run FAILS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+
+need_pkgs iproute2 iputils-ping iperf3 nftables tcpdump procps ca-certificates
+need_rust
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+if [ -n "$SUDO" ]; then
+    # Build as this user, run each test binary as root.
+    export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="sudo -E"
+fi
+echo "==> cargo test (unit, CLI and network-namespace tests)"
+cargo test --workspace --all-targets
+echo "==> benches compile"
+cargo bench --workspace --no-run --quiet

@@ -1,0 +1,368 @@
+//! The command line: `braid run | check | show | lab`.
+//!
+//! Exit codes: 0 success, 1 failure (a bad configuration, a daemon error, a failed lab check), 2 usage error.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::control::{self, Request};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "braid",
+    version,
+    about = "Userspace IPsec (ESP-in-UDP) site-to-site VPN gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the gateway in the foreground (SIGTERM/SIGINT: clean exit).
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Validate and audit a configuration; non-zero exit on error.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show live state of a running gateway.
+    Show {
+        #[arg(value_enum)]
+        what: ShowWhat,
+        #[arg(long)]
+        json: bool,
+        /// The gateway's configuration (to find its control socket).
+        #[arg(short, long, conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The gateway's control socket.
+        #[arg(short, long)]
+        socket: Option<PathBuf>,
+    },
+    /// Build a scenario in network namespaces, prove traffic, report and clean up (needs root).
+    Lab {
+        /// Scenario to run.
+        #[arg(default_value = "pair")]
+        scenario: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Bytes in the verified TCP transfer.
+        #[arg(long, default_value_t = 64_000_000)]
+        transfer_bytes: u64,
+        /// Seconds of each iperf3 run (0 = skip iperf3).
+        #[arg(long, default_value_t = 3)]
+        iperf_secs: u32,
+        /// Only remove leftovers of killed lab runs and exit.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Traffic tools the lab runs inside namespaces.
+    #[command(hide = true, subcommand)]
+    LabTool(LabTool),
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum ShowWhat {
+    Tunnels,
+    Uplinks,
+}
+
+#[derive(Subcommand, Debug)]
+enum LabTool {
+    TcpSink {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long)]
+        seed: u64,
+    },
+    TcpSource {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long)]
+        seed: u64,
+    },
+    UdpSend {
+        #[arg(long)]
+        from: SocketAddr,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        hex: String,
+    },
+}
+
+/// Parses arguments, runs the command, returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("braid: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BRAID_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<i32> {
+    match cmd {
+        Cmd::Run { config, log_format } => {
+            init_logging(log_format);
+            let cfg = Config::load(&config)?;
+            for w in cfg.audit() {
+                tracing::warn!(key = %w.key, "{}", w.message);
+            }
+            crate::daemon::run(cfg)?;
+            Ok(0)
+        }
+        Cmd::Check { config, json } => check(&config, json),
+        Cmd::Show {
+            what,
+            json,
+            config,
+            socket,
+        } => show(what, json, config.as_deref(), socket.as_deref()),
+        Cmd::Lab {
+            scenario,
+            json,
+            transfer_bytes,
+            iperf_secs,
+            cleanup,
+        } => {
+            if cleanup {
+                let removed = crate::netns::cleanup_all()?;
+                println!(
+                    "removed {} leftover namespace(s) {:?}",
+                    removed.len(),
+                    removed
+                );
+                return Ok(0);
+            }
+            crate::lab::run(&crate::lab::LabOptions {
+                scenario,
+                json,
+                transfer_bytes,
+                iperf_secs,
+            })
+        }
+        Cmd::LabTool(t) => {
+            let timeout = Duration::from_secs(60);
+            match t {
+                LabTool::TcpSink {
+                    listen,
+                    bytes,
+                    seed,
+                } => crate::labtool::tcp_sink(listen, bytes, seed, timeout)?,
+                LabTool::TcpSource {
+                    connect,
+                    bytes,
+                    seed,
+                } => crate::labtool::tcp_source(connect, bytes, seed, timeout)?,
+                LabTool::UdpSend { from, to, hex } => crate::labtool::udp_send(from, to, &hex)?,
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn check(path: &Path, json: bool) -> Result<i32> {
+    match Config::load(path) {
+        Ok(cfg) => {
+            let warnings = cfg.audit();
+            if json {
+                let v = serde_json::json!({
+                    "ok": true,
+                    "file": path.display().to_string(),
+                    "gateway": cfg.gateway.name,
+                    "uplinks": cfg.uplinks.len(),
+                    "tunnels": cfg.tunnels.len(),
+                    "warnings": warnings.iter().map(|w| serde_json::json!({"key": w.key, "message": w.message})).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{}: ok (gateway {:?}, {} uplink(s), {} tunnel(s))",
+                    path.display(),
+                    cfg.gateway.name,
+                    cfg.uplinks.len(),
+                    cfg.tunnels.len()
+                );
+                for w in &warnings {
+                    println!("warning: {}: {}: {}", path.display(), w.key, w.message);
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            if json {
+                let v = serde_json::json!({"ok": false, "file": e.file.display().to_string(), "key": e.key, "problem": e.problem});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                eprintln!("error: {e}");
+            }
+            Ok(1)
+        }
+    }
+}
+
+fn socket_path(config: Option<&Path>, socket: Option<&Path>) -> Result<PathBuf> {
+    if let Some(s) = socket {
+        return Ok(s.to_path_buf());
+    }
+    if let Some(c) = config {
+        return Ok(Config::load(c)?.gateway.control_socket);
+    }
+    let socks: Vec<PathBuf> = std::fs::read_dir("/run/braid")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    match socks.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no running gateway found under /run/braid; give -c CONFIG or -s SOCKET"),
+        _ => bail!("several gateways run here ({socks:?}); give -c CONFIG or -s SOCKET"),
+    }
+}
+
+fn show(what: ShowWhat, json: bool, config: Option<&Path>, socket: Option<&Path>) -> Result<i32> {
+    let path = socket_path(config, socket)?;
+    let name = match what {
+        ShowWhat::Tunnels => "tunnels",
+        ShowWhat::Uplinks => "uplinks",
+    };
+    let v =
+        control::request(&path, &Request { show: name.into() }).context("querying the gateway")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    match what {
+        ShowWhat::Tunnels => print_tunnels(&v),
+        ShowWhat::Uplinks => print_uplinks(&v),
+    }
+    Ok(0)
+}
+
+fn nonzero_drops(d: &Value) -> String {
+    let parts: Vec<String> = d
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn print_tunnels(v: &Value) {
+    println!(
+        "gateway {}  tun {} (mtu {})",
+        v["gateway"].as_str().unwrap_or("?"),
+        v["tun"]["name"].as_str().unwrap_or("?"),
+        v["tun"]["mtu"]
+    );
+    println!(
+        "{:<20} {:<8} {:<24} {:<10} {:<16} {:>10} {:>14} {:>10} {:>14}  DROPS",
+        "TUNNEL",
+        "UPLINK",
+        "REMOTE",
+        "STATE",
+        "CIPHER",
+        "TX PKTS",
+        "TX BYTES",
+        "RX PKTS",
+        "RX BYTES"
+    );
+    for t in v["tunnels"].as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<8} {:<24} {:<10} {:<16} {:>10} {:>14} {:>10} {:>14}  {}",
+            t["name"].as_str().unwrap_or("?"),
+            t["uplink"].as_str().unwrap_or("?"),
+            t["remote"].as_str().unwrap_or("?"),
+            t["state"].as_str().unwrap_or("?"),
+            t["cipher"].as_str().unwrap_or("?"),
+            t["tx_packets"],
+            t["tx_bytes"],
+            t["rx_packets"],
+            t["rx_bytes"],
+            nonzero_drops(&t["drops"]),
+        );
+    }
+    let tun_drops = nonzero_drops(&v["tun"]["drops"]);
+    if tun_drops != "-" {
+        println!("tun drops (before a tunnel was chosen): {tun_drops}");
+    }
+}
+
+fn print_uplinks(v: &Value) {
+    println!(
+        "{:<10} {:<28} {:>6} {:>12} {:>10} {:>14} {:>10} {:>14}  DROPS",
+        "UPLINK", "LOCAL", "MTU", "TX BIT/S", "TX PKTS", "TX BYTES", "RX PKTS", "RX BYTES"
+    );
+    for u in v["uplinks"].as_array().into_iter().flatten() {
+        println!(
+            "{:<10} {:<28} {:>6} {:>12} {:>10} {:>14} {:>10} {:>14}  {}",
+            u["name"].as_str().unwrap_or("?"),
+            u["local"].as_str().unwrap_or("?"),
+            u["mtu"],
+            u["tx_bps"],
+            u["tx_packets"],
+            u["tx_bytes"],
+            u["rx_packets"],
+            u["rx_bytes"],
+            nonzero_drops(&u["drops"]),
+        );
+    }
+}

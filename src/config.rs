@@ -1,0 +1,1040 @@
+//! The gateway configuration: TOML (DESIGN.md's contract) parsed strictly and validated into a model.
+//!
+//! Parsing rejects unknown keys; validation checks every value and cross-reference (uplink names, inside
+//! subnets, SPIs, key lengths and key-file permissions). Every error names the file, the key and the problem,
+//! e.g. `gw.toml: tunnel[0] "cloud1".static.key_out: expected 72 hex digits (32-byte key + 4-byte salt), got 64`.
+//!
+//! Keys of the contract that later work implements (`ike`, `bfd`, `[bgp]`, `metrics`, `cap`) are recognised
+//! and refused with a clear "not supported by this version" error rather than silently ignored.
+//! Secrets (keys) are held in [`Secret`], which zeroizes on drop and never prints.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use braid_crypto::{Cipher, KEYMAT_LEN};
+use braid_dataplane::{InsideAddr, Prefix};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// The default UDP port of ESP-in-UDP and IKE NAT-T (RFC 3948).
+pub const DEFAULT_PORT: u16 = 4500;
+/// The default anti-replay window, in packets.
+pub const DEFAULT_REPLAY_WINDOW: u32 = 1024;
+/// The largest anti-replay window braid accepts.
+pub const MAX_REPLAY_WINDOW: u32 = 65536;
+/// Default socket buffer size per uplink.
+pub const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.problem)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Key material that zeroizes on drop and never appears in `Debug` output or logs.
+#[derive(Clone)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        // Constant time in the contents: secrets are compared only by `braid check`, but never leak via timing.
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(other.0.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+// ---- the validated model ----
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub gateway: Gateway,
+    pub uplinks: Vec<Uplink>,
+    pub tunnels: Vec<Tunnel>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub name: String,
+    pub asn: Option<u32>,
+    pub router_id: Option<Ipv4Addr>,
+    pub tun: String,
+    pub control_socket: PathBuf,
+    /// TUN MTU; `None` = the smallest tunnel MTU (uplink MTU less the real ESP-in-UDP overhead).
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Uplink {
+    pub name: String,
+    pub local: IpAddr,
+    pub port: u16,
+    /// Uplink MTU; `None` = read from the interface that holds `local`.
+    pub mtu: Option<u32>,
+    pub device: Option<String>,
+    pub fwmark: Option<u32>,
+    pub socket_buffer: usize,
+}
+
+impl Uplink {
+    pub fn local_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.local, self.port)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    pub name: String,
+    /// Index into `Config::uplinks`.
+    pub uplink: usize,
+    pub remote: SocketAddr,
+    /// Our inside addresses (one per family at most).
+    pub inside: Vec<InsideAddr>,
+    /// The peer's inside addresses, derived from `inside` (the other host of the /30, /31, /126 or /127).
+    pub peer_inside: Vec<IpAddr>,
+    /// Static routes through this tunnel; also the inner sources it may carry.
+    pub routes: Vec<Prefix>,
+    pub keying: Keying,
+    pub replay_window: u32,
+    pub esn: bool,
+}
+
+impl Tunnel {
+    /// Inner source prefixes accepted from this tunnel: the peer's inside addresses and the routes.
+    pub fn allowed_sources(&self) -> Vec<Prefix> {
+        self.peer_inside
+            .iter()
+            .map(|&a| Prefix::host(a))
+            .chain(self.routes.iter().copied())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Keying {
+    Static(StaticKeys),
+}
+
+/// Manual keying: one SA each way, keys given in the config or in files.
+#[derive(Debug, Clone)]
+pub struct StaticKeys {
+    pub cipher: Cipher,
+    pub spi_out: u32,
+    pub spi_in: u32,
+    /// 32-byte key + 4-byte salt.
+    pub key_out: Secret,
+    pub key_in: Secret,
+}
+
+// ---- the raw TOML shape ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway: RawGateway,
+    #[serde(default)]
+    uplink: Vec<RawUplink>,
+    #[serde(default)]
+    tunnel: Vec<RawTunnel>,
+    bgp: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    name: String,
+    asn: Option<u32>,
+    router_id: Option<String>,
+    tun: Option<String>,
+    control_socket: Option<PathBuf>,
+    metrics: Option<toml::Value>,
+    mtu: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    name: String,
+    local: String,
+    port: Option<u16>,
+    cap: Option<toml::Value>,
+    weight: Option<toml::Value>,
+    mtu: Option<u32>,
+    device: Option<String>,
+    fwmark: Option<u32>,
+    socket_buffer: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SpiValue {
+    Int(i64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    name: String,
+    uplink: String,
+    remote: String,
+    inside: OneOrMany,
+    #[serde(default)]
+    routes: Vec<String>,
+    #[serde(rename = "static")]
+    static_keys: Option<RawStatic>,
+    ike: Option<toml::Value>,
+    bfd: Option<toml::Value>,
+    replay_window: Option<u32>,
+    esn: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatic {
+    cipher: String,
+    spi_out: SpiValue,
+    spi_in: SpiValue,
+    key_out: Option<String>,
+    key_in: Option<String>,
+    key_out_file: Option<PathBuf>,
+    key_in_file: Option<PathBuf>,
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    dir: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (relative key files resolve against its directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let cx = Ctx { file: path, dir };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            cx.err(
+                format!("line {line}, column {col}"),
+                e.message().to_string(),
+            )
+        })?;
+        validate(&cx, raw)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn not_yet(cx: &Ctx, key: String, what: &str) -> ConfigError {
+    cx.err(
+        key,
+        format!("{what} is not supported by this version of braid yet; remove the key"),
+    )
+}
+
+fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
+    if raw.bgp.is_some() {
+        return Err(not_yet(cx, "bgp".into(), "BGP"));
+    }
+    let g = raw.gateway;
+    if g.name.is_empty()
+        || !g
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(cx.err(
+            "gateway.name",
+            format!("{:?}: use letters, digits, '-', '_' or '.'", g.name),
+        ));
+    }
+    if g.metrics.is_some() {
+        return Err(not_yet(
+            cx,
+            "gateway.metrics".into(),
+            "the metrics endpoint",
+        ));
+    }
+    let router_id = g
+        .router_id
+        .as_deref()
+        .map(|s| {
+            s.parse::<Ipv4Addr>()
+                .map_err(|_| cx.err("gateway.router_id", format!("{s:?} is not an IPv4 address")))
+        })
+        .transpose()?;
+    if g.asn == Some(0) {
+        return Err(cx.err("gateway.asn", "0 is reserved (RFC 7607)"));
+    }
+    let tun = g.tun.unwrap_or_else(|| "braid0".into());
+    braid_dataplane::sys::check_ifname(&tun).map_err(|e| cx.err("gateway.tun", e.to_string()))?;
+    if let Some(m) = g.mtu {
+        if !(576..=65535).contains(&m) {
+            return Err(cx.err("gateway.mtu", format!("{m} is outside 576..=65535")));
+        }
+    }
+    let control_socket = g
+        .control_socket
+        .map(|p| if p.is_relative() { cx.dir.join(p) } else { p })
+        .unwrap_or_else(|| PathBuf::from(format!("/run/braid/{}.sock", g.name)));
+    let gateway = Gateway {
+        name: g.name,
+        asn: g.asn,
+        router_id,
+        tun,
+        control_socket,
+        mtu: g.mtu,
+    };
+
+    let mut uplinks = Vec::new();
+    let mut uplink_index = HashMap::new();
+    for (i, u) in raw.uplink.into_iter().enumerate() {
+        let key = |k: &str| format!("uplink[{i}] {:?}.{k}", u.name);
+        if u.name.is_empty() {
+            return Err(cx.err(format!("uplink[{i}].name"), "must not be empty"));
+        }
+        if uplink_index.insert(u.name.clone(), i).is_some() {
+            return Err(cx.err(key("name"), "duplicate uplink name"));
+        }
+        if u.cap.is_some() {
+            return Err(not_yet(
+                cx,
+                key("cap"),
+                "an egress cap (the multipath scheduler's shaper)",
+            ));
+        }
+        if u.weight.is_some() {
+            return Err(not_yet(cx, key("weight"), "a multipath weight"));
+        }
+        let local: IpAddr = u
+            .local
+            .parse()
+            .map_err(|_| cx.err(key("local"), format!("{:?} is not an IP address", u.local)))?;
+        if local.is_unspecified() || local.is_multicast() {
+            return Err(cx.err(
+                key("local"),
+                format!("{local} cannot be an uplink source address"),
+            ));
+        }
+        let port = u.port.unwrap_or(DEFAULT_PORT);
+        if port == 0 {
+            return Err(cx.err(key("port"), "must not be 0"));
+        }
+        if let Some(m) = u.mtu {
+            if !(576..=65535).contains(&m) {
+                return Err(cx.err(key("mtu"), format!("{m} is outside 576..=65535")));
+            }
+        }
+        if let Some(d) = &u.device {
+            braid_dataplane::sys::check_ifname(d)
+                .map_err(|e| cx.err(key("device"), e.to_string()))?;
+        }
+        if uplinks
+            .iter()
+            .any(|x: &Uplink| x.local == local && x.port == port)
+        {
+            return Err(cx.err(
+                key("local"),
+                format!("{local}:{port} is already used by another uplink"),
+            ));
+        }
+        uplinks.push(Uplink {
+            name: u.name,
+            local,
+            port,
+            mtu: u.mtu,
+            device: u.device,
+            fwmark: u.fwmark,
+            socket_buffer: u.socket_buffer.unwrap_or(DEFAULT_SOCKET_BUFFER),
+        });
+    }
+
+    let mut tunnels: Vec<Tunnel> = Vec::new();
+    let mut names = HashSet::new();
+    let mut spis_in = HashMap::new();
+    let mut route_owner: HashMap<Prefix, String> = HashMap::new();
+    for (i, t) in raw.tunnel.into_iter().enumerate() {
+        let key = |k: &str| format!("tunnel[{i}] {:?}.{k}", t.name);
+        if t.name.is_empty() {
+            return Err(cx.err(format!("tunnel[{i}].name"), "must not be empty"));
+        }
+        if !names.insert(t.name.clone()) {
+            return Err(cx.err(key("name"), "duplicate tunnel name"));
+        }
+        if t.ike.is_some() {
+            return Err(not_yet(
+                cx,
+                key("ike"),
+                "IKEv2 keying (use `static` keys for now)",
+            ));
+        }
+        if t.bfd.is_some() {
+            return Err(not_yet(cx, key("bfd"), "BFD"));
+        }
+        let &uplink = uplink_index
+            .get(&t.uplink)
+            .ok_or_else(|| cx.err(key("uplink"), format!("no uplink named {:?}", t.uplink)))?;
+        let remote = parse_remote(&t.remote).map_err(|p| cx.err(key("remote"), p))?;
+        if remote.is_ipv4() != uplinks[uplink].local.is_ipv4() {
+            return Err(cx.err(
+                key("remote"),
+                format!(
+                    "{remote} and uplink {:?} ({}) are of different address families",
+                    t.uplink, uplinks[uplink].local
+                ),
+            ));
+        }
+        let inside_list = match t.inside {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        };
+        if inside_list.is_empty() {
+            return Err(cx.err(key("inside"), "at least one inside address is needed"));
+        }
+        let mut inside = Vec::new();
+        let mut peer_inside = Vec::new();
+        for s in &inside_list {
+            let (a, p) = parse_inside(s).map_err(|p| cx.err(key("inside"), p))?;
+            if inside
+                .iter()
+                .any(|x: &InsideAddr| x.addr.is_ipv4() == a.addr.is_ipv4())
+            {
+                return Err(cx.err(
+                    key("inside"),
+                    "at most one inside address per address family",
+                ));
+            }
+            for other in &tunnels {
+                for o in &other.inside {
+                    if o.subnet() == a.subnet() {
+                        return Err(cx.err(
+                            key("inside"),
+                            format!(
+                                "{} overlaps tunnel {:?}'s inside subnet {}",
+                                s,
+                                other.name,
+                                o.subnet()
+                            ),
+                        ));
+                    }
+                }
+            }
+            inside.push(a);
+            peer_inside.push(p);
+        }
+        let mut routes = Vec::new();
+        for r in &t.routes {
+            let p: Prefix = r
+                .parse()
+                .map_err(|e| cx.err(key("routes"), format!("{e}")))?;
+            if let Some(owner) = route_owner.get(&p) {
+                return Err(cx.err(
+                    key("routes"),
+                    format!("{p} is already routed through tunnel {owner:?}; static routes over several tunnels arrive with multipath"),
+                ));
+            }
+            route_owner.insert(p, t.name.clone());
+            routes.push(p);
+        }
+        let replay_window = t.replay_window.unwrap_or(DEFAULT_REPLAY_WINDOW);
+        if replay_window > MAX_REPLAY_WINDOW {
+            return Err(cx.err(
+                key("replay_window"),
+                format!("{replay_window} is above the maximum {MAX_REPLAY_WINDOW}"),
+            ));
+        }
+        let esn = t.esn.unwrap_or(false);
+        let Some(s) = t.static_keys else {
+            return Err(cx.err(
+                key("static"),
+                "a tunnel needs keys: `static = { cipher, spi_out, spi_in, key_out, key_in }`",
+            ));
+        };
+        let keys = static_keys(cx, &key, s)?;
+        if let Some(other) = spis_in.insert(keys.spi_in, t.name.clone()) {
+            return Err(cx.err(
+                key("static.spi_in"),
+                format!(
+                    "{:#010x} is already the inbound SPI of tunnel {other:?}",
+                    keys.spi_in
+                ),
+            ));
+        }
+        tunnels.push(Tunnel {
+            name: t.name,
+            uplink,
+            remote,
+            inside,
+            peer_inside,
+            routes,
+            keying: Keying::Static(keys),
+            replay_window,
+            esn,
+        });
+    }
+    if !tunnels.is_empty() && uplinks.is_empty() {
+        return Err(cx.err("uplink", "tunnels need at least one [[uplink]]"));
+    }
+    Ok(Config {
+        path: cx.file.to_path_buf(),
+        gateway,
+        uplinks,
+        tunnels,
+    })
+}
+
+fn parse_remote(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        if sa.port() == 0 {
+            return Err("port 0 is not valid".into());
+        }
+        if sa.ip().is_unspecified() || sa.ip().is_multicast() {
+            return Err(format!("{} is not a unicast address", sa.ip()));
+        }
+        return Ok(sa);
+    }
+    match s.parse::<IpAddr>() {
+        Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => {
+            Ok(SocketAddr::new(ip, DEFAULT_PORT))
+        }
+        Ok(ip) => Err(format!("{ip} is not a unicast address")),
+        Err(_) => Err(format!(
+            "{s:?} is not ADDRESS or ADDRESS:PORT (IPv6 with a port: [ADDRESS]:PORT)"
+        )),
+    }
+}
+
+/// Parses an inside address like `169.254.21.2/30` and derives the peer's address in the same subnet.
+fn parse_inside(s: &str) -> Result<(InsideAddr, IpAddr), String> {
+    let (a, l) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected ADDRESS/LENGTH, e.g. 169.254.21.2/30"))?;
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("{a:?} is not an IP address"))?;
+    let len: u8 = l
+        .parse()
+        .map_err(|_| format!("{l:?} is not a prefix length"))?;
+    let peer = match addr {
+        IpAddr::V4(v4) => {
+            let x = u32::from(v4);
+            match len {
+                30 => {
+                    let host = x & 3;
+                    if host == 0 || host == 3 {
+                        return Err(format!(
+                            "{s}: the network or broadcast address of a /30 is not a host address"
+                        ));
+                    }
+                    IpAddr::V4(Ipv4Addr::from(x & !3 | (3 - host)))
+                }
+                31 => IpAddr::V4(Ipv4Addr::from(x ^ 1)),
+                _ => {
+                    return Err(format!(
+                        "{s}: an IPv4 inside subnet must be a /30 or /31 (one peer per tunnel)"
+                    ))
+                }
+            }
+        }
+        IpAddr::V6(v6) => {
+            let x = u128::from(v6);
+            match len {
+                127 => IpAddr::V6((x ^ 1).into()),
+                126 => {
+                    let host = x & 3;
+                    if host == 0 || host == 3 {
+                        return Err(format!("{s}: use host 1 or 2 of a /126"));
+                    }
+                    IpAddr::V6((x & !3 | (3 - host)).into())
+                }
+                _ => {
+                    return Err(format!(
+                        "{s}: an IPv6 inside subnet must be a /126 or /127 (one peer per tunnel)"
+                    ))
+                }
+            }
+        }
+    };
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+        return Err(format!("{s}: not a usable unicast address"));
+    }
+    Ok((
+        InsideAddr {
+            addr,
+            prefix_len: len,
+        },
+        peer,
+    ))
+}
+
+fn parse_spi(v: &SpiValue) -> Result<u32, String> {
+    let n: u64 = match v {
+        SpiValue::Int(i) if *i >= 0 => *i as u64,
+        SpiValue::Int(i) => return Err(format!("{i} is negative")),
+        SpiValue::Text(s) => {
+            let t = s.trim();
+            let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                Some(h) => u64::from_str_radix(h, 16),
+                None => t.parse(),
+            };
+            parsed.map_err(|_| format!("{s:?} is not a number (write hex as \"0x...\")"))?
+        }
+    };
+    if n > u32::MAX as u64 {
+        return Err(format!("{n:#x} does not fit in 32 bits"));
+    }
+    if n < 256 {
+        return Err(format!(
+            "{n} is reserved (RFC 4303 2.1: SPIs 0-255 are not for SAs)"
+        ));
+    }
+    Ok(n as u32)
+}
+
+fn parse_hex_key(text: &str) -> Result<Secret, String> {
+    let t: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let t = Zeroizing::new(t);
+    let t = t.strip_prefix("0x").unwrap_or(&t);
+    if t.len() != KEYMAT_LEN * 2 {
+        return Err(format!(
+            "expected {} hex digits (32-byte key + 4-byte salt), got {}",
+            KEYMAT_LEN * 2,
+            t.len()
+        ));
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(KEYMAT_LEN));
+    for pair in t.as_bytes().chunks(2) {
+        let hi = (pair[0] as char).to_digit(16);
+        let lo = (pair[1] as char).to_digit(16);
+        match (hi, lo) {
+            (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+            _ => return Err("not a hex string".into()),
+        }
+    }
+    Ok(Secret(out))
+}
+
+fn read_key_file(cx: &Ctx, key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let path = if path.is_relative() {
+        cx.dir.join(path)
+    } else {
+        path.to_path_buf()
+    };
+    let meta =
+        std::fs::metadata(&path).map_err(|e| cx.err(key, format!("{}: {e}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(cx.err(
+            key,
+            format!(
+                "{} is readable by group or others (mode {mode:04o}); a key file must be private: chmod 600 {}",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    let text = Zeroizing::new(
+        std::fs::read_to_string(&path)
+            .map_err(|e| cx.err(key, format!("{}: {e}", path.display())))?,
+    );
+    parse_hex_key(&text).map_err(|p| cx.err(key, format!("{}: {p}", path.display())))
+}
+
+fn static_keys(
+    cx: &Ctx,
+    key: &dyn Fn(&str) -> String,
+    s: RawStatic,
+) -> Result<StaticKeys, ConfigError> {
+    let cipher: Cipher = s.cipher.parse().map_err(|_| {
+        cx.err(
+            key("static.cipher"),
+            format!(
+                "{:?}: expected \"aes256gcm16\" or \"chacha20poly1305\"",
+                s.cipher
+            ),
+        )
+    })?;
+    let spi_out = parse_spi(&s.spi_out).map_err(|p| cx.err(key("static.spi_out"), p))?;
+    let spi_in = parse_spi(&s.spi_in).map_err(|p| cx.err(key("static.spi_in"), p))?;
+    let one = |inline: Option<String>,
+               file: Option<PathBuf>,
+               name: &str|
+     -> Result<Secret, ConfigError> {
+        let inline = inline.map(Zeroizing::new);
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(cx.err(
+                key(&format!("static.{name}")),
+                format!("give either {name} or {name}_file, not both"),
+            )),
+            (None, None) => Err(cx.err(
+                key(&format!("static.{name}")),
+                format!("missing: give {name} (hex) or {name}_file"),
+            )),
+            (Some(h), None) => {
+                parse_hex_key(&h).map_err(|p| cx.err(key(&format!("static.{name}")), p))
+            }
+            (None, Some(f)) => read_key_file(cx, &key(&format!("static.{name}_file")), &f),
+        }
+    };
+    let key_out = one(s.key_out, s.key_out_file, "key_out")?;
+    let key_in = one(s.key_in, s.key_in_file, "key_in")?;
+    Ok(StaticKeys {
+        cipher,
+        spi_out,
+        spi_in,
+        key_out,
+        key_in,
+    })
+}
+
+/// An audit finding of `braid check`: not an error, but something an operator should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub key: String,
+    pub message: String,
+}
+
+impl Config {
+    /// Audits a valid configuration for risks (seed scenario S3: single points of failure, weak settings).
+    pub fn audit(&self) -> Vec<Warning> {
+        let mut w = Vec::new();
+        match self.tunnels.len() {
+            0 => w.push(Warning {
+                key: "tunnel".into(),
+                message: "no tunnels configured: this gateway forwards nothing".into(),
+            }),
+            1 => w.push(Warning {
+                key: "tunnel".into(),
+                message: "only one tunnel: a single negotiation failure or link blip is an outage (no redundancy)".into(),
+            }),
+            _ => {}
+        }
+        if self.uplinks.len() == 1 && self.tunnels.len() > 1 {
+            w.push(Warning {
+                key: "uplink".into(),
+                message: "all tunnels share one uplink: that ISP is a single point of failure"
+                    .into(),
+            });
+        }
+        for (i, t) in self.tunnels.iter().enumerate() {
+            let k = |s: &str| format!("tunnel[{i}] {:?}.{s}", t.name);
+            let Keying::Static(s) = &t.keying;
+            w.push(Warning {
+                key: k("static"),
+                message: "manual keys never rotate; fine for labs and benchmarks, use IKEv2 in production".into(),
+            });
+            if s.key_in == s.key_out {
+                w.push(Warning {
+                    key: k("static.key_in"),
+                    message: "key_in equals key_out: a reflected packet would authenticate".into(),
+                });
+            }
+            if s.spi_in == s.spi_out {
+                w.push(Warning {
+                    key: k("static.spi_in"),
+                    message:
+                        "spi_in equals spi_out: our own packets reflected back would be accepted"
+                            .into(),
+                });
+            }
+            if t.replay_window == 0 {
+                w.push(Warning {
+                    key: k("replay_window"),
+                    message: "0 disables anti-replay protection".into(),
+                });
+            }
+        }
+        w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20212223";
+    const K2: &str = "fffefdfcfbfaf9f8f7f6f5f4f3f2f1f0efeeedecebeae9e8e7e6e5e4e3e2e1e0dfdedddc";
+
+    fn base() -> String {
+        format!(
+            r#"
+[gateway]
+name = "onprem-1"
+tun = "braid0"
+
+[[uplink]]
+name = "isp1"
+local = "198.51.100.1"
+
+[[tunnel]]
+name = "t1"
+uplink = "isp1"
+remote = "198.51.100.2:4500"
+inside = ["169.254.0.1/30", "2001:db8:ffff::2/127"]
+routes = ["192.0.2.128/25"]
+static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_out = "{K1}", key_in = "{K2}" }}
+"#
+        )
+    }
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/braid/gw.toml"), s)
+    }
+
+    #[test]
+    fn valid_config() {
+        let c = parse(&base()).unwrap();
+        assert_eq!(
+            c.gateway.control_socket,
+            PathBuf::from("/run/braid/onprem-1.sock")
+        );
+        let t = &c.tunnels[0];
+        assert_eq!(t.remote, "198.51.100.2:4500".parse().unwrap());
+        assert_eq!(
+            t.peer_inside,
+            vec![
+                "169.254.0.2".parse::<IpAddr>().unwrap(),
+                "2001:db8:ffff::3".parse().unwrap()
+            ]
+        );
+        assert_eq!(t.replay_window, 1024);
+        let Keying::Static(s) = &t.keying;
+        assert_eq!(s.spi_out, 0x1000);
+        assert_eq!(s.key_out.expose()[0..2], [0, 1]);
+        assert_eq!(t.allowed_sources().len(), 3);
+        // Secrets never print.
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("0102030405"), "{dbg}");
+        assert!(!dbg.contains("[0, 1, 2"), "{dbg}");
+    }
+
+    fn expect_err(text: &str, key: &str, problem: &str) {
+        let e = parse(text).unwrap_err();
+        assert!(
+            e.key.contains(key),
+            "key {:?} should contain {key:?} ({e})",
+            e.key
+        );
+        assert!(
+            e.problem.contains(problem),
+            "problem {:?} should contain {problem:?}",
+            e.problem
+        );
+        assert!(e.to_string().starts_with("/etc/braid/gw.toml: "), "{e}");
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        expect_err(
+            &base().replace("tun = ", "bogus = 1\ntun = "),
+            "line",
+            "unknown field `bogus`",
+        );
+        expect_err(
+            &base().replace("0x2000", "0x10"),
+            "static.spi_in",
+            "reserved",
+        );
+        expect_err(
+            &base().replace("0x2000", "banana"),
+            "static.spi_in",
+            "not a number",
+        );
+        expect_err(
+            &base().replace(K1, &K1[..64]),
+            "static.key_out",
+            "expected 72 hex digits",
+        );
+        expect_err(
+            &base().replace(K2, &K2.replace('f', "g")),
+            "static.key_in",
+            "not a hex",
+        );
+        expect_err(
+            &base().replace("aes256gcm16", "des"),
+            "static.cipher",
+            "expected",
+        );
+        expect_err(
+            &base().replace("uplink = \"isp1\"", "uplink = \"isp9\""),
+            "tunnel[0] \"t1\".uplink",
+            "no uplink named",
+        );
+        expect_err(
+            &base().replace("169.254.0.1/30", "169.254.0.3/30"),
+            "inside",
+            "broadcast",
+        );
+        expect_err(
+            &base().replace("169.254.0.1/30", "169.254.0.1/24"),
+            "inside",
+            "/30 or /31",
+        );
+        expect_err(
+            &base().replace("192.0.2.128/25", "192.0.2.129/25"),
+            "routes",
+            "host bits",
+        );
+        expect_err(
+            &base().replace("198.51.100.2:4500", "2001:db8::1"),
+            "remote",
+            "different address families",
+        );
+        expect_err(
+            &base().replace("198.51.100.2:4500", "not-an-address"),
+            "remote",
+            "ADDRESS:PORT",
+        );
+        expect_err(
+            &base().replace("name = \"onprem-1\"", "name = \"a b\""),
+            "gateway.name",
+            "letters",
+        );
+        expect_err(
+            &format!("{}\n[bgp]\nmax_paths = 8\n", base()),
+            "bgp",
+            "not supported",
+        );
+        expect_err(
+            &base().replace("key_in = ", "key_in_file = \"x\", key_in = "),
+            "static.key_in",
+            "not both",
+        );
+        expect_err(
+            &base().replace(
+                "local = \"198.51.100.1\"",
+                "local = \"198.51.100.1\"\ncap = \"1Gbit\"",
+            ),
+            "cap",
+            "not supported",
+        );
+        expect_err(
+            &base().replace("name = \"isp1\"", "name = \"isp1\"\nmtu = 100"),
+            "mtu",
+            "576",
+        );
+        let two = format!(
+            "{}{}",
+            base(),
+            &base()[base().find("[[tunnel]]").unwrap()..]
+        );
+        expect_err(&two, "tunnel[1] \"t1\".name", "duplicate");
+        let two = two.replacen("name = \"t1\"", "name = \"t2\"", 2).replacen(
+            "name = \"t2\"",
+            "name = \"t1\"",
+            1,
+        );
+        expect_err(&two, "inside", "overlaps");
+    }
+
+    #[test]
+    fn key_files_must_be_private() {
+        let dir = std::env::temp_dir().join(format!("braid-cfg-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("out.key");
+        std::fs::write(&f, format!("{K1}\n")).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = base().replace(&format!("key_out = \"{K1}\""), "key_out_file = \"out.key\"");
+        let e = Config::parse(&dir.join("gw.toml"), &text).unwrap_err();
+        assert!(e.key.ends_with("static.key_out_file"), "{e}");
+        assert!(
+            e.problem
+                .contains("readable by group or others (mode 0644)"),
+            "{e}"
+        );
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::parse(&dir.join("gw.toml"), &text).unwrap();
+        let Keying::Static(s) = &c.tunnels[0].keying;
+        assert_eq!(s.key_out.expose().len(), 36);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn peers_of_inside_subnets() {
+        let p = |s: &str| parse_inside(s).map(|(_, p)| p.to_string());
+        assert_eq!(p("169.254.21.2/30").unwrap(), "169.254.21.1");
+        assert_eq!(p("169.254.21.1/30").unwrap(), "169.254.21.2");
+        assert_eq!(p("169.254.21.4/31").unwrap(), "169.254.21.5");
+        assert_eq!(p("2001:db8::1/127").unwrap(), "2001:db8::");
+        assert_eq!(p("2001:db8::1/126").unwrap(), "2001:db8::2");
+        assert!(p("169.254.21.0/30").is_err());
+    }
+
+    #[test]
+    fn audit_flags_single_points_of_failure() {
+        let c = parse(&base()).unwrap();
+        let w = c.audit();
+        assert!(w.iter().any(|w| w.message.contains("only one tunnel")));
+        let same = base().replace(K2, K1);
+        let w = parse(&same).unwrap().audit();
+        assert!(w
+            .iter()
+            .any(|w| w.message.contains("key_in equals key_out")));
+    }
+}

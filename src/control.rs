@@ -1,0 +1,267 @@
+//! The control socket: a Unix stream socket on which the daemon answers `braid show ...` with JSON.
+//!
+//! Protocol: the client writes one JSON request line (`{"show":"tunnels"}`), the daemon answers with one JSON
+//! line and closes. The JSON field names are DESIGN.md's stable contract: tunnels `name uplink remote state
+//! tx_packets rx_packets tx_bytes rx_bytes drops`, uplinks `name local cap_bps tx_bps tx_bytes cap_drops`;
+//! extra fields may be added, none removed or renamed. The socket is created mode 0600 (root's tool).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use braid_crypto::Cipher;
+use braid_dataplane::{DropReason, TunStats, TunnelStats, UplinkStats};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// A tunnel is "up" when it authenticated an inbound packet at most this long ago.
+pub const UP_WINDOW: Duration = Duration::from_secs(30);
+
+/// What the control plane knows about one tunnel.
+pub struct TunnelInfo {
+    pub name: String,
+    pub uplink: String,
+    pub remote: SocketAddr,
+    pub cipher: Cipher,
+    pub spi_in: u32,
+    pub spi_out: u32,
+    pub esn: bool,
+    pub replay_window: u32,
+    /// Tunnel MTU: the largest inner packet carried without fragmentation.
+    pub mtu: usize,
+    pub stats: Arc<TunnelStats>,
+}
+
+/// What the control plane knows about one uplink.
+pub struct UplinkInfo {
+    pub name: String,
+    pub local: SocketAddr,
+    pub mtu: u32,
+    pub stats: Arc<UplinkStats>,
+}
+
+/// The daemon's shared, read-mostly view of the gateway.
+pub struct GatewayState {
+    name: String,
+    tun: String,
+    tun_mtu: u32,
+    epoch: Instant,
+    tunnels: Vec<TunnelInfo>,
+    uplinks: Vec<UplinkInfo>,
+    tun_stats: Arc<TunStats>,
+    /// Per uplink: (last tx_bytes sample, bits per second over the last interval).
+    rates: Mutex<Vec<(u64, Instant, u64)>>,
+}
+
+impl GatewayState {
+    pub fn new(
+        name: String,
+        tun: String,
+        tun_mtu: u32,
+        epoch: Instant,
+        tunnels: Vec<TunnelInfo>,
+        uplinks: Vec<UplinkInfo>,
+        tun_stats: Arc<TunStats>,
+    ) -> GatewayState {
+        let now = Instant::now();
+        let rates = Mutex::new(uplinks.iter().map(|_| (0, now, 0)).collect());
+        GatewayState {
+            name,
+            tun,
+            tun_mtu,
+            epoch,
+            tunnels,
+            uplinks,
+            tun_stats,
+            rates,
+        }
+    }
+
+    /// Samples uplink byte counters to compute `tx_bps` (called once a second).
+    pub fn sample_rates(&self) {
+        let now = Instant::now();
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        for (u, r) in self.uplinks.iter().zip(rates.iter_mut()) {
+            let bytes = u.stats.tx_bytes.load(Relaxed);
+            let dt = now.duration_since(r.1).as_secs_f64();
+            if dt > 0.0 {
+                r.2 = ((bytes.saturating_sub(r.0)) as f64 * 8.0 / dt) as u64;
+            }
+            r.0 = bytes;
+            r.1 = now;
+        }
+    }
+
+    fn drops_json(counters: &braid_dataplane::stats::DropCounters) -> Value {
+        let mut m = Map::new();
+        for &r in DropReason::ALL {
+            m.insert(r.as_str().into(), json!(counters.get(r)));
+        }
+        Value::Object(m)
+    }
+
+    pub fn tunnels_json(&self) -> Value {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let tunnels: Vec<Value> = self
+            .tunnels
+            .iter()
+            .map(|t| {
+                let s = &t.stats;
+                let last = s.last_rx_ms.load(Relaxed);
+                let ago = (last > 0).then(|| now_ms.saturating_sub(last));
+                let state = match ago {
+                    Some(a) if a <= UP_WINDOW.as_millis() as u64 => "up",
+                    _ => "installed",
+                };
+                json!({
+                    "name": t.name,
+                    "uplink": t.uplink,
+                    "remote": t.remote.to_string(),
+                    "state": state,
+                    "keying": "static",
+                    "cipher": t.cipher.name(),
+                    "spi_in": format!("{:#010x}", t.spi_in),
+                    "spi_out": format!("{:#010x}", t.spi_out),
+                    "esn": t.esn,
+                    "replay_window": t.replay_window,
+                    "mtu": t.mtu,
+                    "tx_packets": ld(&s.tx_packets),
+                    "rx_packets": ld(&s.rx_packets),
+                    "tx_bytes": ld(&s.tx_bytes),
+                    "rx_bytes": ld(&s.rx_bytes),
+                    "drops": Self::drops_json(&s.drops),
+                    "drops_total": s.drops.total(),
+                    "icmp_too_big_sent": ld(&s.icmp_too_big),
+                    "last_rx_ms_ago": ago,
+                })
+            })
+            .collect();
+        json!({
+            "gateway": self.name,
+            "tun": { "name": self.tun, "mtu": self.tun_mtu, "rx_packets": ld(&self.tun_stats.rx_packets),
+                     "drops": Self::drops_json(&self.tun_stats.drops) },
+            "tunnels": tunnels,
+        })
+    }
+
+    pub fn uplinks_json(&self) -> Value {
+        let rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let uplinks: Vec<Value> = self
+            .uplinks
+            .iter()
+            .zip(rates.iter())
+            .map(|(u, r)| {
+                let s = &u.stats;
+                json!({
+                    "name": u.name,
+                    "local": u.local.to_string(),
+                    "mtu": u.mtu,
+                    "cap_bps": Value::Null,
+                    "tx_bps": r.2,
+                    "tx_packets": ld(&s.tx_packets),
+                    "tx_bytes": ld(&s.tx_bytes),
+                    "rx_packets": ld(&s.rx_packets),
+                    "rx_bytes": ld(&s.rx_bytes),
+                    "cap_drops": 0,
+                    "ike_received": ld(&s.ike_received),
+                    "nat_keepalives": ld(&s.nat_keepalives),
+                    "drops": Self::drops_json(&s.drops),
+                })
+            })
+            .collect();
+        json!({ "gateway": self.name, "uplinks": uplinks })
+    }
+}
+
+fn ld(a: &AtomicU64) -> u64 {
+    a.load(Relaxed)
+}
+
+/// A request on the control socket.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub show: String,
+}
+
+/// Binds the control socket, replacing a stale one but refusing to steal a live daemon's.
+pub async fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "{} is in use: another braid is running for this gateway",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers requests until the task is aborted.
+pub async fn serve(listener: UnixListener, state: Arc<GatewayState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, state)).await;
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, state: Arc<GatewayState>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r.take(4096)).read_line(&mut line).await?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => match req.show.as_str() {
+            "tunnels" => state.tunnels_json(),
+            "uplinks" => state.uplinks_json(),
+            other => {
+                json!({ "error": format!("unknown: show {other:?} (this version knows tunnels, uplinks)") })
+            }
+        },
+        Err(e) => json!({ "error": format!("bad request: {e}") }),
+    };
+    let mut out = serde_json::to_vec(&reply)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    w.shutdown().await
+}
+
+/// Sends one request to the daemon at `path` and returns its JSON answer (blocking; used by the CLI).
+pub fn request(path: &Path, req: &Request) -> Result<Value> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+        format!(
+            "connecting to {} (is `braid run` up, and are you root?)",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut answer = String::new();
+    std::io::BufReader::new(s).read_line(&mut answer)?;
+    let v: Value = serde_json::from_str(&answer).context("the daemon's answer is not JSON")?;
+    if let Some(e) = v.get("error").and_then(Value::as_str) {
+        bail!("daemon: {e}");
+    }
+    Ok(v)
+}
+
+use tokio::io::AsyncReadExt as _;

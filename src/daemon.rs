@@ -1,0 +1,223 @@
+//! `braid run`: assembles a gateway from a validated [`Config`] and runs it until SIGTERM or SIGINT.
+//!
+//! Order of assembly: uplink sockets (so a busy port fails before anything is created), MTUs, the TUN device
+//! with every tunnel's inside addresses, the SAs, the data-path threads, then the control plane on a tokio
+//! runtime (control socket, signals, rate sampling). Shutdown reverses it; the TUN device disappears with its
+//! file descriptor.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use braid_crypto::{InboundSa, OutboundSa, SaKey, Spi};
+use braid_dataplane::{
+    open_uplink_socket, sys, tunnel_mtu, Dataplane, DataplaneSpec, PrefixTable, Tun, TunStats,
+    TunnelIo, TunnelStats, UplinkIo, UplinkSocketSpec, UplinkStats,
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{Config, Keying};
+use crate::control::{self, GatewayState, TunnelInfo, UplinkInfo};
+
+/// Used when an uplink's MTU can be neither configured nor read from its interface.
+const FALLBACK_UPLINK_MTU: u32 = 1500;
+
+/// Runs the gateway in the foreground until SIGTERM/SIGINT.
+pub fn run(config: Config) -> Result<()> {
+    let state_and_dp = assemble(&config)?;
+    let (state, dataplane) = state_and_dp;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control-plane runtime")?;
+    let result = rt.block_on(control_plane(config.clone(), state));
+    tracing::info!("stopping data path");
+    dataplane.stop();
+    let _ = std::fs::remove_file(&config.gateway.control_socket);
+    tracing::info!(gateway = %config.gateway.name, "stopped");
+    result
+}
+
+fn uplink_mtu(u: &crate::config::Uplink) -> u32 {
+    if let Some(m) = u.mtu {
+        return m;
+    }
+    match sys::interface_with_address(u.local) {
+        Ok(Some(ifname)) => match sys::get_mtu(&ifname) {
+            Ok(m) => return m,
+            Err(e) => tracing::warn!(uplink = %u.name, %ifname, error = %e, "cannot read MTU"),
+        },
+        Ok(None) => {
+            tracing::warn!(uplink = %u.name, local = %u.local, "no interface holds this address")
+        }
+        Err(e) => tracing::warn!(uplink = %u.name, error = %e, "cannot list interfaces"),
+    }
+    tracing::warn!(uplink = %u.name, mtu = FALLBACK_UPLINK_MTU, "assuming MTU; set `mtu` on the uplink to be exact");
+    FALLBACK_UPLINK_MTU
+}
+
+fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Dataplane)> {
+    let g = &config.gateway;
+    tracing::info!(gateway = %g.name, tunnels = config.tunnels.len(), uplinks = config.uplinks.len(), "starting");
+
+    let mut uplinks = Vec::new();
+    let mut uplink_infos = Vec::new();
+    let mut mtus = Vec::new();
+    for u in &config.uplinks {
+        let socket = open_uplink_socket(&UplinkSocketSpec {
+            local: u.local_addr(),
+            device: u.device.clone(),
+            fwmark: u.fwmark,
+            socket_buffer: u.socket_buffer,
+        })
+        .with_context(|| format!("uplink {:?}", u.name))?;
+        let mtu = uplink_mtu(u);
+        let stats = Arc::new(UplinkStats::default());
+        tracing::info!(uplink = %u.name, local = %u.local_addr(), mtu, "uplink ready");
+        uplinks.push(UplinkIo {
+            name: u.name.clone(),
+            socket,
+            stats: stats.clone(),
+        });
+        uplink_infos.push(UplinkInfo {
+            name: u.name.clone(),
+            local: u.local_addr(),
+            mtu,
+            stats,
+        });
+        mtus.push(mtu);
+    }
+
+    let mut tunnels = Vec::new();
+    let mut tunnel_infos = Vec::new();
+    let mut routes = PrefixTable::new();
+    let mut inside_addrs = Vec::new();
+    for (i, t) in config.tunnels.iter().enumerate() {
+        let Keying::Static(keys) = &t.keying;
+        let out_key = SaKey::new(keys.cipher, keys.key_out.expose()).context("outbound key")?;
+        let in_key = SaKey::new(keys.cipher, keys.key_in.expose()).context("inbound key")?;
+        let max_inner = tunnel_mtu(mtus[t.uplink] as usize, t.remote.is_ipv6());
+        if max_inner < 576 {
+            bail!(
+                "tunnel {:?}: uplink MTU {} leaves only {max_inner} bytes for inner packets",
+                t.name,
+                mtus[t.uplink]
+            );
+        }
+        let stats = Arc::new(TunnelStats::default());
+        for &peer in &t.peer_inside {
+            routes.insert(braid_dataplane::Prefix::host(peer), i);
+        }
+        for &r in &t.routes {
+            routes.insert(r, i);
+        }
+        inside_addrs.extend(t.inside.iter().copied());
+        tunnels.push(TunnelIo {
+            name: t.name.clone(),
+            uplink: t.uplink,
+            remote: t.remote,
+            outbound: OutboundSa::new(Spi(keys.spi_out), &out_key, t.esn),
+            inbound: InboundSa::new(Spi(keys.spi_in), &in_key, t.esn, t.replay_window),
+            allowed_sources: t.allowed_sources(),
+            max_inner,
+            icmp_source_v4: t.peer_inside.iter().find_map(|a| match a {
+                IpAddr::V4(v) => Some(*v),
+                _ => None,
+            }),
+            icmp_source_v6: t.peer_inside.iter().find_map(|a| match a {
+                IpAddr::V6(v) => Some(*v),
+                _ => None,
+            }),
+            stats: stats.clone(),
+        });
+        tunnel_infos.push(TunnelInfo {
+            name: t.name.clone(),
+            uplink: config.uplinks[t.uplink].name.clone(),
+            remote: t.remote,
+            cipher: keys.cipher,
+            spi_in: keys.spi_in,
+            spi_out: keys.spi_out,
+            esn: t.esn,
+            replay_window: t.replay_window,
+            mtu: max_inner,
+            stats,
+        });
+    }
+
+    let smallest = tunnel_infos.iter().map(|t| t.mtu as u32).min();
+
+    let tun_mtu = g.mtu.or(smallest).unwrap_or(1400);
+    if let Some(s) = smallest {
+        if tun_mtu > s {
+            tracing::warn!(
+                tun_mtu,
+                tunnel_mtu = s,
+                "TUN MTU above a tunnel's MTU: larger DF packets get ICMP errors"
+            );
+        }
+    }
+    if tun_mtu < 1280 && inside_addrs.iter().any(|a| a.addr.is_ipv6()) {
+        tracing::warn!(
+            tun_mtu,
+            "TUN MTU below 1280: the kernel disables IPv6 on the device"
+        );
+    }
+    let tun = Tun::create(&g.tun, tun_mtu, &inside_addrs)
+        .context("setting up the TUN device (needs CAP_NET_ADMIN)")?;
+    tracing::info!(tun = %tun.name(), mtu = tun_mtu, addresses = inside_addrs.len(), "TUN device up");
+
+    let tun_stats = Arc::new(TunStats::default());
+    let dataplane = Dataplane::start(DataplaneSpec {
+        tun: tun.into_file(),
+        uplinks,
+        tunnels,
+        routes,
+        tun_stats: tun_stats.clone(),
+        ike: None,
+    })
+    .context("starting the data path")?;
+    for t in &tunnel_infos {
+        tracing::info!(tunnel = %t.name, uplink = %t.uplink, remote = %t.remote, cipher = %t.cipher,
+            spi_in = format_args!("{:#010x}", t.spi_in), spi_out = format_args!("{:#010x}", t.spi_out),
+            mtu = t.mtu, "tunnel installed (static keys)");
+    }
+    let state = Arc::new(GatewayState::new(
+        g.name.clone(),
+        g.tun.clone(),
+        tun_mtu,
+        dataplane.epoch(),
+        tunnel_infos,
+        uplink_infos,
+        tun_stats,
+    ));
+    Ok((state, dataplane))
+}
+
+async fn control_plane(config: Config, state: Arc<GatewayState>) -> Result<()> {
+    let listener = control::bind(&config.gateway.control_socket).await?;
+    tracing::info!(socket = %config.gateway.control_socket.display(), "control socket listening");
+    let server = tokio::spawn(control::serve(listener, state.clone()));
+    let sampler = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            state.sample_rates();
+        }
+    });
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP: live reload of static keys is not supported yet; restart to apply a new configuration");
+            }
+        }
+    }
+    server.abort();
+    sampler.abort();
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! braid: a userspace IPsec (ESP-in-UDP) site-to-site VPN gateway for Linux.
+//!
+//! This crate is the `braid` binary's library: configuration, daemon assembly, control socket, the `braid lab`
+//! scenarios and the namespace helpers the integration tests share with the lab. The ESP core is in
+//! `braid-crypto`, the data path in `braid-dataplane`.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod lab;
+pub mod labtool;
+pub mod netns;

@@ -1,0 +1,371 @@
+//! Two real `braid run` gateways in network namespaces, one ESP-in-UDP tunnel between them on real TUN
+//! devices: traffic both ways, integrity, failure modes and their counted drops.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use braid::lab::*;
+use braid_crypto::Cipher;
+use common::*;
+
+#[test]
+fn ping_both_ways_ipv4_and_ipv6() {
+    if !netns_ready("ping_both_ways_ipv4_and_ipv6", &["ip", "ping"]) {
+        return;
+    }
+    let p = pair();
+    for (side, dst, src) in [
+        (Side::A, B_INSIDE4, A_INSIDE4),
+        (Side::B, A_INSIDE4, B_INSIDE4),
+        (Side::A, B_INSIDE6, A_INSIDE6),
+        (Side::B, A_INSIDE6, B_INSIDE6),
+        (Side::A, B_SITE4, A_SITE4),
+        (Side::B, A_SITE4, B_SITE4),
+        (Side::A, B_SITE6, A_SITE6),
+        (Side::B, A_SITE6, B_SITE6),
+    ] {
+        let (got, text) = p.ping(side, dst, 3, &["-I", src]).unwrap();
+        assert_eq!(got, 3, "ping {src} -> {dst} from {side:?}:\n{text}");
+    }
+    let a = p.tunnel(Side::A).unwrap();
+    let b = p.tunnel(Side::B).unwrap();
+    // 24 echo requests + 24 replies crossed the tunnel, 12 each way per side, at least.
+    assert!(counter(&a, "tx_packets") >= 12, "{a}");
+    assert!(counter(&a, "rx_packets") >= 12, "{a}");
+    assert!(counter(&b, "rx_packets") >= 12, "{b}");
+    assert_eq!(a["state"], "up");
+    assert_eq!(
+        drop_count(&a, "auth_failed") + drop_count(&b, "auth_failed"),
+        0
+    );
+    assert_eq!(drop_count(&a, "replay") + drop_count(&b, "replay"), 0);
+}
+
+#[test]
+fn tcp_transfer_50mb_content_verified_ipv4_and_ipv6() {
+    if !netns_ready(
+        "tcp_transfer_50mb_content_verified_ipv4_and_ipv6",
+        &["ip", "ping"],
+    ) {
+        return;
+    }
+    let p = pair();
+    let v = p
+        .transfer(&binary(), Side::A, B_SITE4, 50_000_000, 42)
+        .unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["bytes"], 50_000_000u64);
+    let v6 = p
+        .transfer(&binary(), Side::B, A_SITE6, 8_000_000, 43)
+        .unwrap();
+    assert_eq!(v6["ok"], true, "{v6}");
+    let b = p.tunnel(Side::B).unwrap();
+    assert!(counter(&b, "rx_bytes") > 50_000_000, "{b}");
+    assert_eq!(drop_count(&b, "auth_failed"), 0, "{b}");
+}
+
+#[test]
+fn chacha20poly1305_with_esn() {
+    if !netns_ready("chacha20poly1305_with_esn", &["ip", "ping"]) {
+        return;
+    }
+    let p = pair_with(|o| {
+        o.cipher = Cipher::ChaCha20Poly1305;
+        o.esn = true;
+        o.replay_window = Some(8192);
+    });
+    let (got, text) = p.ping(Side::A, B_INSIDE6, 3, &[]).unwrap();
+    assert_eq!(got, 3, "{text}");
+    let v = p
+        .transfer(&binary(), Side::B, A_SITE4, 10_000_000, 7)
+        .unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let a = p.tunnel(Side::A).unwrap();
+    assert_eq!(a["cipher"], "chacha20poly1305");
+    assert_eq!(a["esn"], true);
+    assert_eq!(a["replay_window"], 8192);
+}
+
+#[test]
+fn wrong_key_counts_auth_failures_and_delivers_nothing() {
+    if !netns_ready(
+        "wrong_key_counts_auth_failures_and_delivers_nothing",
+        &["ip", "ping"],
+    ) {
+        return;
+    }
+    let p = pair_with(|o| o.wrong_key_on_b = true);
+    let (got, _) = p.ping(Side::A, B_INSIDE4, 4, &[]).unwrap();
+    assert_eq!(got, 0, "nothing may get through with a wrong key");
+    let b = p.tunnel(Side::B).unwrap();
+    assert!(drop_count(&b, "auth_failed") >= 4, "{b}");
+    assert_eq!(counter(&b, "rx_packets"), 0, "{b}");
+    // Both gateways are alive and answering.
+    let a = p.tunnel(Side::A).unwrap();
+    assert!(counter(&a, "tx_packets") >= 4);
+    // B -> A uses the good key: A receives, but A's replies fail at B.
+    let (got, _) = p.ping(Side::B, A_INSIDE4, 2, &[]).unwrap();
+    assert_eq!(got, 0);
+    let a = p.tunnel(Side::A).unwrap();
+    assert!(counter(&a, "rx_packets") >= 2, "{a}");
+    let b2 = p.tunnel(Side::B).unwrap();
+    assert!(drop_count(&b2, "auth_failed") >= 6, "{b2}");
+}
+
+/// Reads the UDP payload of the first packet of a pcap file (Ethernet link type).
+fn first_udp_payload(pcap: &[u8]) -> Vec<u8> {
+    assert!(pcap.len() > 24 + 16, "capture is empty");
+    let linktype = u32::from_le_bytes(pcap[20..24].try_into().unwrap());
+    assert_eq!(linktype, 1, "expected Ethernet captures");
+    let caplen = u32::from_le_bytes(pcap[32..36].try_into().unwrap()) as usize;
+    let frame = &pcap[40..40 + caplen];
+    let ip = &frame[14..];
+    assert_eq!(ip[0] >> 4, 4);
+    let ihl = (ip[0] & 15) as usize * 4;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    assert_eq!(ip[9], 17, "not UDP");
+    ip[ihl + 8..total].to_vec()
+}
+
+#[test]
+fn replayed_datagram_is_a_counted_replay_drop() {
+    if !netns_ready(
+        "replayed_datagram_is_a_counted_replay_drop",
+        &["ip", "ping", "tcpdump"],
+    ) {
+        return;
+    }
+    let p = pair();
+    let cap = p.dir.join("one.pcap");
+    let mut tcpdump =
+        p.b.command(
+            "tcpdump",
+            &[
+                "-i",
+                "ul0",
+                "-n",
+                "-U",
+                "-c",
+                "1",
+                "-w",
+                cap.to_str().unwrap(),
+                "udp and dst port 4500 and src host 198.51.100.1",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for tcpdump to listen.
+    {
+        use std::io::Read;
+        let mut err = tcpdump.stderr.take().unwrap();
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !String::from_utf8_lossy(&seen).contains("listening on") {
+            assert_eq!(
+                err.read(&mut byte).unwrap(),
+                1,
+                "tcpdump ended: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.push(byte[0]);
+        }
+    }
+    let (got, _) = p.ping(Side::A, B_INSIDE4, 1, &[]).unwrap();
+    assert_eq!(got, 1);
+    let status = tcpdump.wait().unwrap();
+    assert!(status.success());
+    let esp = first_udp_payload(&std::fs::read(&cap).unwrap());
+    assert!(esp.len() > 40);
+
+    let before = p.tunnel(Side::B).unwrap();
+    let hex: String = esp.iter().map(|b| format!("{b:02x}")).collect();
+    for _ in 0..3 {
+        let out =
+            p.a.exec(
+                binary().to_str().unwrap(),
+                &[
+                    "lab-tool",
+                    "udp-send",
+                    "--from",
+                    "198.51.100.1:0",
+                    "--to",
+                    "198.51.100.2:4500",
+                    "--hex",
+                    &hex,
+                ],
+            )
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = p.tunnel(Side::B).unwrap();
+    assert_eq!(
+        drop_count(&after, "replay"),
+        drop_count(&before, "replay") + 3,
+        "{after}"
+    );
+    assert_eq!(
+        counter(&after, "rx_packets"),
+        counter(&before, "rx_packets"),
+        "a replay must not be delivered"
+    );
+    // A flipped byte in the replayed copy is an authentication failure, not a replay.
+    let mut forged = esp.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    forged[4..8].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+    let hex: String = forged.iter().map(|b| format!("{b:02x}")).collect();
+    p.a.exec(
+        binary().to_str().unwrap(),
+        &[
+            "lab-tool",
+            "udp-send",
+            "--from",
+            "198.51.100.1:0",
+            "--to",
+            "198.51.100.2:4500",
+            "--hex",
+            &hex,
+        ],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let forged_after = p.tunnel(Side::B).unwrap();
+    assert_eq!(
+        drop_count(&forged_after, "auth_failed"),
+        drop_count(&after, "auth_failed") + 1
+    );
+    // And the tunnel still works afterwards (the forgery did not advance the window).
+    let (got, _) = p.ping(Side::A, B_INSIDE4, 2, &[]).unwrap();
+    assert_eq!(got, 2);
+}
+
+#[test]
+fn df_packet_above_tunnel_mtu_gets_icmp_too_big() {
+    if !netns_ready(
+        "df_packet_above_tunnel_mtu_gets_icmp_too_big",
+        &["ip", "ping"],
+    ) {
+        return;
+    }
+    // TUN MTU 1500 over a 1500-byte uplink: the tunnel carries at most 1438 (1500 - 20 - 8 - 16 - 2 - 16).
+    let p = pair_with(|o| o.gateway_mtu = Some(1500));
+    let a = p.tunnel(Side::A).unwrap();
+    assert_eq!(a["mtu"], 1438);
+    let (got, text) = p
+        .ping(Side::A, B_INSIDE4, 1, &["-M", "do", "-s", "1472"])
+        .unwrap();
+    assert_eq!(got, 0);
+    assert!(
+        text.contains("mtu = 1438") || text.contains("mtu=1438"),
+        "no frag-needed reported:\n{text}"
+    );
+    let a = p.tunnel(Side::A).unwrap();
+    assert!(drop_count(&a, "too_big") >= 1);
+    assert!(counter(&a, "icmp_too_big_sent") >= 1);
+    // The largest packet that fits goes through.
+    let (got, text) = p
+        .ping(Side::A, B_INSIDE4, 2, &["-M", "do", "-s", "1410"])
+        .unwrap();
+    assert_eq!(got, 2, "{text}");
+    // IPv6: packet too big.
+    let (got, text) = p
+        .ping(Side::A, B_INSIDE6, 1, &["-M", "do", "-s", "1452"])
+        .unwrap();
+    assert_eq!(got, 0);
+    assert!(
+        text.contains("mtu=1438") || text.contains("mtu = 1438"),
+        "no packet-too-big reported:\n{text}"
+    );
+    let (got, text) = p
+        .ping(Side::A, B_INSIDE6, 2, &["-M", "do", "-s", "1390"])
+        .unwrap();
+    assert_eq!(got, 2, "{text}");
+}
+
+#[test]
+fn inner_source_not_allowed_on_tunnel_is_dropped() {
+    if !netns_ready(
+        "inner_source_not_allowed_on_tunnel_is_dropped",
+        &["ip", "ping"],
+    ) {
+        return;
+    }
+    let p = pair();
+    // B sends from an address A does not route through the tunnel.
+    p.b.ip(&["addr", "add", "203.0.113.5/32", "dev", "lo"])
+        .unwrap();
+    let (got, _) = p
+        .ping(Side::B, A_INSIDE4, 2, &["-I", "203.0.113.5"])
+        .unwrap();
+    assert_eq!(got, 0);
+    let a = p.tunnel(Side::A).unwrap();
+    assert!(drop_count(&a, "inner_source") >= 2, "{a}");
+}
+
+#[test]
+fn sigterm_exits_cleanly_and_removes_device_and_socket() {
+    if !netns_ready(
+        "sigterm_exits_cleanly_and_removes_device_and_socket",
+        &["ip", "ping"],
+    ) {
+        return;
+    }
+    let mut p = pair();
+    assert!(p.a.ip(&["link", "show", "braid0"]).is_ok());
+    let status = p.stop(Side::A, Duration::from_secs(5)).unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        p.a.ip(&["link", "show", "braid0"]).is_err(),
+        "TUN device still there"
+    );
+    assert!(!p.socket(Side::A).exists(), "control socket left behind");
+    // B is unaffected.
+    assert!(p.show(Side::B, "tunnels").is_ok());
+}
+
+#[test]
+fn uplinks_show_counts_and_ike_marker_is_passed_up() {
+    if !netns_ready(
+        "uplinks_show_counts_and_ike_marker_is_passed_up",
+        &["ip", "ping"],
+    ) {
+        return;
+    }
+    let p = pair();
+    // A non-ESP-marker datagram (IKE) and a NAT keepalive: neither is garbage.
+    for hex in ["00000000deadbeefdeadbeef", "ff", "000001"] {
+        let out =
+            p.a.exec(
+                binary().to_str().unwrap(),
+                &[
+                    "lab-tool",
+                    "udp-send",
+                    "--from",
+                    "198.51.100.1:0",
+                    "--to",
+                    "198.51.100.2:4500",
+                    "--hex",
+                    hex,
+                ],
+            )
+            .unwrap();
+        assert!(out.status.success());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let u = p.show(Side::B, "uplinks").unwrap();
+    let u = &u["uplinks"][0];
+    assert_eq!(u["name"], "isp1");
+    assert_eq!(u["ike_received"], 1, "{u}");
+    assert_eq!(u["nat_keepalives"], 1, "{u}");
+    assert_eq!(u["drops"]["malformed"], 1, "{u}");
+    assert!(u["rx_packets"].as_u64().unwrap() >= 3);
+}
