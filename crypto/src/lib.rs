@@ -1,0 +1,28 @@
+//! braid-crypto: braid's sans-IO IPsec core.
+//!
+//! This crate holds the per-packet half of IPsec: ESP security associations in tunnel mode
+//! ([`esp`], RFC 4303 with the AEAD transforms of RFC 4106 and RFC 7634, including extended
+//! sequence numbers), the anti-replay window ([`replay`], RFC 4303 section 3.4.3 and
+//! Appendix A) and the demultiplexing of UDP-encapsulated traffic on port 4500
+//! ([`udp_encap`], RFC 3948). IKEv2 (RFC 7296) will live here too, later.
+//!
+//! Everything is a plain state machine over caller-owned buffers: no sockets, no clocks, no
+//! threads, no allocation per packet and no logging. Errors are small `Copy` enums that the
+//! data path counts as drop reasons. Deliberately left out: transport mode, non-AEAD
+//! transforms (CBC + HMAC, NULL), AH, SA lifetimes and rekeying policy (the counters they
+//! need are exposed), and SPI lookup (the data plane owns the SA table).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod esp;
+pub mod replay;
+pub mod udp_encap;
+
+pub use esp::{
+    max_inner_len, sealed_len, Cipher, InboundSa, KeyLenError, NextHeader, OpenError, Opened,
+    OutboundSa, SaKey, SealError, Spi, UnknownCipher, ESP_HEADER_LEN, HEADROOM, ICV_LEN, IV_LEN,
+    KEYMAT_LEN, KEY_LEN, MAX_TAILROOM, MIN_ESP_LEN, SALT_LEN,
+};
+pub use replay::{ReplayError, ReplayWindow, MAX_REPLAY_WINDOW};
+pub use udp_encap::{classify, UdpPayload, NON_ESP_MARKER};
