@@ -285,8 +285,6 @@ pub struct Session {
     /// Why the Established connection went, for the Down event.
     down_reason: Option<DownReason>,
     last_down_reason: Option<DownReason>,
-    /// The latest `now` seen, for [`Session::send_update`] (which gets none).
-    last_now: Option<Instant>,
     transmits: VecDeque<(ConnId, Message)>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -306,7 +304,6 @@ impl Session {
             established_since: None,
             down_reason: None,
             last_down_reason: None,
-            last_now: None,
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -357,7 +354,6 @@ impl Session {
     /// ManualStart (ManualStart_with_PassiveTcpEstablishment when passive): leave Idle now, even during an idle
     /// hold, with a fresh backoff. Ignored when already started.
     pub fn handle_start(&mut self, now: Instant) {
-        self.touch(now);
         if self.phase != Phase::Running {
             self.retry_failures = 0;
             self.start(now);
@@ -374,7 +370,6 @@ impl Session {
         notification: Option<Notification>,
         restart_after: Option<Duration>,
     ) {
-        self.touch(now);
         let n = notification.unwrap_or_else(|| {
             Notification::new(
                 error_code::CEASE,
@@ -407,7 +402,6 @@ impl Session {
     /// or while Established (Cease / Connection Collision Resolution, RFC 4271 6.8: the Established connection
     /// wins). A second connection in a direction already taken replaces the older one (the peer gave it up).
     pub fn handle_connected(&mut self, now: Instant, conn: ConnId, dir: Direction) {
-        self.touch(now);
         if dir == Direction::Outbound {
             self.connecting = false;
         }
@@ -450,7 +444,6 @@ impl Session {
     /// The pending outbound attempt failed (TcpConnectionFails before the connection was up). Back to Active,
     /// with the ConnectRetry timer restarted from now for the current backoff step.
     pub fn handle_connect_failed(&mut self, now: Instant) {
-        self.touch(now);
         if !self.connecting {
             return;
         }
@@ -465,7 +458,6 @@ impl Session {
     /// The peer closed or reset a connection (TcpConnectionFails). In OpenSent this is a failed attempt (back to
     /// Active); later it is an error (Idle, then the idle hold).
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
-        self.touch(now);
         if let Some(i) = self.index(conn) {
             let then = if self.conns[i].state == State::OpenSent {
                 Then::Retry
@@ -487,7 +479,6 @@ impl Session {
     /// A message decoded from a connection. Messages on connections the session does not know (closed, or
     /// never reported) are ignored.
     pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: Message) {
-        self.touch(now);
         if let Some(i) = self.index(conn) {
             self.on_message(now, i, msg);
         }
@@ -497,7 +488,6 @@ impl Session {
     /// The codec found an error it cannot recover from (RFC 4271 6.1-6.3, RFC 7606 session reset) on a
     /// connection: send its NOTIFICATION, close, go Idle.
     pub fn handle_decode_error(&mut self, now: Instant, conn: ConnId, n: Notification) {
-        self.touch(now);
         if let Some(i) = self.index(conn) {
             self.drop_conn(
                 now,
@@ -513,7 +503,6 @@ impl Session {
 
     /// Fire every timer that is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.touch(now);
         // Session timers first, so that an idle hold entered below starts counting from now.
         match self.phase {
             Phase::IdleHold(at) if at <= now => self.start(now),
@@ -551,11 +540,11 @@ impl Session {
         self.sync_state(now);
     }
 
-    /// Queue an UPDATE on the Established connection; `false` (and nothing queued) when not Established. Restarts
-    /// the keepalive timer from the latest `now` the session was given, which can only make the next KEEPALIVE
-    /// early, never late.
-    pub fn send_update(&mut self, update: Update) -> bool {
-        let (Some(i), Some(now)) = (self.established_index(), self.last_now) else {
+    /// Queue an UPDATE on the Established connection; `false` (and nothing queued) when not Established.
+    /// Sending restarts the keepalive timer, hence `now` (the sketch had none: without it the timer could only
+    /// restart from a stale instant).
+    pub fn send_update(&mut self, now: Instant, update: Update) -> bool {
+        let Some(i) = self.established_index() else {
             return false;
         };
         self.send(i, now, Message::Update(update));
@@ -612,10 +601,6 @@ impl Session {
     }
 
     // ---- internals ----
-
-    fn touch(&mut self, now: Instant) {
-        self.last_now = Some(self.last_now.map_or(now, |t| t.max(now)));
-    }
 
     fn index(&self, conn: ConnId) -> Option<usize> {
         self.conns.iter().position(|c| c.id == conn)
