@@ -26,6 +26,13 @@
 //!   the shutdown communication of RFC 8203 carried in whatever NOTIFICATION the caller passes to
 //!   [`Session::handle_stop`].
 //!
+//! Driver contract: report every TCP connection to the peer with `handle_connected` (the session refuses the
+//! ones it does not want, with a NOTIFICATION and an [`Action::Close`]); write what [`Session::poll_transmit`]
+//! yields before acting on [`Session::poll_action`], so that a NOTIFICATION goes out before its connection
+//! closes; call [`Session::handle_timeout`] at [`Session::poll_timeout`]; decode each connection's messages
+//! against [`Session::negotiated_on`] once it is known. Connection ids are the driver's; messages and closes
+//! for ids the session has dropped are ignored.
+//!
 //! Timer choices (RFC 4271 10): the ConnectRetry timer backs off, each failed attempt doubling the wait from
 //! [`SessionConfig::connect_retry`] up to [`SessionConfig::connect_retry_max`], reset on Established or
 //! ManualStart; each wait is multiplied by a jitter factor in [0.75, 1.0] (the RFC's suggested range). The
@@ -33,8 +40,8 @@
 //! index): deterministic for tests and replays, yet different for every session, which is what desynchronises
 //! peers. The keepalive timer is not jittered: a fixed cadence keeps the margin to the peer's hold timer exact.
 //!
-//! Deliberately left out: the optional session attributes DelayOpen, SendNOTIFICATIONwithoutOPEN (we always
-//! may send one), TrackTcpState, PassiveTcpEstablishment beyond "never connect", CollisionDetectEstablishedState
+//! Deliberately left out: the optional session attributes DelayOpen, SendNOTIFICATIONwithoutOPEN (taken as
+//! TRUE: a refused connection gets a Cease before any OPEN), TrackTcpState, PassiveTcpEstablishment beyond "never connect", CollisionDetectEstablishedState
 //! (always FALSE: an Established connection always wins a collision), AllowAutomaticStop, and the exponential
 //! IdleHoldTimer of DampPeerOscillations (the idle hold after an error is the constant
 //! [`SessionConfig::idle_hold`]); MinASOriginationInterval and MinRouteAdvertisementInterval (the RIB paces
@@ -541,8 +548,7 @@ impl Session {
     }
 
     /// Queue an UPDATE on the Established connection; `false` (and nothing queued) when not Established.
-    /// Sending restarts the keepalive timer, hence `now` (the sketch had none: without it the timer could only
-    /// restart from a stale instant).
+    /// Sending an UPDATE restarts the keepalive timer (RFC 4271 8.2.2), from `now`.
     pub fn send_update(&mut self, now: Instant, update: Update) -> bool {
         let Some(i) = self.established_index() else {
             return false;
