@@ -754,7 +754,7 @@ impl StepCache {
             (None, None) => false,
             _ => true,
         };
-        let fib_changed = best_changed || {
+        let fib_changed = {
             let a = old.map(|s| s.fib_next_hops()).unwrap_or_default();
             let b = new.as_ref().map(|s| s.fib_next_hops()).unwrap_or_default();
             a != b
@@ -1429,7 +1429,11 @@ impl Rib {
             self.fib_ready.extend(self.fib_dirty.keys());
             self.fib_dirty.clear();
         }
-        let prefix = self.fib_ready.pop_front()?;
+        let Some(prefix) = self.fib_ready.pop_front() else {
+            // Give back the memory of a large batch (a full table's worth after the initial load).
+            self.fib_ready = VecDeque::new();
+            return None;
+        };
         let next_hops = self
             .loc_rib
             .get(&prefix)
