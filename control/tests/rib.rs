@@ -1437,3 +1437,38 @@ fn ingest_one_million_prefixes() {
         down.as_secs_f64()
     );
 }
+
+#[test]
+fn reconfigured_export_policy_applies_on_refresh_and_removed_peers_are_forgotten() {
+    let mut rib = rib_with(8, vec![ebgp(1, AZURE), ebgp(3, 64600)]);
+    apply(
+        &mut rib,
+        1,
+        &announce(attrs(1, &[AZURE]), &["10.20.0.0/16", "10.21.0.0/16"]),
+    );
+    assert_eq!(announced(&drain(&mut rib, 3)).len(), 2);
+    let mut narrower = ebgp(3, 64600);
+    narrower.policy.export = list(&["10.20.0.0/16"]);
+    rib.add_peer(narrower);
+    rib.refresh_export(3);
+    let out = drain(&mut rib, 3);
+    assert_eq!(withdrawn(&out), set(&["10.21.0.0/16"]));
+    assert_eq!(announced(&out), set(&["10.20.0.0/16"]));
+    assert_eq!(rib.peer_counts(3).advertised, 1);
+
+    rib.remove_peer(1);
+    assert_eq!(rib.loc_rib_len(), 0);
+    assert_eq!(withdrawn(&drain(&mut rib, 3)), set(&["10.20.0.0/16"]));
+    rib.peer_up(1, BOTH);
+    assert_eq!(
+        rib.poll_export(1),
+        None,
+        "a removed neighbour cannot come up"
+    );
+    assert_eq!(
+        rib.apply_update(1, &announce(attrs(1, &[AZURE]), &["10.20.0.0/16"]))
+            .unwrap()
+            .accepted,
+        0
+    );
+}

@@ -871,6 +871,46 @@ fn export_attributes(
 // The RIB.
 
 /// Adj-RIBs-In, Loc-RIB and Adj-RIBs-Out of one BGP speaker.
+///
+/// ```
+/// use std::net::{IpAddr, Ipv4Addr};
+/// use std::sync::Arc;
+/// use braid_control::bgp::policy::{NeighborPolicy, PrefixList};
+/// use braid_control::bgp::rib::{Export, PeerInfo, Rib};
+/// use braid_control::bgp::types::{AsPath, Family, PathAttributes, Update};
+///
+/// let mut rib = Rib::new(65001, Ipv4Addr::new(192, 0, 2, 1), 8);
+/// let any = PrefixList::parse(["0.0.0.0/0 le 32"]).unwrap();
+/// rib.add_peer(PeerInfo {
+///     id: 0,
+///     asn: 65515,
+///     addr: IpAddr::V4(Ipv4Addr::new(169, 254, 21, 1)),
+///     router_id: Ipv4Addr::new(198, 51, 100, 10),
+///     ebgp: true,
+///     policy: NeighborPolicy { import: Some(any.clone()), export: Some(any), ..Default::default() },
+///     next_hop_self: IpAddr::V4(Ipv4Addr::new(169, 254, 21, 2)),
+///     next_hop_self_v6: None,
+/// });
+/// rib.originate("10.10.0.0/16".parse().unwrap());
+/// rib.peer_up(0, &[Family::Ipv4Unicast]); // the FSM reached Established
+/// let attrs = PathAttributes {
+///     as_path: AsPath::from_sequence(&[65515]),
+///     next_hop: Some(Ipv4Addr::new(169, 254, 21, 1)),
+///     ..Default::default()
+/// };
+/// let update = Update {
+///     attributes: Some(Arc::new(attrs)),
+///     nlri: vec!["10.20.0.0/16".parse().unwrap()],
+///     ..Default::default()
+/// };
+/// rib.apply_update(0, &update).expect("under max-prefix");
+/// // Our network goes out with our ASN, then End-of-RIB; the peer's own route is not sent back.
+/// let Some(Export::Announce { attrs, prefixes, .. }) = rib.poll_export(0) else { panic!() };
+/// assert_eq!((attrs.as_path.to_string(), prefixes.len()), ("65001".to_string(), 1));
+/// assert_eq!(rib.poll_export(0), Some(Export::EndOfRib(Family::Ipv4Unicast)));
+/// assert_eq!(rib.poll_export(0), None);
+/// assert_eq!(rib.poll_fib_change().unwrap().next_hops.len(), 1);
+/// ```
 pub struct Rib {
     local_asn: Asn,
     local_id: Ipv4Addr,
@@ -1025,6 +1065,12 @@ impl Rib {
         // The neighbour's paths may still sit in the interners (a set only the interner holds); let them go.
         self.sets.purge();
         self.paths.purge();
+    }
+
+    /// Forgets a neighbour removed from the configuration (after taking it down, which withdraws its routes).
+    pub fn remove_peer(&mut self, peer: PeerId) {
+        self.peer_down(peer);
+        self.peers.remove(&peer);
     }
 
     /// Originates `prefix` (a `networks` entry): ORIGIN IGP, empty AS_PATH.
@@ -1264,7 +1310,9 @@ impl Rib {
         }
     }
 
-    /// The next batch to send to `peer` (only while it is up), `None` when it is in sync.
+    /// The next batch to send to `peer` (only while it is up), `None` when it is in sync. Drain it for every
+    /// up neighbour after each event (UPDATE, peer up or down): the change log behind it is kept until every
+    /// up neighbour has read it.
     pub fn poll_export(&mut self, peer: PeerId) -> Option<Export> {
         loop {
             let p = self.peers.get_mut(&peer).filter(|p| p.up)?;
