@@ -206,7 +206,7 @@ impl AsPath {
         }
         match self.segments.first_mut() {
             Some(AsSegment::Sequence(v)) if v.len() + count <= 255 => {
-                v.splice(0..0, std::iter::repeat_n(asn, count));
+                v.splice(0..0, std::iter::repeat(asn).take(count));
             }
             _ => self.segments.insert(0, AsSegment::Sequence(vec![asn; count])),
         }
