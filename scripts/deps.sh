@@ -25,8 +25,8 @@ need_rust() {
     fi
     local v
     v=$(rustc --version | awk '{print $2}')
-    if [ "$(printf '%s\n1.80.0\n' "$v" | sort -V | head -n1)" != "1.80.0" ]; then
-        echo "braid needs Rust >= 1.80 (found $v): install it with rustup" >&2
+    if [ "$(printf '%s\n1.85.0\n' "$v" | sort -V | head -n1)" != "1.85.0" ]; then
+        echo "braid needs Rust >= 1.85 (found $v): install it with rustup" >&2
         exit 1
     fi
 }

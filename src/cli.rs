@@ -79,6 +79,9 @@ enum Cmd {
         #[arg(long)]
         cleanup: bool,
     },
+    /// BGP operations on a running gateway.
+    #[command(subcommand)]
+    Bgp(BgpCmd),
     /// Traffic tools the lab runs inside namespaces.
     #[command(hide = true, subcommand)]
     LabTool(LabTool),
@@ -88,6 +91,21 @@ enum Cmd {
 enum ShowWhat {
     Tunnels,
     Uplinks,
+    Bgp,
+    Routes,
+}
+
+#[derive(Subcommand, Debug)]
+enum BgpCmd {
+    /// Ask a neighbor to send its routes again (ROUTE-REFRESH, RFC 2918).
+    Refresh {
+        /// The neighbor's address.
+        neighbor: String,
+        #[arg(short, long, conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        #[arg(short, long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,6 +207,25 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 iperf_secs,
             })
         }
+        Cmd::Bgp(BgpCmd::Refresh {
+            neighbor,
+            config,
+            socket,
+        }) => {
+            let path = socket_path(config.as_deref(), socket.as_deref())?;
+            let v = control::request(
+                &path,
+                &Request {
+                    bgp_refresh: Some(neighbor.clone()),
+                    ..Request::default()
+                },
+            )?;
+            println!(
+                "route refresh sent to {neighbor} ({} famil(ies))",
+                v["route_refresh_sent"]
+            );
+            Ok(0)
+        }
         Cmd::LabTool(t) => {
             let timeout = Duration::from_secs(60);
             match t {
@@ -275,9 +312,10 @@ fn show(what: ShowWhat, json: bool, config: Option<&Path>, socket: Option<&Path>
     let name = match what {
         ShowWhat::Tunnels => "tunnels",
         ShowWhat::Uplinks => "uplinks",
+        ShowWhat::Bgp => "bgp",
+        ShowWhat::Routes => "routes",
     };
-    let v =
-        control::request(&path, &Request { show: name.into() }).context("querying the gateway")?;
+    let v = control::request(&path, &Request::show(name)).context("querying the gateway")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
@@ -285,6 +323,8 @@ fn show(what: ShowWhat, json: bool, config: Option<&Path>, socket: Option<&Path>
     match what {
         ShowWhat::Tunnels => print_tunnels(&v),
         ShowWhat::Uplinks => print_uplinks(&v),
+        ShowWhat::Bgp => print_bgp(&v),
+        ShowWhat::Routes => print_routes(&v),
     }
     Ok(0)
 }
@@ -343,6 +383,75 @@ fn print_tunnels(v: &Value) {
     let tun_drops = nonzero_drops(&v["tun"]["drops"]);
     if tun_drops != "-" {
         println!("tun drops (before a tunnel was chosen): {tun_drops}");
+    }
+}
+
+fn print_bgp(v: &Value) {
+    println!(
+        "{:<28} {:>10} {:<12} {:>9} {:>9} {:>9} {:>10}  LAST ERROR",
+        "NEIGHBOR", "AS", "STATE", "UPTIME", "RECEIVED", "ACCEPTED", "ADVERTISED"
+    );
+    for n in v["neighbors"].as_array().into_iter().flatten() {
+        let label = n["label"].as_str().unwrap_or("?");
+        let addr = n["neighbor"].as_str().unwrap_or("?");
+        let name = if label == addr {
+            addr.to_string()
+        } else {
+            format!("{addr} ({label})")
+        };
+        println!(
+            "{:<28} {:>10} {:<12} {:>9} {:>9} {:>9} {:>10}  {}",
+            name,
+            n["remote_asn"],
+            n["state"].as_str().unwrap_or("?"),
+            n["uptime_s"]
+                .as_u64()
+                .map(|s| format!("{s}s"))
+                .unwrap_or_else(|| "-".into()),
+            n["received"],
+            n["accepted"],
+            n["advertised"],
+            n["last_error"].as_str().unwrap_or("-"),
+        );
+    }
+}
+
+fn print_routes(v: &Value) {
+    println!(
+        "{:<24} {:<6} {:<24} NEXT HOPS (backups)",
+        "PREFIX", "SOURCE", "AS PATH"
+    );
+    for r in v["routes"].as_array().into_iter().flatten() {
+        let hops = |k: &str| -> String {
+            r[k].as_array()
+                .into_iter()
+                .flatten()
+                .map(|h| {
+                    let via = h["tunnel"]
+                        .as_str()
+                        .or(h["neighbor"].as_str())
+                        .unwrap_or("local");
+                    match h["address"].as_str() {
+                        Some(a) => format!("{a} via {via} w{}", h["weight"]),
+                        None => via.to_string(),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let backups = hops("backups");
+        println!(
+            "{:<24} {:<6} {:<24} {}{}",
+            r["prefix"].as_str().unwrap_or("?"),
+            r["source"].as_str().unwrap_or("?"),
+            r["as_path"].as_str().unwrap_or(""),
+            hops("next_hops"),
+            if backups.is_empty() {
+                String::new()
+            } else {
+                format!(" (backup: {backups})")
+            }
+        );
     }
 }
 

@@ -86,6 +86,43 @@ pub struct Config {
     pub gateway: Gateway,
     pub uplinks: Vec<Uplink>,
     pub tunnels: Vec<Tunnel>,
+    /// The BGP speaker; `None` when the file has no `[bgp]`.
+    pub bgp: Option<Bgp>,
+}
+
+/// `[bgp]` and its `[[bgp.neighbor]]`s.
+#[derive(Debug, Clone)]
+pub struct Bgp {
+    /// Prefixes originated (ORIGIN IGP).
+    pub networks: Vec<Prefix>,
+    /// ECMP width.
+    pub max_paths: usize,
+    /// TCP port braid listens on for BGP (179).
+    pub listen_port: u16,
+    pub neighbors: Vec<Neighbor>,
+}
+
+/// One BGP neighbor.
+#[derive(Debug, Clone)]
+pub struct Neighbor {
+    /// The peer's address: `address`, or the peer's inside address of `tunnel`.
+    pub address: IpAddr,
+    /// Index into `Config::tunnels` when the session runs inside a tunnel.
+    pub tunnel: Option<usize>,
+    /// The peer's TCP port (179; tests use others).
+    pub port: u16,
+    /// Source address of our connections (a tunnel's own inside address by default).
+    pub local_address: Option<IpAddr>,
+    pub remote_asn: u32,
+    pub hold_time: u16,
+    pub passive: bool,
+    pub prepend: u8,
+    /// Prefix-list entries (`PREFIX [ge N] [le N]`); `None` = no policy (RFC 8212: deny on eBGP).
+    pub import: Option<Vec<String>>,
+    pub export: Option<Vec<String>>,
+    pub max_prefix: Option<u32>,
+    /// Seconds before the first reconnect attempt (doubles up to 60 s).
+    pub connect_retry: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -171,7 +208,36 @@ struct RawConfig {
     uplink: Vec<RawUplink>,
     #[serde(default)]
     tunnel: Vec<RawTunnel>,
-    bgp: Option<toml::Value>,
+    bgp: Option<RawBgp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBgp {
+    #[serde(default)]
+    networks: Vec<String>,
+    max_paths: Option<usize>,
+    listen_port: Option<u16>,
+    #[serde(default)]
+    neighbor: Vec<RawNeighbor>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNeighbor {
+    tunnel: Option<String>,
+    address: Option<String>,
+    port: Option<u16>,
+    local_address: Option<String>,
+    remote_asn: u32,
+    hold_time: Option<u16>,
+    passive: Option<bool>,
+    prepend: Option<u8>,
+    import: Option<Vec<String>>,
+    export: Option<Vec<String>>,
+    max_prefix: Option<u32>,
+    connect_retry: Option<u32>,
+    bfd: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -299,9 +365,6 @@ fn not_yet(cx: &Ctx, key: String, what: &str) -> ConfigError {
 }
 
 fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
-    if raw.bgp.is_some() {
-        return Err(not_yet(cx, "bgp".into(), "BGP"));
-    }
     let g = raw.gateway;
     if g.name.is_empty()
         || !g
@@ -541,11 +604,160 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
     if !tunnels.is_empty() && uplinks.is_empty() {
         return Err(cx.err("uplink", "tunnels need at least one [[uplink]]"));
     }
+    let bgp = raw
+        .bgp
+        .map(|b| validate_bgp(cx, b, &gateway, &tunnels))
+        .transpose()?;
     Ok(Config {
         path: cx.file.to_path_buf(),
         gateway,
         uplinks,
         tunnels,
+        bgp,
+    })
+}
+
+/// The default hold time braid proposes (seconds).
+pub const DEFAULT_HOLD_TIME: u16 = 90;
+
+fn validate_bgp(
+    cx: &Ctx,
+    b: RawBgp,
+    gateway: &Gateway,
+    tunnels: &[Tunnel],
+) -> Result<Bgp, ConfigError> {
+    let Some(asn) = gateway.asn else {
+        return Err(cx.err("gateway.asn", "[bgp] needs the gateway's ASN"));
+    };
+    if gateway.router_id.is_none() {
+        return Err(cx.err(
+            "gateway.router_id",
+            "[bgp] needs a router_id (an IPv4 address unique in the network)",
+        ));
+    }
+    let mut networks = Vec::new();
+    for n in &b.networks {
+        networks.push(
+            n.parse::<Prefix>()
+                .map_err(|e| cx.err("bgp.networks", e.to_string()))?,
+        );
+    }
+    let max_paths = b.max_paths.unwrap_or(8);
+    if !(1..=64).contains(&max_paths) {
+        return Err(cx.err("bgp.max_paths", format!("{max_paths} is outside 1..=64")));
+    }
+    let listen_port = b.listen_port.unwrap_or(179);
+    if listen_port == 0 {
+        return Err(cx.err("bgp.listen_port", "must not be 0"));
+    }
+    let mut neighbors: Vec<Neighbor> = Vec::new();
+    for (i, n) in b.neighbor.into_iter().enumerate() {
+        let label = n.tunnel.clone().or(n.address.clone()).unwrap_or_default();
+        let key = |k: &str| format!("bgp.neighbor[{i}] {label:?}.{k}");
+        if n.bfd.is_some() {
+            return Err(not_yet(cx, key("bfd"), "BFD"));
+        }
+        let (address, tunnel, default_local) = match (&n.tunnel, &n.address) {
+            (Some(_), Some(_)) => {
+                return Err(cx.err(key("address"), "give either tunnel or address, not both"))
+            }
+            (None, None) => {
+                return Err(cx.err(
+                    key("address"),
+                    "a neighbor needs `tunnel = NAME` or `address = IP`",
+                ))
+            }
+            (None, Some(a)) => {
+                let ip: IpAddr = a
+                    .parse()
+                    .map_err(|_| cx.err(key("address"), format!("{a:?} is not an IP address")))?;
+                (ip, None, None)
+            }
+            (Some(t), None) => {
+                let idx = tunnels
+                    .iter()
+                    .position(|x| &x.name == t)
+                    .ok_or_else(|| cx.err(key("tunnel"), format!("no tunnel named {t:?}")))?;
+                // The session runs between the two inside addresses, IPv4 first.
+                let tn = &tunnels[idx];
+                let j = tn.inside.iter().position(|a| a.addr.is_ipv4()).unwrap_or(0);
+                (tn.peer_inside[j], Some(idx), Some(tn.inside[j].addr))
+            }
+        };
+        if neighbors.iter().any(|x| x.address == address) {
+            return Err(cx.err(key("address"), format!("{address} is already a neighbor")));
+        }
+        let local_address = match &n.local_address {
+            Some(l) => Some(l.parse::<IpAddr>().map_err(|_| {
+                cx.err(key("local_address"), format!("{l:?} is not an IP address"))
+            })?),
+            None => default_local,
+        };
+        if let Some(l) = local_address {
+            if l.is_ipv4() != address.is_ipv4() {
+                return Err(cx.err(
+                    key("local_address"),
+                    format!("{l} and {address} are of different families"),
+                ));
+            }
+        }
+        if n.remote_asn == 0 || n.remote_asn == 23456 {
+            return Err(cx.err(
+                key("remote_asn"),
+                format!("{} is reserved (RFC 7607 / AS_TRANS)", n.remote_asn),
+            ));
+        }
+        let hold_time = n.hold_time.unwrap_or(DEFAULT_HOLD_TIME);
+        if hold_time == 1 || hold_time == 2 {
+            return Err(cx.err(
+                key("hold_time"),
+                "must be 0 (no keepalives) or at least 3 seconds (RFC 4271 4.2)",
+            ));
+        }
+        let prepend = n.prepend.unwrap_or(0);
+        if prepend > 10 {
+            return Err(cx.err(
+                key("prepend"),
+                format!("{prepend} is more than 10 extra copies"),
+            ));
+        }
+        for (what, list) in [("import", &n.import), ("export", &n.export)] {
+            for e in list.iter().flatten() {
+                e.parse::<braid_control::bgp::policy::PrefixListEntry>()
+                    .map_err(|p| cx.err(key(what), format!("{e:?}: {p}")))?;
+            }
+        }
+        if n.max_prefix == Some(0) {
+            return Err(cx.err(
+                key("max_prefix"),
+                "0 would refuse every route; omit it for no limit",
+            ));
+        }
+        let connect_retry = n.connect_retry.unwrap_or(5);
+        if !(1..=3600).contains(&connect_retry) {
+            return Err(cx.err(key("connect_retry"), "must be 1..=3600 seconds"));
+        }
+        let _ = asn;
+        neighbors.push(Neighbor {
+            address,
+            tunnel,
+            port: n.port.unwrap_or(179),
+            local_address,
+            remote_asn: n.remote_asn,
+            hold_time,
+            passive: n.passive.unwrap_or(false),
+            prepend,
+            import: n.import,
+            export: n.export,
+            max_prefix: n.max_prefix,
+            connect_retry,
+        });
+    }
+    Ok(Bgp {
+        networks,
+        max_paths,
+        listen_port,
+        neighbors,
     })
 }
 
@@ -808,6 +1020,31 @@ impl Config {
                     key: k("replay_window"),
                     message: "0 disables anti-replay protection".into(),
                 });
+            }
+        }
+        if let (Some(b), Some(asn)) = (&self.bgp, self.gateway.asn) {
+            for n in &b.neighbors {
+                let k = format!("bgp.neighbor {}", n.address);
+                let ebgp = n.remote_asn != asn;
+                if ebgp && n.import.is_none() {
+                    w.push(Warning {
+                        key: format!("{k}.import"),
+                        message: "no import policy on an eBGP session: every route from this peer is refused (RFC 8212)".into(),
+                    });
+                }
+                if ebgp && n.export.is_none() {
+                    w.push(Warning {
+                        key: format!("{k}.export"),
+                        message: "no export policy on an eBGP session: nothing is advertised to this peer (RFC 8212)".into(),
+                    });
+                }
+                if n.hold_time == 0 {
+                    w.push(Warning {
+                        key: format!("{k}.hold_time"),
+                        message: "0 disables the hold timer: a dead peer is never detected by BGP"
+                            .into(),
+                    });
+                }
             }
         }
         w

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use braid_control::bgp::speaker::{NeighborStatus, NextHopStatus, RouteStatus, SpeakerHandle};
 use braid_crypto::Cipher;
 use braid_dataplane::{DropReason, TunStats, TunnelStats, UplinkStats};
 use serde::{Deserialize, Serialize};
@@ -48,7 +49,7 @@ pub struct UplinkInfo {
 
 /// The daemon's shared, read-mostly view of the gateway.
 pub struct GatewayState {
-    name: String,
+    pub name: String,
     tun: String,
     tun_mtu: u32,
     epoch: Instant,
@@ -183,10 +184,67 @@ fn ld(a: &AtomicU64) -> u64 {
     a.load(Relaxed)
 }
 
-/// A request on the control socket.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+/// A request on the control socket: `{"show": "tunnels"|"uplinks"|"bgp"|"routes"}` or
+/// `{"bgp_refresh": "ADDRESS"}`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct Request {
-    pub show: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp_refresh: Option<String>,
+}
+
+impl Request {
+    pub fn show(what: &str) -> Request {
+        Request {
+            show: Some(what.into()),
+            ..Request::default()
+        }
+    }
+}
+
+fn bgp_json(gateway: &str, n: &[NeighborStatus]) -> Value {
+    let neighbors: Vec<Value> = n
+        .iter()
+        .map(|n| {
+            json!({
+                "neighbor": n.address.to_string(),
+                "label": n.label,
+                "port": n.port,
+                "remote_asn": n.remote_asn,
+                "state": n.state,
+                "uptime_s": n.uptime_s,
+                "received": n.received,
+                "accepted": n.accepted,
+                "advertised": n.advertised,
+                "hold_time": n.hold_time,
+                "peer_id": n.peer_id.map(|i| i.to_string()),
+                "last_error": n.last_error,
+            })
+        })
+        .collect();
+    json!({ "gateway": gateway, "neighbors": neighbors })
+}
+
+fn routes_json(gateway: &str, routes: &[RouteStatus]) -> Value {
+    let hop = |h: &NextHopStatus| json!({ "tunnel": h.tunnel, "neighbor": h.neighbor, "address": h.address.map(|a| a.to_string()), "weight": h.weight });
+    let routes: Vec<Value> = routes
+        .iter()
+        .map(|r| {
+            json!({
+                "prefix": r.prefix.to_string(),
+                "source": r.source,
+                "as_path": r.as_path,
+                "origin": r.origin,
+                "local_pref": r.local_pref,
+                "med": r.med,
+                "communities": r.communities.iter().map(|c| format!("{}:{}", c >> 16, c & 0xffff)).collect::<Vec<_>>(),
+                "next_hops": r.next_hops.iter().map(hop).collect::<Vec<_>>(),
+                "backups": r.backups.iter().map(hop).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "gateway": gateway, "routes": routes })
 }
 
 /// Binds the control socket, replacing a stale one but refusing to steal a live daemon's.
@@ -210,30 +268,53 @@ pub async fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 /// Answers requests until the task is aborted.
-pub async fn serve(listener: UnixListener, state: Arc<GatewayState>) {
+pub async fn serve(listener: UnixListener, state: Arc<GatewayState>, bgp: Option<SpeakerHandle>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
+        let bgp = bgp.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, state)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, state, bgp)).await;
         });
     }
 }
 
-async fn answer(stream: UnixStream, state: Arc<GatewayState>) -> std::io::Result<()> {
+async fn answer(
+    stream: UnixStream,
+    state: Arc<GatewayState>,
+    bgp: Option<SpeakerHandle>,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r.take(4096)).read_line(&mut line).await?;
+    let no_bgp = || json!({ "error": "BGP is not configured on this gateway (no [bgp] section)" });
     let reply = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => match req.show.as_str() {
-            "tunnels" => state.tunnels_json(),
-            "uplinks" => state.uplinks_json(),
-            other => {
-                json!({ "error": format!("unknown: show {other:?} (this version knows tunnels, uplinks)") })
+        Ok(Request {
+            show: Some(what), ..
+        }) => match (what.as_str(), &bgp) {
+            ("tunnels", _) => state.tunnels_json(),
+            ("uplinks", _) => state.uplinks_json(),
+            ("bgp", Some(b)) => bgp_json(&state.name, &b.neighbors().await),
+            ("routes", Some(b)) => routes_json(&state.name, &b.routes().await),
+            ("bgp" | "routes", None) => no_bgp(),
+            (other, _) => {
+                json!({ "error": format!("unknown: show {other:?} (tunnels, uplinks, bgp, routes)") })
             }
         },
+        Ok(Request {
+            bgp_refresh: Some(n),
+            ..
+        }) => match (n.parse::<std::net::IpAddr>(), &bgp) {
+            (Err(_), _) => json!({ "error": format!("{n:?} is not an IP address") }),
+            (_, None) => no_bgp(),
+            (Ok(ip), Some(b)) => match b.refresh(ip).await {
+                Ok(sent) => json!({ "neighbor": ip.to_string(), "route_refresh_sent": sent }),
+                Err(e) => json!({ "error": e }),
+            },
+        },
+        Ok(_) => json!({ "error": "empty request" }),
         Err(e) => json!({ "error": format!("bad request: {e}") }),
     };
     let mut out = serde_json::to_vec(&reply)?;

@@ -17,6 +17,10 @@ use braid_dataplane::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 
+use braid_control::bgp::policy::{NeighborPolicy, PrefixList};
+use braid_control::bgp::speaker::{NeighborConfig, SpeakerConfig};
+use braid_control::bgp::types::Family;
+
 use crate::config::{Config, Keying};
 use crate::control::{self, GatewayState, TunnelInfo, UplinkInfo};
 
@@ -25,15 +29,16 @@ const FALLBACK_UPLINK_MTU: u32 = 1500;
 
 /// Runs the gateway in the foreground until SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<()> {
-    let state_and_dp = assemble(&config)?;
-    let (state, dataplane) = state_and_dp;
+    let (state, dataplane) = assemble(&config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the control-plane runtime")?;
     let result = rt.block_on(control_plane(config.clone(), state));
-    tracing::info!("stopping data path");
-    dataplane.stop();
+    if let Some(dp) = dataplane {
+        tracing::info!("stopping data path");
+        dp.stop();
+    }
     let _ = std::fs::remove_file(&config.gateway.control_socket);
     tracing::info!(gateway = %config.gateway.name, "stopped");
     result
@@ -57,7 +62,7 @@ fn uplink_mtu(u: &crate::config::Uplink) -> u32 {
     FALLBACK_UPLINK_MTU
 }
 
-fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Dataplane)> {
+fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
     let g = &config.gateway;
     tracing::info!(gateway = %g.name, tunnels = config.tunnels.len(), uplinks = config.uplinks.len(), "starting");
 
@@ -163,11 +168,24 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Dataplane)> {
             "TUN MTU below 1280: the kernel disables IPv6 on the device"
         );
     }
+    let tun_stats = Arc::new(TunStats::default());
+    if tunnels.is_empty() {
+        // A BGP-only gateway (e.g. a route server next to the core router): no TUN, no data path.
+        let state = Arc::new(GatewayState::new(
+            g.name.clone(),
+            g.tun.clone(),
+            0,
+            std::time::Instant::now(),
+            tunnel_infos,
+            uplink_infos,
+            tun_stats,
+        ));
+        return Ok((state, None));
+    }
     let tun = Tun::create(&g.tun, tun_mtu, &inside_addrs)
         .context("setting up the TUN device (needs CAP_NET_ADMIN)")?;
     tracing::info!(tun = %tun.name(), mtu = tun_mtu, addresses = inside_addrs.len(), "TUN device up");
 
-    let tun_stats = Arc::new(TunStats::default());
     let dataplane = Dataplane::start(DataplaneSpec {
         tun: tun.into_file(),
         uplinks,
@@ -191,13 +209,85 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Dataplane)> {
         uplink_infos,
         tun_stats,
     ));
-    Ok((state, dataplane))
+    Ok((state, Some(dataplane)))
+}
+
+/// The speaker's configuration from the validated `[bgp]`.
+fn speaker_config(config: &Config, bgp: &crate::config::Bgp) -> Result<SpeakerConfig> {
+    let mut neighbors = Vec::new();
+    for n in &bgp.neighbors {
+        let parse = |list: &Option<Vec<String>>| -> Result<Option<PrefixList>> {
+            list.as_ref()
+                .map(|l| {
+                    PrefixList::parse(l).map_err(|e| anyhow::anyhow!("neighbor {}: {e}", n.address))
+                })
+                .transpose()
+        };
+        let tunnel = n.tunnel.map(|t| &config.tunnels[t]);
+        // Over a tunnel with both inside families, carry both (IPv6 next hop = our IPv6 inside address);
+        // otherwise the session's own family.
+        let local_v6 = tunnel.and_then(|t| {
+            t.inside.iter().find_map(|a| match a.addr {
+                IpAddr::V6(v6) => Some(v6),
+                _ => None,
+            })
+        });
+        let families = if n.address.is_ipv6() {
+            vec![Family::Ipv6Unicast]
+        } else if local_v6.is_some() {
+            Family::ALL.to_vec()
+        } else {
+            vec![Family::Ipv4Unicast]
+        };
+        let tunnel = tunnel.map(|t| t.name.clone());
+        neighbors.push(NeighborConfig {
+            label: tunnel.clone().unwrap_or_else(|| n.address.to_string()),
+            tunnel,
+            address: n.address,
+            port: n.port,
+            local_address: n.local_address,
+            local_address_v6: local_v6,
+            families,
+            remote_asn: n.remote_asn,
+            hold_time: n.hold_time,
+            passive: n.passive,
+            connect_retry: Duration::from_secs(n.connect_retry as u64),
+            policy: NeighborPolicy {
+                import: parse(&n.import)?,
+                export: parse(&n.export)?,
+                prepend: n.prepend,
+                max_prefix: n.max_prefix,
+            },
+        });
+    }
+    Ok(SpeakerConfig {
+        local_asn: config.gateway.asn.context("gateway.asn")?,
+        router_id: config.gateway.router_id.context("gateway.router_id")?,
+        listen_port: bgp.listen_port,
+        max_paths: bgp.max_paths,
+        networks: bgp.networks.clone(),
+        neighbors,
+    })
 }
 
 async fn control_plane(config: Config, state: Arc<GatewayState>) -> Result<()> {
     let listener = control::bind(&config.gateway.control_socket).await?;
     tracing::info!(socket = %config.gateway.control_socket.display(), "control socket listening");
-    let server = tokio::spawn(control::serve(listener, state.clone()));
+    let speaker = match &config.bgp {
+        Some(b) => {
+            let sc = speaker_config(&config, b)?;
+            let neighbors = sc.neighbors.len();
+            let h = braid_control::bgp::speaker::start(sc)
+                .await
+                .with_context(|| {
+                    format!("starting BGP (listening on TCP port {})", b.listen_port)
+                })?;
+            tracing::info!(neighbors, port = b.listen_port, "BGP speaker started");
+            Some(h)
+        }
+        None => None,
+    };
+    let server = tokio::spawn(control::serve(listener, state.clone(), speaker.clone()));
     let sampler = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -216,6 +306,10 @@ async fn control_plane(config: Config, state: Arc<GatewayState>) -> Result<()> {
                 tracing::warn!("SIGHUP: live reload of static keys is not supported yet; restart to apply a new configuration");
             }
         }
+    }
+    if let Some(s) = &speaker {
+        // Tell every peer first (RFC 8203 message), so they move traffic away before we go.
+        s.shutdown("braid gateway shutting down").await;
     }
     server.abort();
     sampler.abort();

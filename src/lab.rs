@@ -358,7 +358,7 @@ impl Pair {
 
     /// `braid show WHAT --json` of one gateway.
     pub fn show(&self, side: Side, what: &str) -> Result<Value> {
-        control::request(&self.socket(side), &Request { show: what.into() })
+        control::request(&self.socket(side), &Request::show(what))
     }
 
     /// The first tunnel of `side` as shown by `braid show tunnels`.

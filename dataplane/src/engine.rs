@@ -465,11 +465,13 @@ impl Inbound {
             Ok(i) => i,
             Err(reason) => return tunnel.stats.drops.count(reason),
         };
+        // One packet per write on a TUN device: it is taken whole or refused.
         match (&*self.tun).write(&payload[..inner.len]) {
-            Ok(_) => {
+            Ok(n) if n == inner.len => {
                 add(&tunnel.stats.rx_packets, 1);
                 add(&tunnel.stats.rx_bytes, inner.len as u64);
             }
+            Ok(_) => tunnel.stats.drops.count(DropReason::TunWriteFailed),
             Err(e) => {
                 tunnel.stats.drops.count(DropReason::TunWriteFailed);
                 warn_limited(

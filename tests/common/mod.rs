@@ -1,4 +1,5 @@
 //! Shared fixtures of the integration tests.
+
 //!
 //! Namespace tests need root and a few tools. Outside CI a test that lacks them skips with a loud message;
 //! under `CI=true` it fails, so CI can never pass by skipping.
@@ -6,6 +7,8 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+
+pub mod bgp;
 
 use braid::lab::{Pair, PairOptions};
 use braid::netns;

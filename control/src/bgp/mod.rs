@@ -8,10 +8,12 @@
 //!   they cause or the RFC 7606 action (treat-as-withdraw, attribute discard) that keeps the session up;
 //! - [`fsm`]: the session state machine of RFC 4271 section 8 (sans-IO, virtual clock);
 //! - [`rib`]: Adj-RIB-In, Loc-RIB with best path and multipath, Adj-RIB-Out;
-//! - [`policy`]: prefix lists, prepend, max-prefix, RFC 8212 default deny.
+//! - [`policy`]: prefix lists, prepend, max-prefix, RFC 8212 default deny;
+//! - [`speaker`]: the tokio driver: listener, connections, timers, and the actor that owns it all.
 
 pub mod fsm;
 pub mod policy;
 pub mod rib;
+pub mod speaker;
 pub mod types;
 pub mod wire;

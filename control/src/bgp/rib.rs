@@ -997,6 +997,15 @@ impl Rib {
 
     /// Records the neighbour's BGP Identifier from its OPEN (used by the decision process for the routes it
     /// sends from now on).
+    /// Sets our own addresses on the session to `peer` (learned when its TCP connection is up), used as next hop
+    /// self. Call before [`Rib::peer_up`].
+    pub fn set_next_hop_self(&mut self, peer: PeerId, v4: IpAddr, v6: Option<Ipv6Addr>) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.info.next_hop_self = v4;
+            p.info.next_hop_self_v6 = v6;
+        }
+    }
+
     pub fn set_peer_router_id(&mut self, peer: PeerId, id: Ipv4Addr) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.info.router_id = id;

@@ -105,7 +105,9 @@ impl Open {
     }
 
     pub fn route_refresh(&self) -> bool {
-        self.capabilities.iter().any(|c| matches!(c, Capability::RouteRefresh))
+        self.capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::RouteRefresh))
     }
 }
 
@@ -208,7 +210,9 @@ impl AsPath {
             Some(AsSegment::Sequence(v)) if v.len() + count <= 255 => {
                 v.splice(0..0, std::iter::repeat(asn).take(count));
             }
-            _ => self.segments.insert(0, AsSegment::Sequence(vec![asn; count])),
+            _ => self
+                .segments
+                .insert(0, AsSegment::Sequence(vec![asn; count])),
         }
     }
 
@@ -253,7 +257,10 @@ impl ExtCommunity {
     pub fn link_bandwidth(&self) -> Option<(u16, f32)> {
         let b = &self.0;
         if (b[0] == 0x40 || b[0] == 0x00) && b[1] == 0x04 {
-            Some((u16::from_be_bytes([b[2], b[3]]), f32::from_be_bytes([b[4], b[5], b[6], b[7]])))
+            Some((
+                u16::from_be_bytes([b[2], b[3]]),
+                f32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+            ))
         } else {
             None
         }
@@ -390,7 +397,9 @@ impl Update {
         if self.withdrawn.is_empty() && self.nlri.is_empty() && self.mp_reach.is_none() {
             match (&self.attributes, &self.mp_unreach) {
                 (None, None) => return Some(Family::Ipv4Unicast),
-                (Some(a), Some(u)) if u.withdrawn.is_empty() && **a == PathAttributes::default() => {
+                (Some(a), Some(u))
+                    if u.withdrawn.is_empty() && **a == PathAttributes::default() =>
+                {
                     return Some(u.family)
                 }
                 _ => {}
@@ -460,7 +469,11 @@ pub struct Notification {
 
 impl Notification {
     pub fn new(code: u8, subcode: u8, data: Vec<u8>) -> Notification {
-        Notification { code, subcode, data }
+        Notification {
+            code,
+            subcode,
+            data,
+        }
     }
 
     /// Cease / Administrative Shutdown (or Reset) with a shutdown communication (RFC 8203, RFC 9003: a length
@@ -478,7 +491,10 @@ impl Notification {
     /// The shutdown communication of a Cease / Administrative Shutdown or Reset, if present and valid UTF-8.
     pub fn shutdown_message(&self) -> Option<String> {
         if self.code != error_code::CEASE
-            || !matches!(self.subcode, subcode::ADMINISTRATIVE_SHUTDOWN | subcode::ADMINISTRATIVE_RESET)
+            || !matches!(
+                self.subcode,
+                subcode::ADMINISTRATIVE_SHUTDOWN | subcode::ADMINISTRATIVE_RESET
+            )
         {
             return None;
         }
@@ -547,7 +563,10 @@ mod tests {
     #[test]
     fn as_path_length_prepend_and_display() {
         let mut p = AsPath {
-            segments: vec![AsSegment::Sequence(vec![65001, 65002]), AsSegment::Set(vec![1, 2, 3])],
+            segments: vec![
+                AsSegment::Sequence(vec![65001, 65002]),
+                AsSegment::Set(vec![1, 2, 3]),
+            ],
         };
         assert_eq!(p.len(), 3);
         assert!(p.contains(2));
@@ -562,8 +581,14 @@ mod tests {
 
     #[test]
     fn shutdown_communication_round_trip() {
-        let n = Notification::shutdown(subcode::ADMINISTRATIVE_SHUTDOWN, "maintenance: back at 14:00");
-        assert_eq!(n.shutdown_message().as_deref(), Some("maintenance: back at 14:00"));
+        let n = Notification::shutdown(
+            subcode::ADMINISTRATIVE_SHUTDOWN,
+            "maintenance: back at 14:00",
+        );
+        assert_eq!(
+            n.shutdown_message().as_deref(),
+            Some("maintenance: back at 14:00")
+        );
         assert_eq!(n.describe(), "Cease/Administrative Shutdown");
         let long = "é".repeat(200);
         let n = Notification::shutdown(subcode::ADMINISTRATIVE_SHUTDOWN, &long);
