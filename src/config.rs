@@ -1195,8 +1195,8 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
         );
         expect_err(
             &format!("{}\n[bgp]\nmax_paths = 8\n", base()),
-            "bgp",
-            "not supported",
+            "gateway.asn",
+            "[bgp] needs",
         );
         expect_err(
             &base().replace("key_in = ", "key_in_file = \"x\", key_in = "),
@@ -1228,6 +1228,81 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
             1,
         );
         expect_err(&two, "inside", "overlaps");
+    }
+
+    fn with_bgp(neighbor: &str) -> String {
+        format!(
+            "{}\n[[bgp.neighbor]]\n{neighbor}\n[bgp]\nnetworks = [\"192.0.2.0/25\"]\n",
+            base().replace(
+                "tun = \"braid0\"",
+                "tun = \"braid0\"\nasn = 65001\nrouter_id = \"192.0.2.1\""
+            )
+        )
+    }
+
+    #[test]
+    fn bgp_neighbors_validate() {
+        let ok = with_bgp("tunnel = \"t1\"\nremote_asn = 65515\nimport = [\"10.20.0.0/16 le 24\"]\nexport = [\"192.0.2.0/25\"]");
+        let c = parse(&ok).unwrap();
+        let b = c.bgp.as_ref().unwrap();
+        let n = &b.neighbors[0];
+        // A tunnel neighbor is the peer's inside address, from our own inside address.
+        assert_eq!(n.address, "169.254.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(n.local_address, Some("169.254.0.1".parse().unwrap()));
+        assert_eq!(n.tunnel, Some(0));
+        assert_eq!(n.hold_time, DEFAULT_HOLD_TIME);
+        assert_eq!(b.max_paths, 8);
+        let lan = with_bgp("address = \"192.0.2.254\"\nremote_asn = 65001");
+        let c = parse(&lan).unwrap();
+        // iBGP without policy is fine; eBGP without policy is warned about (RFC 8212).
+        assert!(!c.audit().iter().any(|w| w.message.contains("RFC 8212")));
+        let ebgp = with_bgp("address = \"192.0.2.254\"\nremote_asn = 65002");
+        assert!(parse(&ebgp)
+            .unwrap()
+            .audit()
+            .iter()
+            .any(|w| w.message.contains("RFC 8212")));
+
+        expect_err(
+            &with_bgp("remote_asn = 65002"),
+            "neighbor[0]",
+            "needs `tunnel = NAME` or `address = IP`",
+        );
+        expect_err(
+            &with_bgp("tunnel = \"nope\"\nremote_asn = 65002"),
+            "tunnel",
+            "no tunnel named",
+        );
+        expect_err(
+            &with_bgp("address = \"192.0.2.254\"\nremote_asn = 65002\nhold_time = 2"),
+            "hold_time",
+            "at least 3",
+        );
+        expect_err(
+            &with_bgp("address = \"192.0.2.254\"\nremote_asn = 23456"),
+            "remote_asn",
+            "reserved",
+        );
+        expect_err(
+            &with_bgp("address = \"192.0.2.254\"\nremote_asn = 65002\nprepend = 11"),
+            "prepend",
+            "more than 10",
+        );
+        expect_err(
+            &with_bgp(
+                "address = \"192.0.2.254\"\nremote_asn = 65002\nimport = [\"10.0.0.0/8 le 4\"]",
+            ),
+            "import",
+            "10.0.0.0/8 le 4",
+        );
+        expect_err(
+            &with_bgp("address = \"192.0.2.254\"\nremote_asn = 65002\nbfd = {}"),
+            "bfd",
+            "not supported",
+        );
+        let no_asn =
+            with_bgp("address = \"192.0.2.254\"\nremote_asn = 65002").replace("asn = 65001\n", "");
+        expect_err(&no_asn, "gateway.asn", "[bgp] needs");
     }
 
     #[test]

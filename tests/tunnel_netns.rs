@@ -116,7 +116,11 @@ fn wrong_key_counts_auth_failures_and_delivers_nothing() {
 
 /// Reads the UDP payload of the first packet of a pcap file (Ethernet link type).
 fn first_udp_payload(pcap: &[u8]) -> Vec<u8> {
-    assert!(pcap.len() > 24 + 16, "capture is empty");
+    assert!(
+        pcap.len() > 24 + 16,
+        "capture is empty ({} bytes)",
+        pcap.len()
+    );
     let linktype = u32::from_le_bytes(pcap[20..24].try_into().unwrap());
     assert_eq!(linktype, 1, "expected Ethernet captures");
     let caplen = u32::from_le_bytes(pcap[32..36].try_into().unwrap()) as usize;
@@ -143,6 +147,9 @@ fn replayed_datagram_is_a_counted_replay_drop() {
         p.b.command(
             "tcpdump",
             &[
+                // Stay root: the capture goes into the lab's private (0700) directory.
+                "-Z",
+                "root",
                 "-i",
                 "ul0",
                 "-n",
@@ -173,6 +180,9 @@ fn replayed_datagram_is_a_counted_replay_drop() {
             );
             seen.push(byte[0]);
         }
+        // Keep draining stderr: tcpdump prints its statistics there on exit, and a closed pipe would kill it
+        // (SIGPIPE) before it flushes the capture file.
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
     }
     let (got, _) = p.ping(Side::A, B_INSIDE4, 1, &[]).unwrap();
     assert_eq!(got, 1);

@@ -474,7 +474,7 @@ impl OutboundSa {
         if start < HEADROOM {
             return Err(SealError::NoHeadroom);
         }
-        if start > end || end.checked_add(ICV_LEN).map_or(true, |e| e > buf.len()) {
+        if start > end || end.checked_add(ICV_LEN).is_none_or(|e| e > buf.len()) {
             return Err(SealError::NoTailroom);
         }
         let seq = self.next_seq()?;

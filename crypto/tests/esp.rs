@@ -240,7 +240,7 @@ fn truncated_and_extended_packets() {
         }
         for extra in 1..=8 {
             let mut p = packet.clone();
-            p.extend(std::iter::repeat(0).take(extra));
+            p.extend(std::iter::repeat_n(0, extra));
             let want = if extra % 4 == 0 {
                 OpenError::AuthFailed
             } else {

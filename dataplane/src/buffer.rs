@@ -94,6 +94,6 @@ mod tests {
     fn largest_packet_fits_with_esp_overhead() {
         let mut b = PacketBuf::new();
         assert_eq!(b.payload_area().len(), MAX_PACKET);
-        assert!(BUF_LEN >= HEADROOM + MAX_PACKET + braid_crypto::MAX_TAILROOM);
+        const { assert!(BUF_LEN >= HEADROOM + MAX_PACKET + braid_crypto::MAX_TAILROOM) };
     }
 }

@@ -764,8 +764,8 @@ impl Speaker {
     fn route_status(&self) -> Vec<RouteStatus> {
         let peer_of =
             |peer: Option<PeerId>| peer.and_then(|id| self.peers.iter().find(|p| p.rib_id == id));
-        let mut out: Vec<RouteStatus> = self
-            .rib
+        // Rib::routes is sorted by prefix.
+        self.rib
             .routes()
             .map(|r| {
                 let a = &r.best.attrs;
@@ -795,9 +795,7 @@ impl Speaker {
                     backups: r.backups.iter().map(hop).collect(),
                 }
             })
-            .collect();
-        out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
-        out
+            .collect()
     }
 }
 

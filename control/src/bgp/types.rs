@@ -208,7 +208,7 @@ impl AsPath {
         }
         match self.segments.first_mut() {
             Some(AsSegment::Sequence(v)) if v.len() + count <= 255 => {
-                v.splice(0..0, std::iter::repeat(asn).take(count));
+                v.splice(0..0, std::iter::repeat_n(asn, count));
             }
             _ => self
                 .segments
