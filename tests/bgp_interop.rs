@@ -177,7 +177,7 @@ fn max_prefix(kind: Kind) {
             l.neighbor(PEER4)["last_error"]
                 .as_str()
                 .unwrap_or("")
-                .contains("max_prefix")
+                .contains("sent Cease/Maximum Number of Prefixes Reached")
         },
     );
     let n = lab.neighbor(PEER4);
@@ -186,6 +186,80 @@ fn max_prefix(kind: Kind) {
         lab.route(PEER_NET4).is_none() && lab.route(PEER_NET4_EXTRA).is_none(),
         "routes kept after max-prefix"
     );
+}
+
+/// SIGTERM on braid: Cease/Administrative Shutdown with its RFC 8203 message reaches the peer, which drops
+/// braid's routes at once (long before its 90 s hold timer).
+fn graceful_shutdown(kind: Kind) {
+    let mut lab = BgpLab::start(
+        BraidSpec {
+            asn: 65001,
+            peer_asn: 65002,
+            hold: 90,
+            prepend: 0,
+            max_prefix: None,
+        },
+        PeerSpec {
+            kind,
+            asn: 65002,
+            braid_asn: 65001,
+            hold: 90,
+            routes4: vec![PEER_NET4.into()],
+            routes6: vec![],
+        },
+    );
+    lab.wait("braid's route at the peer", Duration::from_secs(30), |l| {
+        l.peer
+            .learned("ipv4")
+            .iter()
+            .any(|r| r.prefix == BRAID_NET4)
+    });
+    assert!(lab.stop_braid(), "braid did not exit cleanly on SIGTERM");
+    lab.wait(
+        "the peer dropped braid's routes",
+        Duration::from_secs(5),
+        |l| {
+            !l.peer
+                .learned("ipv4")
+                .iter()
+                .any(|r| r.prefix == BRAID_NET4)
+        },
+    );
+    let text = lab.peer.session_text().to_lowercase();
+    if kind == Kind::Bird {
+        assert!(
+            text.contains("administrative shutdown"),
+            "BIRD did not see the Cease: {text}"
+        );
+        assert!(
+            text.contains("braid gateway shutting down"),
+            "RFC 8203 message not shown: {text}"
+        );
+    }
+}
+
+#[test]
+fn bird_graceful_shutdown_sends_cease_with_message() {
+    if ready(
+        "bird_graceful_shutdown_sends_cease_with_message",
+        Kind::Bird,
+    ) {
+        graceful_shutdown(Kind::Bird);
+    }
+}
+
+#[test]
+fn frr_graceful_shutdown() {
+    if ready("frr_graceful_shutdown", Kind::Frr) {
+        graceful_shutdown(Kind::Frr);
+    }
+}
+
+#[test]
+fn gobgp_graceful_shutdown() {
+    if ready("gobgp_graceful_shutdown", Kind::Gobgp) {
+        graceful_shutdown(Kind::Gobgp);
+    }
 }
 
 #[test]

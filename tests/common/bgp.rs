@@ -438,6 +438,42 @@ impl Peer {
             .collect()
     }
 
+    /// The peer's own account of its session to braid's IPv4 address (for BIRD: `show protocols all`).
+    pub fn session_text(&self) -> String {
+        match self.spec.kind {
+            Kind::Bird => {
+                let sock = self.dir.join("bird.ctl");
+                run_in(
+                    &self.ns,
+                    "birdc",
+                    &[
+                        "-s",
+                        sock.to_str().unwrap(),
+                        "show",
+                        "protocols",
+                        "all",
+                        "braid4",
+                    ],
+                )
+                .1
+            }
+            Kind::Frr => {
+                run_in(
+                    &self.ns,
+                    "vtysh",
+                    &[
+                        "--vty_socket",
+                        self.frr_dir().to_str().unwrap(),
+                        "-c",
+                        &format!("show bgp neighbors {BRAID4} json"),
+                    ],
+                )
+                .1
+            }
+            Kind::Gobgp => self.gobgp(&["neighbor", BRAID4]).1,
+        }
+    }
+
     pub fn log(&self) -> String {
         let f = match self.spec.kind {
             Kind::Bird => self.dir.join("bird.log"),
@@ -570,6 +606,26 @@ impl BgpLab {
             .flatten()
             .find(|r| r["prefix"] == prefix)
             .cloned()
+    }
+
+    /// Sends SIGTERM to braid and waits (bounded) for it to exit; returns whether it exited cleanly.
+    pub fn stop_braid(&mut self) -> bool {
+        let Some(mut c) = self.braid.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
     }
 
     pub fn braid_log(&self) -> String {

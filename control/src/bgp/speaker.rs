@@ -538,6 +538,32 @@ impl Speaker {
             let mut progress = false;
             let now = Instant::now().into_std();
             for i in 0..self.peers.len() {
+                // Transmits first: a NOTIFICATION queued before a Close must be written (fsm's contract).
+                while let Some((conn, msg)) = self.peers[i].session.poll_transmit() {
+                    progress = true;
+                    let p = &mut self.peers[i];
+                    if let Some(c) = p.conns.get(&conn) {
+                        if let Message::Notification(n) = &msg {
+                            // Refusing a connection (while Idle, or a collision) says nothing about why the
+                            // session is down: keep the real reason for `braid show bgp`.
+                            let refusal = n.code == error_code::CEASE
+                                && matches!(
+                                    n.subcode,
+                                    subcode::CONNECTION_REJECTED
+                                        | subcode::CONNECTION_COLLISION_RESOLUTION
+                                );
+                            if refusal {
+                                tracing::debug!(neighbor = %p.cfg.label, notification = %n.describe(), "refusing a connection");
+                            } else {
+                                tracing::warn!(neighbor = %p.cfg.label, notification = %n.describe(), "sending NOTIFICATION");
+                                p.last_error = Some(format!("sent {}", n.describe()));
+                            }
+                        }
+                        let mut out = Vec::with_capacity(64);
+                        wire::encode(&msg, p.session.negotiated(), &mut out);
+                        let _ = c.writer.send(out);
+                    }
+                }
                 while let Some(a) = self.peers[i].session.poll_action() {
                     progress = true;
                     match a {
@@ -548,19 +574,6 @@ impl Speaker {
                                 // Dropping the writer closes the socket once queued bytes are written.
                             }
                         }
-                    }
-                }
-                while let Some((conn, msg)) = self.peers[i].session.poll_transmit() {
-                    progress = true;
-                    let p = &mut self.peers[i];
-                    if let Some(c) = p.conns.get(&conn) {
-                        if let Message::Notification(n) = &msg {
-                            tracing::warn!(neighbor = %p.cfg.label, notification = %n.describe(), "sending NOTIFICATION");
-                            p.last_error = Some(format!("sent {}", n.describe()));
-                        }
-                        let mut out = Vec::with_capacity(64);
-                        wire::encode(&msg, p.session.negotiated(), &mut out);
-                        let _ = c.writer.send(out);
                     }
                 }
                 while let Some(ev) = self.peers[i].session.poll_event() {
