@@ -13,7 +13,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -376,19 +376,8 @@ impl Pair {
             .context("that gateway is not running")?;
         let (_, mut child) = self.children.remove(i);
         // `ip netns exec` execs braid, so the child's pid is braid's.
-        netns::sh("kill", &["-TERM", &child.id().to_string()])?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = child.try_wait()? {
-                return Ok(st);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("gateway {side:?} did not exit within {timeout:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        netns::terminate(&mut child, timeout)
+            .with_context(|| format!("gateway {side:?} did not exit within {timeout:?} of SIGTERM"))
     }
 
     /// Pings `dst` from `side` (`count` echoes, 0.2 s apart); returns replies received.
@@ -527,20 +516,7 @@ pub fn socket_string(addr: &str, port: u16) -> String {
 impl Drop for Pair {
     fn drop(&mut self) {
         for (_, c) in self.children.iter_mut() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        for (_, c) in self.children.iter_mut() {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            netns::terminate(c, Duration::from_secs(3));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         // The namespaces (fields) are deleted after this, taking veths and TUN devices with them.
@@ -552,6 +528,17 @@ struct Check {
     name: String,
     ok: bool,
     detail: String,
+}
+
+impl Check {
+    fn line(&self) -> String {
+        format!(
+            "  [{}] {:<28} {}",
+            if self.ok { " ok " } else { "FAIL" },
+            self.name,
+            self.detail
+        )
+    }
 }
 
 /// Options of `braid lab`.
@@ -622,12 +609,7 @@ pub fn run(opts: &LabOptions) -> Result<i32> {
             ok: got == 5,
             detail: format!("{got}/5 replies"),
         };
-        say(&format!(
-            "  [{}] {:<28} {}",
-            if c.ok { " ok " } else { "FAIL" },
-            c.name,
-            c.detail
-        ));
+        say(&c.line());
         checks.push(c);
     }
     if interrupted.load(Ordering::Relaxed) {

@@ -154,6 +154,27 @@ pub fn cleanup_all() -> Result<Vec<String>> {
     Ok(removed)
 }
 
+/// Sends SIGTERM to `child` and waits up to `timeout` for it to exit; kills it after that.
+/// Returns its exit status if it exited by itself.
+pub fn terminate(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     // SAFETY-free: read the effective uid from /proc to keep this crate free of unsafe.

@@ -610,22 +610,12 @@ impl BgpLab {
 
     /// Sends SIGTERM to braid and waits (bounded) for it to exit; returns whether it exited cleanly.
     pub fn stop_braid(&mut self) -> bool {
-        let Some(mut c) = self.braid.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.success();
+        match self.braid.take() {
+            Some(mut c) => {
+                netns::terminate(&mut c, Duration::from_secs(5)).is_some_and(|st| st.success())
             }
-            std::thread::sleep(Duration::from_millis(20));
+            None => false,
         }
-        let _ = c.kill();
-        let _ = c.wait();
-        false
     }
 
     pub fn braid_log(&self) -> String {
@@ -665,18 +655,7 @@ pub fn tail(s: &str, n: usize) -> String {
 impl Drop for BgpLab {
     fn drop(&mut self) {
         if let Some(mut c) = self.braid.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            netns::terminate(&mut c, Duration::from_secs(3));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

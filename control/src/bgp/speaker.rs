@@ -304,17 +304,6 @@ fn down_text(r: &DownReason) -> String {
     }
 }
 
-fn state_name(s: State) -> &'static str {
-    match s {
-        State::Idle => "Idle",
-        State::Connect => "Connect",
-        State::Active => "Active",
-        State::OpenSent => "OpenSent",
-        State::OpenConfirm => "OpenConfirm",
-        State::Established => "Established",
-    }
-}
-
 impl Speaker {
     async fn run(
         &mut self,
@@ -678,7 +667,7 @@ impl Speaker {
             }
             Event::RouteRefresh(_) => self.rib.refresh_export(p.rib_id),
             Event::StateChange { from, to } => {
-                tracing::debug!(neighbor = %p.cfg.label, from = state_name(from), to = state_name(to), "BGP state");
+                tracing::debug!(neighbor = %p.cfg.label, from = State::name(from), to = State::name(to), "BGP state");
             }
         }
     }
@@ -755,7 +744,7 @@ impl Speaker {
                     address: p.cfg.address,
                     port: p.cfg.port,
                     remote_asn: p.cfg.remote_asn,
-                    state: state_name(p.session.state()),
+                    state: State::name(p.session.state()),
                     uptime_s: p
                         .session
                         .established_since()
