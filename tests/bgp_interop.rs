@@ -114,6 +114,30 @@ fn interop(kind: Kind, braid_asn: u32, peer_asn: u32) {
     );
     assert!(lab.neighbor(PEER4)["advertised"].as_u64().unwrap() >= 1);
 
+    // `braid bgp refresh`: the peer re-sends its routes (ROUTE-REFRESH, RFC 2918), so `received` grows.
+    let before = lab.neighbor(PEER4)["received"].as_u64().unwrap();
+    let out = std::process::Command::new(common::binary())
+        .args([
+            "bgp",
+            "refresh",
+            PEER4,
+            "-s",
+            lab.dir.join("braid.sock").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.wait(
+        "routes re-sent after ROUTE-REFRESH",
+        Duration::from_secs(10),
+        |l| l.neighbor(PEER4)["received"].as_u64().unwrap_or(0) >= before + 2,
+    );
+    assert!(lab.route(PEER_NET4).is_some());
+
     // A withdrawal at the peer disappears at braid; the other route stays.
     lab.peer.withdraw(PEER_NET4_EXTRA);
     lab.wait(
