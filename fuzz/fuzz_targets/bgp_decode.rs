@@ -20,7 +20,9 @@ fn resent(m: &Message) -> Message {
     let mut m = m.clone();
     if let Message::Update(u) = &mut m {
         if let Some(a) = &mut u.attributes {
-            Arc::make_mut(a).unknown.retain(|r| r.flags & attr_flags::TRANSITIVE != 0);
+            Arc::make_mut(a)
+                .unknown
+                .retain(|r| r.flags & attr_flags::TRANSITIVE != 0);
         }
     }
     m
