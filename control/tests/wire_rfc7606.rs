@@ -347,13 +347,13 @@ fn table() -> Vec<Case> {
         ),
         case(
             "LARGE_COMMUNITY length 10",
-            "RFC 8092 6",
+            "RFC 8092 error handling",
             with("c0 20 0a 0000fde9000000010000"),
             Withdraw(32),
         ),
         case(
             "OTC length 2",
-            "RFC 9234 5",
+            "RFC 9234 OTC attribute",
             with("c0 23 02 fde9"),
             Withdraw(35),
         ),

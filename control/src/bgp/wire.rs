@@ -24,7 +24,8 @@
 //!   AGGREGATOR / AS4_* it discards the attribute.
 //! - RFC 2918 ROUTE-REFRESH, with the RFC 7313 length check; BoRR/EoRR subtypes decode as a plain request.
 //! - Validation only, the value is kept opaque in [`PathAttributes::unknown`]: ORIGINATOR_ID and
-//!   CLUSTER_LIST (RFC 7606 7.9, 7.10), LARGE_COMMUNITY (RFC 8092 5) and OTC (RFC 9234 5) lengths.
+//!   CLUSTER_LIST (RFC 7606 7.9, 7.10), LARGE_COMMUNITY (RFC 8092 error handling) and OTC (RFC 9234)
+//!   lengths, malformed = treat-as-withdraw.
 //!
 //! Left out on purpose: extended messages (RFC 8654: we never advertise the capability, so 4096 octets is
 //! the limit), ADD-PATH path identifiers (RFC 7911, not advertised), extended next hop (RFC 8950),
