@@ -455,6 +455,10 @@ impl Speaker {
                 }
                 match wire::decode(&bytes, p.session.negotiated_on(conn)) {
                     Ok(msg) => p.session.handle_message(now, conn, msg),
+                    Err(e) if e.ignorable => {
+                        // RFC 2918 / 7313: e.g. a ROUTE-REFRESH for a family we do not know is dropped silently.
+                        tracing::debug!(neighbor = %p.cfg.label, reason = %e.reason, "ignored BGP message");
+                    }
                     Err(e) => {
                         tracing::warn!(neighbor = %p.cfg.label, reason = %e.reason, "malformed BGP message: sending NOTIFICATION");
                         p.last_error =
