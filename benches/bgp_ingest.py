@@ -24,6 +24,8 @@ import time
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
 BRAID = os.path.abspath(os.environ.get("BRAID", "target/release/braid"))
+# The client used to poll braid (BRAID may be a wrapper, e.g. a profiler).
+BRAID_SHOW = os.path.abspath(os.environ.get("BRAID_SHOW", BRAID))
 TAG = f"braid-ingest-{os.getpid()}"
 NS = {"feed": f"{TAG}-f", "braid": f"{TAG}-b", "bird": f"{TAG}-r"}
 GROUPS = 10
@@ -116,7 +118,7 @@ protocol bgp feeder { local 198.51.100.2 as 65001; neighbor 198.51.100.1 as 6500
             now = time.monotonic() - start
             if kind == "braid":
                 try:
-                    out = subprocess.run([BRAID, "show", "bgp", "--json", "-s", sock], capture_output=True,
+                    out = subprocess.run([BRAID_SHOW, "show", "bgp", "--json", "-s", sock], capture_output=True,
                                          text=True, timeout=5)
                     n = json.loads(out.stdout)["neighbors"][0]
                     up, count = n["state"] == "Established", n["accepted"]

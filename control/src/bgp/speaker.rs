@@ -209,6 +209,8 @@ pub async fn start(cfg: SpeakerConfig) -> io::Result<SpeakerHandle> {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::channel(1024);
     let mut rib = Rib::new(cfg.local_asn, cfg.router_id, cfg.max_paths);
+    // Nothing consumes FIB changes yet (the data path's FIB arrives with multipath): don't queue them.
+    rib.track_fib(false);
     let mut peers = Vec::new();
     for (i, n) in cfg.neighbors.iter().enumerate() {
         let families = n.families.clone();
