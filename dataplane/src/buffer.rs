@@ -1,11 +1,12 @@
-//! Packet buffers with headroom and tailroom, and a per-thread pool of them.
+//! Packet buffers with headroom and tailroom.
 //!
 //! A packet is read once into a [`PacketBuf`] at offset [`HEADROOM`], so the ESP header and IV can be written in
 //! front of it and the padding, trailer and ICV behind it, in place. Inbound, an ESP datagram is received at
 //! offset 0 and decrypted in place; the inner packet is then written out from where it lies. No copies between
 //! the read and the write.
 //!
-//! The pool is owned by one thread (no lock); buffers are allocated once when the data path starts.
+//! Each data-path thread allocates its buffers once when it starts and reuses them for every packet (no lock, no
+//! per-packet allocation). Pools for batches of packets arrive with the fast path (`recvmmsg`/`sendmmsg`).
 
 /// Bytes reserved in front of an inner packet: the ESP header and IV.
 pub const HEADROOM: usize = braid_crypto::HEADROOM;
@@ -46,49 +47,9 @@ impl Default for PacketBuf {
     }
 }
 
-/// A fixed set of buffers owned by one data-path thread.
-pub struct BufPool {
-    free: Vec<PacketBuf>,
-}
-
-impl BufPool {
-    /// Allocates `count` buffers up front.
-    pub fn new(count: usize) -> BufPool {
-        BufPool {
-            free: (0..count).map(|_| PacketBuf::new()).collect(),
-        }
-    }
-
-    /// Takes a buffer, or `None` when all are in use (a counted drop for the caller).
-    pub fn get(&mut self) -> Option<PacketBuf> {
-        self.free.pop()
-    }
-
-    /// Returns a buffer to the pool.
-    pub fn put(&mut self, buf: PacketBuf) {
-        self.free.push(buf);
-    }
-
-    pub fn available(&self) -> usize {
-        self.free.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pool_hands_out_and_takes_back() {
-        let mut pool = BufPool::new(2);
-        let a = pool.get().unwrap();
-        let b = pool.get().unwrap();
-        assert!(pool.get().is_none());
-        assert_eq!(a.as_slice().len(), BUF_LEN);
-        pool.put(a);
-        pool.put(b);
-        assert_eq!(pool.available(), 2);
-    }
 
     #[test]
     fn largest_packet_fits_with_esp_overhead() {
