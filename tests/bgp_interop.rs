@@ -59,6 +59,7 @@ fn interop(kind: Kind, braid_asn: u32, peer_asn: u32) {
             hold: 9,
             routes4: vec![PEER_NET4.into(), PEER_NET4_EXTRA.into()],
             routes6: vec![PEER_NET6.into()],
+            link: LINK_B,
         },
     );
     let mut lab = lab;
@@ -192,6 +193,7 @@ fn max_prefix(kind: Kind) {
             hold: 90,
             routes4: vec![PEER_NET4.into(), PEER_NET4_EXTRA.into()],
             routes6: vec![],
+            link: LINK_B,
         },
     );
     lab.wait(
@@ -230,6 +232,7 @@ fn graceful_shutdown(kind: Kind) {
             hold: 90,
             routes4: vec![PEER_NET4.into()],
             routes6: vec![],
+            link: LINK_B,
         },
     );
     lab.wait("braid's route at the peer", Duration::from_secs(30), |l| {
@@ -284,6 +287,77 @@ fn gobgp_graceful_shutdown() {
     if ready("gobgp_graceful_shutdown", Kind::Gobgp) {
         graceful_shutdown(Kind::Gobgp);
     }
+}
+
+/// Transit: braid learns a route from BIRD (AS 65002) and passes it on to GoBGP (AS 65003) with its own ASN in
+/// front and next hop self; when BIRD withdraws it, braid's withdrawal removes it from GoBGP.
+#[test]
+fn transit_bird_to_gobgp_announce_and_withdraw() {
+    if !ready("transit_bird_to_gobgp_announce_and_withdraw", Kind::Bird)
+        || !ready("transit_bird_to_gobgp_announce_and_withdraw", Kind::Gobgp)
+    {
+        return;
+    }
+    let mut lab = BgpLab::start_with(
+        BraidSpec {
+            asn: 65001,
+            peer_asn: 65002,
+            hold: 90,
+            prepend: 0,
+            max_prefix: None,
+        },
+        PeerSpec {
+            kind: Kind::Bird,
+            asn: 65002,
+            braid_asn: 65001,
+            hold: 90,
+            routes4: vec![PEER_NET4.into(), PEER_NET4_EXTRA.into()],
+            routes6: vec![PEER_NET6.into()],
+            link: LINK_B,
+        },
+        Some(PeerSpec {
+            kind: Kind::Gobgp,
+            asn: 65003,
+            braid_asn: 65001,
+            hold: 90,
+            routes4: vec![],
+            routes6: vec![],
+            link: LINK_C,
+        }),
+    );
+    let has = |l: &BgpLab, fam: &str, prefix: &str, path: &[u32]| {
+        l.peer2
+            .as_ref()
+            .unwrap()
+            .learned(fam)
+            .iter()
+            .any(|r| r.prefix == prefix && r.as_path == path)
+    };
+    lab.wait(
+        "BIRD's routes at GoBGP through braid",
+        Duration::from_secs(30),
+        |l| {
+            has(l, "ipv4", PEER_NET4, &[65001, 65002])
+                && has(l, "ipv4", PEER_NET4_EXTRA, &[65001, 65002])
+                && has(l, "ipv6", PEER_NET6, &[65001, 65002])
+        },
+    );
+    lab.peer.withdraw(PEER_NET4_EXTRA);
+    lab.peer.withdraw(PEER_NET6);
+    lab.wait(
+        "braid's withdrawals reach GoBGP",
+        Duration::from_secs(15),
+        |l| {
+            let v4 = l.peer2.as_ref().unwrap().learned("ipv4");
+            let v6 = l.peer2.as_ref().unwrap().learned("ipv6");
+            !v4.iter().any(|r| r.prefix == PEER_NET4_EXTRA)
+                && !v6.iter().any(|r| r.prefix == PEER_NET6)
+        },
+    );
+    assert!(
+        has(&lab, "ipv4", PEER_NET4, &[65001, 65002]),
+        "the route that was not withdrawn must stay"
+    );
 }
 
 #[test]

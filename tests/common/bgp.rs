@@ -21,6 +21,35 @@ pub const PEER_NET4: &str = "203.0.113.128/25";
 pub const PEER_NET4_EXTRA: &str = "192.0.2.128/25";
 pub const PEER_NET6: &str = "2001:db8:b::/48";
 
+/// The addresses of one braid <-> peer link.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub braid4: &'static str,
+    pub braid6: &'static str,
+    pub peer4: &'static str,
+    pub peer6: &'static str,
+    /// IPv4 prefix length of the link.
+    pub len4: u8,
+}
+
+/// The first peer's link (namespace B).
+pub const LINK_B: Link = Link {
+    braid4: BRAID4,
+    braid6: BRAID6,
+    peer4: PEER4,
+    peer6: PEER6,
+    len4: 26,
+};
+
+/// A second peer's link (namespace C), for transit tests.
+pub const LINK_C: Link = Link {
+    braid4: "198.51.100.65",
+    braid6: "2001:db8:2::1",
+    peer4: "198.51.100.66",
+    peer6: "2001:db8:2::2",
+    len4: 26,
+};
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
     Bird,
@@ -38,9 +67,10 @@ pub struct PeerSpec {
     /// IPv4 prefixes the peer originates.
     pub routes4: Vec<String>,
     pub routes6: Vec<String>,
+    pub link: Link,
 }
 
-/// A running peer daemon in namespace B.
+/// A running peer daemon in its namespace.
 pub struct Peer {
     pub spec: PeerSpec,
     dir: PathBuf,
@@ -91,6 +121,7 @@ impl Peer {
 
     fn bird_config(&self) -> String {
         let s = &self.spec;
+        let (p4, p6, b4, b6) = (s.link.peer4, s.link.peer6, s.link.braid4, s.link.braid6);
         let r4: String = s
             .routes4
             .iter()
@@ -102,11 +133,11 @@ impl Peer {
             .map(|r| format!("  route {r} unreachable;\n"))
             .collect();
         format!(
-            "router id 192.0.2.2;\nprotocol device {{}}\n\
+            "router id {p4};\nprotocol device {{}}\n\
              protocol static s4 {{ ipv4;\n{r4}}}\nprotocol static s6 {{ ipv6;\n{r6}}}\n\
-             protocol bgp braid4 {{ local {PEER4} as {asn}; neighbor {BRAID4} as {basn}; hold time {hold}; keepalive time 1;\n\
+             protocol bgp braid4 {{ local {p4} as {asn}; neighbor {b4} as {basn}; hold time {hold}; keepalive time 1;\n\
                ipv4 {{ import all; export where source = RTS_STATIC; }}; }}\n\
-             protocol bgp braid6 {{ local {PEER6} as {asn}; neighbor {BRAID6} as {basn}; hold time {hold}; keepalive time 1;\n\
+             protocol bgp braid6 {{ local {p6} as {asn}; neighbor {b6} as {basn}; hold time {hold}; keepalive time 1;\n\
                ipv6 {{ import all; export where source = RTS_STATIC; }}; }}\n",
             asn = s.asn,
             basn = s.braid_asn,
@@ -146,6 +177,7 @@ impl Peer {
         let d = self.frr_dir();
         std::fs::create_dir_all(&d).unwrap();
         let s = &self.spec;
+        let (p4, b4, b6) = (s.link.peer4, s.link.braid4, s.link.braid6);
         std::fs::write(d.join("zebra.conf"), "hostname peer\nlog stdout\n").unwrap();
         let n4: String = s
             .routes4
@@ -161,11 +193,11 @@ impl Peer {
         std::fs::write(
             d.join("bgpd.conf"),
             format!(
-                "frr defaults traditional\nhostname peer\nlog file {}/bgpd.log\nrouter bgp {asn}\n bgp router-id 192.0.2.2\n\
+                "frr defaults traditional\nhostname peer\nlog file {}/bgpd.log\nrouter bgp {asn}\n bgp router-id {p4}\n\
                  no bgp ebgp-requires-policy\n no bgp network import-check\n timers bgp {keep} {hold}\n\
-                 neighbor {BRAID4} remote-as {basn}\n neighbor {BRAID6} remote-as {basn}\n\
-                 address-family ipv4 unicast\n{n4}  no neighbor {BRAID6} activate\n exit-address-family\n\
-                 address-family ipv6 unicast\n{n6}  neighbor {BRAID6} activate\n exit-address-family\n",
+                 neighbor {b4} remote-as {basn}\n neighbor {b6} remote-as {basn}\n\
+                 address-family ipv4 unicast\n{n4}  no neighbor {b6} activate\n exit-address-family\n\
+                 address-family ipv6 unicast\n{n6}  neighbor {b6} activate\n exit-address-family\n",
                 d.display(),
                 asn = s.asn,
                 basn = s.braid_asn,
@@ -207,6 +239,7 @@ impl Peer {
 
     fn start_gobgp(&mut self) {
         let s = &self.spec;
+        let (p4, p6, b4, b6) = (s.link.peer4, s.link.peer6, s.link.braid4, s.link.braid6);
         let keep = (s.hold / 3).max(1);
         let neighbor = |addr: &str, family: &str| {
             format!(
@@ -218,10 +251,10 @@ impl Peer {
             )
         };
         let conf = format!(
-            "[global.config]\n  as = {}\n  router-id = \"192.0.2.2\"\n  port = 179\n  local-address-list = [\"{PEER4}\", \"{PEER6}\"]\n\n{}\n{}",
+            "[global.config]\n  as = {}\n  router-id = \"{p4}\"\n  port = 179\n  local-address-list = [\"{p4}\", \"{p6}\"]\n\n{}\n{}",
             s.asn,
-            neighbor(BRAID4, "ipv4-unicast"),
-            neighbor(BRAID6, "ipv6-unicast")
+            neighbor(b4, "ipv4-unicast"),
+            neighbor(b6, "ipv6-unicast")
         );
         let path = self.dir.join("gobgpd.toml");
         std::fs::write(&path, conf).unwrap();
@@ -465,12 +498,12 @@ impl Peer {
                         "--vty_socket",
                         self.frr_dir().to_str().unwrap(),
                         "-c",
-                        &format!("show bgp neighbors {BRAID4} json"),
+                        &format!("show bgp neighbors {} json", self.spec.link.braid4),
                     ],
                 )
                 .1
             }
-            Kind::Gobgp => self.gobgp(&["neighbor", BRAID4]).1,
+            Kind::Gobgp => self.gobgp(&["neighbor", self.spec.link.braid4]).1,
         }
     }
 
@@ -501,9 +534,12 @@ impl Drop for Peer {
 pub struct BgpLab {
     braid: Option<Child>,
     pub peer: Peer,
+    /// A second peer (namespace C, [`LINK_C`]), for transit tests.
+    pub peer2: Option<Peer>,
     pub dir: PathBuf,
     pub a: Netns,
     pub b: Netns,
+    pub c: Option<Netns>,
 }
 
 /// braid's side of the test.
@@ -518,13 +554,16 @@ pub struct BraidSpec {
 
 impl BgpLab {
     pub fn start(braid_spec: BraidSpec, peer_spec: PeerSpec) -> BgpLab {
-        let a = Netns::new("bgpa").unwrap();
-        let b = Netns::new("bgpb").unwrap();
-        netns::veth(&a, "ul0", &b, "ul0").unwrap();
-        for (ns, v4, v6) in [(&a, BRAID4, BRAID6), (&b, PEER4, PEER6)] {
+        BgpLab::start_with(braid_spec, peer_spec, None)
+    }
+
+    fn link(a: &Netns, a_if: &str, ns: &Netns, l: Link) {
+        netns::veth(a, a_if, ns, "ul0").unwrap();
+        for (ns, ifname, v4, v6) in [(a, a_if, l.braid4, l.braid6), (ns, "ul0", l.peer4, l.peer6)] {
             ns.sysctl("net.ipv6.conf.all.accept_dad", "0").unwrap();
-            ns.sysctl("net.ipv6.conf.ul0.accept_dad", "0").unwrap();
-            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "ul0"])
+            ns.sysctl(&format!("net.ipv6.conf.{ifname}.accept_dad"), "0")
+                .unwrap();
+            ns.ip(&["addr", "add", &format!("{v4}/{}", l.len4), "dev", ifname])
                 .unwrap();
             ns.ip(&[
                 "-6",
@@ -532,11 +571,27 @@ impl BgpLab {
                 "add",
                 &format!("{v6}/64"),
                 "dev",
-                "ul0",
+                ifname,
                 "nodad",
             ])
             .unwrap();
         }
+    }
+
+    /// braid with the first peer on [`LINK_B`] and, optionally, a second peer on [`LINK_C`].
+    pub fn start_with(
+        braid_spec: BraidSpec,
+        peer_spec: PeerSpec,
+        second: Option<PeerSpec>,
+    ) -> BgpLab {
+        let a = Netns::new("bgpa").unwrap();
+        let b = Netns::new("bgpb").unwrap();
+        BgpLab::link(&a, "ul0", &b, LINK_B);
+        let c = second.as_ref().map(|_| {
+            let c = Netns::new("bgpc").unwrap();
+            BgpLab::link(&a, "ul1", &c, LINK_C);
+            c
+        });
         let dir = std::env::temp_dir().join(format!("braid-bgp-{}", a.name()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -544,19 +599,23 @@ impl BgpLab {
             .max_prefix
             .map(|m| format!("max_prefix = {m}\n"))
             .unwrap_or_default();
-        let neighbor = |addr: &str| {
+        let neighbor = |addr: &str, asn: u32| {
             format!(
-                "[[bgp.neighbor]]\naddress = \"{addr}\"\nremote_asn = {}\nhold_time = {}\nprepend = {}\nconnect_retry = 1\n\
+                "[[bgp.neighbor]]\naddress = \"{addr}\"\nremote_asn = {asn}\nhold_time = {}\nprepend = {}\nconnect_retry = 1\n\
                  import = [\"0.0.0.0/0 le 32\", \"::/0 le 128\"]\nexport = [\"0.0.0.0/0 le 32\", \"::/0 le 128\"]\n{max}\n",
-                braid_spec.peer_asn, braid_spec.hold, braid_spec.prepend
+                braid_spec.hold, braid_spec.prepend
             )
         };
+        let mut neighbors =
+            neighbor(PEER4, braid_spec.peer_asn) + &neighbor(PEER6, braid_spec.peer_asn);
+        if let Some(p2) = &second {
+            neighbors += &neighbor(LINK_C.peer4, p2.asn);
+            neighbors += &neighbor(LINK_C.peer6, p2.asn);
+        }
         let cfg = format!(
-            "[gateway]\nname = \"bgp-a\"\nasn = {}\nrouter_id = \"192.0.2.1\"\ncontrol_socket = \"{}\"\n\n[bgp]\nnetworks = [\"{BRAID_NET4}\", \"{BRAID_NET6}\"]\n\n{}{}",
+            "[gateway]\nname = \"bgp-a\"\nasn = {}\nrouter_id = \"192.0.2.1\"\ncontrol_socket = \"{}\"\n\n[bgp]\nnetworks = [\"{BRAID_NET4}\", \"{BRAID_NET6}\"]\n\n{neighbors}",
             braid_spec.asn,
             dir.join("braid.sock").display(),
-            neighbor(PEER4),
-            neighbor(PEER6)
         );
         std::fs::write(dir.join("braid.toml"), cfg).unwrap();
         let log = std::fs::File::create(dir.join("braid.log")).unwrap();
@@ -572,12 +631,15 @@ impl BgpLab {
             .spawn()
             .unwrap();
         let peer = Peer::start(peer_spec, &b, dir.join("peer"));
+        let peer2 = second.map(|p2| Peer::start(p2, c.as_ref().unwrap(), dir.join("peer2")));
         BgpLab {
             braid: Some(braid),
             peer,
+            peer2,
             dir,
             a,
             b,
+            c,
         }
     }
 
