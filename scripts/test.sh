@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 
-need_pkgs iproute2 iputils-ping iperf3 nftables tcpdump procps ca-certificates
+need_pkgs iproute2 iputils-ping iperf3 nftables tcpdump procps ca-certificates bird2 frr gobgpd
 need_rust
 
 echo "==> cargo fmt --check"
