@@ -213,7 +213,7 @@ fn probe_addr(rng: &mut Rng, routes: &[(Prefix, u32)]) -> IpAddr {
     match pfx.addr() {
         IpAddr::V4(a) => {
             let host = rng.next() as u32;
-            let keep = if pfx.len() == 0 || anywhere {
+            let keep = if pfx.is_empty() || anywhere {
                 0
             } else {
                 u32::MAX << (32 - u32::from(pfx.len()))
@@ -222,7 +222,7 @@ fn probe_addr(rng: &mut Rng, routes: &[(Prefix, u32)]) -> IpAddr {
         }
         IpAddr::V6(a) => {
             let host = (u128::from(rng.next()) << 64) | u128::from(rng.next());
-            let keep = if pfx.len() == 0 || anywhere {
+            let keep = if pfx.is_empty() || anywhere {
                 0
             } else {
                 u128::MAX << (128 - u32::from(pfx.len()))
