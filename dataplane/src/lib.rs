@@ -9,6 +9,7 @@
 
 pub mod buffer;
 pub mod engine;
+pub mod fib;
 pub mod prefix;
 pub mod stats;
 #[allow(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod uplink;
 pub mod wire;
 
 pub use engine::{Dataplane, DataplaneSpec, IkeDatagram, TunnelIo, UplinkIo};
+pub use fib::{Fib, FibBuilder, FibCell, GroupError, Member, NextHopGroup};
 pub use prefix::{Prefix, PrefixTable};
 pub use stats::{DropReason, TunStats, TunnelStats, UplinkStats};
 pub use tun::{InsideAddr, Tun};
