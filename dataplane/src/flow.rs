@@ -180,7 +180,7 @@ mod tests {
     use etherparse::PacketBuilder;
     use std::hash::Hasher;
 
-    const SEED: u64 = 0x5eed_0f_b4a1d;
+    const SEED: u64 = 0x5eed_0fb4_a1d0;
 
     fn v4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
