@@ -2,7 +2,8 @@
 //!
 //! - `flow_hash/ipv4_udp`, `flow_hash/ipv6_ext_udp`: the keyed 5-tuple hash of a 1400-byte IPv4 UDP packet,
 //!   and of an IPv6 UDP packet behind a Hop-by-Hop and a Destination Options header.
-//! - `pick/N`: weighted rendezvous choice among N members (2, 4, 8, 16), over changing flow hashes.
+//! - `pick/N`: weighted rendezvous choice among N members of unequal weights (2, 4, 8, 16), over changing
+//!   flow hashes; `pick_equal_weights/N`: the same with equal weights (no `ln`).
 //! - `pick_spray/4`: the per-packet weighted round robin among 4 members.
 //! - `admit`: one token-bucket decision on a 1 Gbit/s uplink at a steady clock.
 //!
@@ -61,6 +62,16 @@ fn bench(c: &mut Criterion) {
         let members: Vec<Member> = (0..n).map(|i| (100 + i, 1 + i % 3)).collect();
         let mut flow = 0u64;
         c.bench_function(&format!("pick/{n}"), |b| {
+            b.iter(|| {
+                flow = flow.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                pick(black_box(&members), flow)
+            })
+        });
+    }
+    for n in [4u32, 8] {
+        let members: Vec<Member> = (0..n).map(|i| (100 + i, 250)).collect();
+        let mut flow = 0u64;
+        c.bench_function(&format!("pick_equal_weights/{n}"), |b| {
             b.iter(|| {
                 flow = flow.wrapping_add(0x9e37_79b9_7f4a_7c15);
                 pick(black_box(&members), flow)

@@ -14,8 +14,8 @@
 //!   other members never move, so they are never reordered;
 //! - the choice is deterministic and does not depend on the order of the members.
 //!
-//! The cost is one 64-bit mix and one `ln` per member per packet, with no state and no table to rebuild when
-//! the group changes. A member of weight 0 carries nothing (a drained member or a backup).
+//! The cost is one 64-bit mix and one `ln` per member per packet (just the mix when all weights are equal,
+//! where the highest `u` wins), with no state and no table to rebuild when the group changes. A member of weight 0 carries nothing (a drained member or a backup).
 //!
 //! [`pick_spray`] spreads packets rather than flows, by weight: it reorders packets within a flow, so it is for
 //! links whose traffic tolerates that and is off unless the operator asks for it.
@@ -27,11 +27,34 @@
 pub type Member = (u32, u32);
 
 /// The tunnel that carries the flow with hash `flow` (from [`crate::flow::flow_hash`]) among `members`, or
-/// `None` if no member has a weight above zero. Allocates nothing; costs one mix and one `ln` per member.
+/// `None` if no member has a weight above zero. Allocates nothing; costs one mix and one `ln` per member (no
+/// `ln` when all weights are equal).
 ///
 /// Ties (equal scores, which need equal hashes) go to the lower tunnel id, so the result never depends on the
 /// members' order. A tunnel id listed twice scores the same both times.
 pub fn pick(members: &[Member], flow: u64) -> Option<u32> {
+    let mut weights = members.iter().map(|m| m.1).filter(|&w| w > 0);
+    let first = weights.next()?;
+    if weights.all(|w| w == first) {
+        pick_equal(members, flow)
+    } else {
+        pick_weighted(members, flow)
+    }
+}
+
+/// [`pick`] when every member of weight above zero has the same weight: the score grows with `u`, so the
+/// highest `u` wins and no `ln` is needed. Chooses as [`pick_weighted`] would (the two could differ only if
+/// `ln` rounded two of the 2^53 values of `u` to one score, which then goes to the lower id).
+fn pick_equal(members: &[Member], flow: u64) -> Option<u32> {
+    members
+        .iter()
+        .filter(|m| m.1 > 0)
+        .map(|&(tunnel, _)| (unit(flow, tunnel), tunnel))
+        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+        .map(|(_, tunnel)| tunnel)
+}
+
+fn pick_weighted(members: &[Member], flow: u64) -> Option<u32> {
     let mut best: Option<(f64, u32)> = None;
     for &(tunnel, weight) in members {
         if weight == 0 {
@@ -81,10 +104,14 @@ const GOLDEN_RATIO_64: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// `weight / -ln(u)` with `u` in (0, 1) uniform from the flow and the tunnel id.
 fn score(flow: u64, tunnel: u32, weight: u32) -> f64 {
-    let h = mix(flow, tunnel);
-    // The top 53 bits, centred in their interval: never 0, never 1, so ln(u) is finite and negative.
-    let u = ((h >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64);
+    // The 53-bit integer centred in its interval: never 0, never 1, so ln(u) is finite and negative.
+    let u = (unit(flow, tunnel) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64);
     weight as f64 / -u.ln()
+}
+
+/// The 53 bits of `u` (exactly representable in an `f64`), as an integer.
+fn unit(flow: u64, tunnel: u32) -> u64 {
+    mix(flow, tunnel) >> 11
 }
 
 /// Mixes the flow hash with a tunnel id into 64 well-spread bits: the id is spread by multiplying with the
@@ -192,6 +219,15 @@ mod tests {
         assert_eq!(pick(&[(1, 0), (2, 0)], 42), None);
         assert_eq!(pick(&[], 42), None);
         assert_eq!(pick(&[(7, 1)], 42), Some(7));
+    }
+
+    #[test]
+    fn the_equal_weight_path_chooses_as_the_weighted_one() {
+        let members = [(5, 3), (9, 3), (2, 0), (40, 3), (7, 3)];
+        for f in flows().take(20_000) {
+            assert_eq!(pick(&members, f), pick_weighted(&members, f));
+            assert_eq!(pick_equal(&members, f), pick_weighted(&members, f));
+        }
     }
 
     #[test]
