@@ -10,7 +10,10 @@
 pub mod buffer;
 pub mod engine;
 pub mod fib;
+pub mod flow;
 pub mod prefix;
+pub mod scheduler;
+pub mod shaper;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
