@@ -626,9 +626,9 @@ fn validate_bgp(
     gateway: &Gateway,
     tunnels: &[Tunnel],
 ) -> Result<Bgp, ConfigError> {
-    let Some(asn) = gateway.asn else {
+    if gateway.asn.is_none() {
         return Err(cx.err("gateway.asn", "[bgp] needs the gateway's ASN"));
-    };
+    }
     if gateway.router_id.is_none() {
         return Err(cx.err(
             "gateway.router_id",
@@ -737,7 +737,6 @@ fn validate_bgp(
         if !(1..=3600).contains(&connect_retry) {
             return Err(cx.err(key("connect_retry"), "must be 1..=3600 seconds"));
         }
-        let _ = asn;
         neighbors.push(Neighbor {
             address,
             tunnel,

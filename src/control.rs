@@ -18,7 +18,7 @@ use braid_crypto::Cipher;
 use braid_dataplane::{DropReason, TunStats, TunnelStats, UplinkStats};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 /// A tunnel is "up" when it authenticated an inbound packet at most this long ago.
@@ -344,5 +344,3 @@ pub fn request(path: &Path, req: &Request) -> Result<Value> {
     }
     Ok(v)
 }
-
-use tokio::io::AsyncReadExt as _;

@@ -150,24 +150,6 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
         });
     }
 
-    let smallest = tunnel_infos.iter().map(|t| t.mtu as u32).min();
-
-    let tun_mtu = g.mtu.or(smallest).unwrap_or(1400);
-    if let Some(s) = smallest {
-        if tun_mtu > s {
-            tracing::warn!(
-                tun_mtu,
-                tunnel_mtu = s,
-                "TUN MTU above a tunnel's MTU: larger DF packets get ICMP errors"
-            );
-        }
-    }
-    if tun_mtu < 1280 && inside_addrs.iter().any(|a| a.addr.is_ipv6()) {
-        tracing::warn!(
-            tun_mtu,
-            "TUN MTU below 1280: the kernel disables IPv6 on the device"
-        );
-    }
     let tun_stats = Arc::new(TunStats::default());
     if tunnels.is_empty() {
         // A BGP-only gateway (e.g. a route server next to the core router): no TUN, no data path.
@@ -181,6 +163,27 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
             tun_stats,
         ));
         return Ok((state, None));
+    }
+
+    // Tunnels exist here, so `smallest` is a real tunnel MTU.
+    let smallest = tunnel_infos
+        .iter()
+        .map(|t| t.mtu as u32)
+        .min()
+        .unwrap_or(u32::MAX);
+    let tun_mtu = g.mtu.unwrap_or(smallest);
+    if tun_mtu > smallest {
+        tracing::warn!(
+            tun_mtu,
+            tunnel_mtu = smallest,
+            "TUN MTU above a tunnel's MTU: larger DF packets get ICMP errors"
+        );
+    }
+    if tun_mtu < 1280 && inside_addrs.iter().any(|a| a.addr.is_ipv6()) {
+        tracing::warn!(
+            tun_mtu,
+            "TUN MTU below 1280: the kernel disables IPv6 on the device"
+        );
     }
     let tun = Tun::create(&g.tun, tun_mtu, &inside_addrs)
         .context("setting up the TUN device (needs CAP_NET_ADMIN)")?;

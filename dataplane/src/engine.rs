@@ -102,14 +102,12 @@ impl Dataplane {
         let epoch = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let tun = Arc::new(spec.tun);
-        let sockets: Arc<Vec<UdpSocket>> = Arc::new(
-            spec.uplinks
-                .iter()
-                .map(|u| u.socket.try_clone())
-                .collect::<io::Result<_>>()?,
-        );
-        let uplink_stats: Vec<Arc<UplinkStats>> =
-            spec.uplinks.iter().map(|u| u.stats.clone()).collect();
+        let (sockets, uplink_stats): (Vec<UdpSocket>, Vec<Arc<UplinkStats>>) = spec
+            .uplinks
+            .into_iter()
+            .map(|u| (u.socket, u.stats))
+            .unzip();
+        let sockets = Arc::new(sockets);
 
         let mut outbound = Vec::with_capacity(spec.tunnels.len());
         let mut inbound = Vec::with_capacity(spec.tunnels.len());
