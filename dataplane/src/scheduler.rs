@@ -26,14 +26,43 @@
 /// A next-hop group member: (tunnel id, weight).
 pub type Member = (u32, u32);
 
+/// Anything the scheduler can choose among: a tunnel id with a weight. Implemented for the plain
+/// [`Member`] pair and for the FIB's [`crate::fib::Member`], so a group's members are used as they are.
+pub trait Candidate {
+    fn tunnel(&self) -> u32;
+    fn weight(&self) -> u32;
+}
+
+impl Candidate for Member {
+    #[inline]
+    fn tunnel(&self) -> u32 {
+        self.0
+    }
+    #[inline]
+    fn weight(&self) -> u32 {
+        self.1
+    }
+}
+
+impl Candidate for crate::fib::Member {
+    #[inline]
+    fn tunnel(&self) -> u32 {
+        self.tunnel
+    }
+    #[inline]
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
 /// The tunnel that carries the flow with hash `flow` (from [`crate::flow::flow_hash`]) among `members`, or
 /// `None` if no member has a weight above zero. Allocates nothing; costs one mix and one `ln` per member (no
 /// `ln` when all weights are equal).
 ///
 /// Ties (equal scores, which need equal hashes) go to the lower tunnel id, so the result never depends on the
 /// members' order. A tunnel id listed twice scores the same both times.
-pub fn pick(members: &[Member], flow: u64) -> Option<u32> {
-    let mut weights = members.iter().map(|m| m.1).filter(|&w| w > 0);
+pub fn pick<M: Candidate>(members: &[M], flow: u64) -> Option<u32> {
+    let mut weights = members.iter().map(|m| m.weight()).filter(|&w| w > 0);
     let first = weights.next()?;
     if weights.all(|w| w == first) {
         pick_equal(members, flow)
@@ -45,18 +74,19 @@ pub fn pick(members: &[Member], flow: u64) -> Option<u32> {
 /// [`pick`] when every member of weight above zero has the same weight: the score grows with `u`, so the
 /// highest `u` wins and no `ln` is needed. Chooses as [`pick_weighted`] would (the two could differ only if
 /// `ln` rounded two of the 2^53 values of `u` to one score, which then goes to the lower id).
-fn pick_equal(members: &[Member], flow: u64) -> Option<u32> {
+fn pick_equal<M: Candidate>(members: &[M], flow: u64) -> Option<u32> {
     members
         .iter()
-        .filter(|m| m.1 > 0)
-        .map(|&(tunnel, _)| (unit(flow, tunnel), tunnel))
+        .filter(|m| m.weight() > 0)
+        .map(|m| (unit(flow, m.tunnel()), m.tunnel()))
         .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
         .map(|(_, tunnel)| tunnel)
 }
 
-fn pick_weighted(members: &[Member], flow: u64) -> Option<u32> {
+fn pick_weighted<M: Candidate>(members: &[M], flow: u64) -> Option<u32> {
     let mut best: Option<(f64, u32)> = None;
-    for &(tunnel, weight) in members {
+    for m in members {
+        let (tunnel, weight) = (m.tunnel(), m.weight());
         if weight == 0 {
             continue;
         }
@@ -82,19 +112,19 @@ fn pick_weighted(members: &[Member], flow: u64) -> Option<u32> {
 /// gets `n * weight / total` packets within a small error that grows only like `log n`, and the members'
 /// packets interleave instead of arriving in runs. The caller keeps one counter per group (or per thread) and
 /// increments it per packet.
-pub fn pick_spray(members: &[Member], counter: u64) -> Option<u32> {
-    let total: u64 = members.iter().map(|&(_, weight)| weight as u64).sum();
+pub fn pick_spray<M: Candidate>(members: &[M], counter: u64) -> Option<u32> {
+    let total: u64 = members.iter().map(|m| m.weight() as u64).sum();
     if total == 0 {
         return None;
     }
     let point = counter.wrapping_mul(GOLDEN_RATIO_64);
     let mut position = ((point as u128 * total as u128) >> 64) as u64;
     // position < total, so some member's stretch of the line holds it.
-    for &(tunnel, weight) in members {
-        if position < weight as u64 {
-            return Some(tunnel);
+    for m in members {
+        if position < m.weight() as u64 {
+            return Some(m.tunnel());
         }
-        position -= weight as u64;
+        position -= m.weight() as u64;
     }
     None
 }
@@ -217,7 +247,7 @@ mod tests {
         assert!(!s.contains_key(&2));
         assert_share(&s, 1, 0.5, 0.02);
         assert_eq!(pick(&[(1, 0), (2, 0)], 42), None);
-        assert_eq!(pick(&[], 42), None);
+        assert_eq!(pick::<Member>(&[], 42), None);
         assert_eq!(pick(&[(7, 1)], 42), Some(7));
     }
 
@@ -317,7 +347,7 @@ mod tests {
             }
         }
         assert_eq!(pick_spray(&[(1, 0)], 3), None);
-        assert_eq!(pick_spray(&[], 3), None);
+        assert_eq!(pick_spray::<Member>(&[], 3), None);
         assert_eq!(pick_spray(&[(1, 0), (2, 5)], 3), Some(2));
     }
 }
