@@ -191,7 +191,10 @@ fn fib_changes(rib: &mut Rib) -> Vec<FibChange> {
 
 /// A FIB change's next hops as (neighbour, address, backup).
 fn hops(c: &FibChange) -> Vec<(PeerId, IpAddr, bool)> {
-    c.next_hops.iter().map(|h| (h.peer, h.addr, h.backup)).collect()
+    c.next_hops
+        .iter()
+        .map(|h| (h.peer, h.addr, h.backup))
+        .collect()
 }
 
 fn nh(n: u8) -> IpAddr {
