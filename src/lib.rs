@@ -11,4 +11,5 @@ pub mod daemon;
 mod install_stub; // KROUTES-PENDING
 pub mod lab;
 pub mod labtool;
+pub mod metrics;
 pub mod netns;
