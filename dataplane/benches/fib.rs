@@ -41,8 +41,14 @@ fn lookups(c: &mut Criterion) {
         ("ipv6_10k", v6_table(10_000, 3, &groups)),
     ];
     for (name, (builder, prefixes)) in cases {
-        let cell = FibCell::new(builder.build());
+        let fib = builder.build();
         drop(builder);
+        eprintln!(
+            "fib_lookup/{name}: {} routes, {:.1} MiB",
+            fib.len(),
+            fib.heap_bytes() as f64 / f64::from(1 << 20)
+        );
+        let cell = FibCell::new(fib);
         let dsts = destinations(&prefixes, BATCH, 4);
         // One snapshot load per batch, as a forwarding thread does.
         group.bench_function(name, |b| {
