@@ -303,8 +303,8 @@ impl FibBuilder {
     }
 }
 
-/// Hashes the group pointers of [`FibBuilder::build`]'s de-duplication: they are distinct addresses, so one
-/// multiplication spreads them well enough.
+/// Hashes the group pointers of [`FibBuilder::build`]'s de-duplication: one multiplication, folded so that
+/// the low bits (which pick the bucket) depend on all of the pointer, not just its always-zero low bits.
 #[derive(Default)]
 struct PtrHasher(u64);
 
@@ -320,7 +320,8 @@ impl Hasher for PtrHasher {
     }
 
     fn write_usize(&mut self, n: usize) {
-        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let x = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 32);
     }
 }
 
