@@ -26,7 +26,9 @@ if [ "$(id -u)" = 0 ] || [ -n "$SUDO" ]; then
     ns="braid-kr-$$"
     $SUDO ip netns add "$ns"
     trap '$SUDO ip netns del "$ns" 2>/dev/null || true' EXIT
-    $SUDO ip netns exec "$ns" "$(command -v cargo)" test -p braid-dataplane --test kernel --quiet -- --ignored --test-threads=1
+    # Built as this user; only the test binary runs (as root) inside the namespace.
+    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="${SUDO:+$SUDO }ip netns exec $ns" \
+        cargo test -p braid-dataplane --test kernel --quiet -- --ignored --test-threads=1
     $SUDO ip netns del "$ns"
     trap - EXIT
 elif [ "${CI:-}" = true ]; then
