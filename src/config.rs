@@ -1257,7 +1257,7 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
                 "local = \"198.51.100.1\"\ncap = \"1Gbyte\"",
             ),
             "cap",
-            "unit",
+            "bits per second",
         );
         expect_err(
             &base().replace(
