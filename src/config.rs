@@ -4,7 +4,7 @@
 //! subnets, SPIs, key lengths and key-file permissions). Every error names the file, the key and the problem,
 //! e.g. `gw.toml: tunnel[0] "cloud1".static.key_out: expected 72 hex digits (32-byte key + 4-byte salt), got 64`.
 //!
-//! Keys of the contract that later work implements (`ike`, `bfd`, `[bgp]`, `metrics`, `cap`) are recognised
+//! Keys of the contract that later work implements (`ike`, `bfd`) are recognised
 //! and refused with a clear "not supported by this version" error rather than silently ignored.
 //! Secrets (keys) are held in [`Secret`], which zeroizes on drop and never prints.
 
@@ -134,6 +134,12 @@ pub struct Gateway {
     pub control_socket: PathBuf,
     /// TUN MTU; `None` = the smallest tunnel MTU (uplink MTU less the real ESP-in-UDP overhead).
     pub mtu: Option<u32>,
+    /// Where the Prometheus text endpoint listens (`GET /metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// Mirror the forwarded BGP and static routes into the host's routing table via the TUN device.
+    pub kernel_routes: bool,
+    /// Spread packets (not flows) over a group's tunnels: reorders packets within a flow.
+    pub spray: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +152,12 @@ pub struct Uplink {
     pub device: Option<String>,
     pub fwmark: Option<u32>,
     pub socket_buffer: usize,
+    /// Egress cap in bits per second.
+    pub cap_bps: Option<u64>,
+    /// Token bucket depth in bytes (`None`: the default for the cap).
+    pub cap_burst: Option<u64>,
+    /// Weight of this uplink's tunnels in a next-hop group (`None`: from the cap).
+    pub weight: Option<u32>,
 }
 
 impl Uplink {
@@ -169,6 +181,8 @@ pub struct Tunnel {
     pub keying: Keying,
     pub replay_window: u32,
     pub esn: bool,
+    /// Weight in a next-hop group; `None`: the uplink's.
+    pub weight: Option<u32>,
 }
 
 impl Tunnel {
@@ -248,8 +262,10 @@ struct RawGateway {
     router_id: Option<String>,
     tun: Option<String>,
     control_socket: Option<PathBuf>,
-    metrics: Option<toml::Value>,
+    metrics: Option<String>,
     mtu: Option<u32>,
+    kernel_routes: Option<bool>,
+    spray: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -258,8 +274,9 @@ struct RawUplink {
     name: String,
     local: String,
     port: Option<u16>,
-    cap: Option<toml::Value>,
-    weight: Option<toml::Value>,
+    cap: Option<String>,
+    cap_burst: Option<u64>,
+    weight: Option<u32>,
     mtu: Option<u32>,
     device: Option<String>,
     fwmark: Option<u32>,
@@ -295,6 +312,7 @@ struct RawTunnel {
     bfd: Option<toml::Value>,
     replay_window: Option<u32>,
     esn: Option<bool>,
+    weight: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -377,13 +395,18 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             format!("{:?}: use letters, digits, '-', '_' or '.'", g.name),
         ));
     }
-    if g.metrics.is_some() {
-        return Err(not_yet(
-            cx,
-            "gateway.metrics".into(),
-            "the metrics endpoint",
-        ));
-    }
+    let metrics = g
+        .metrics
+        .as_deref()
+        .map(|m| {
+            m.parse::<SocketAddr>().map_err(|_| {
+                cx.err(
+                    "gateway.metrics",
+                    format!("{m:?} is not an address:port (e.g. \"127.0.0.1:9477\")"),
+                )
+            })
+        })
+        .transpose()?;
     let router_id = g
         .router_id
         .as_deref()
@@ -413,6 +436,9 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         tun,
         control_socket,
         mtu: g.mtu,
+        metrics,
+        kernel_routes: g.kernel_routes.unwrap_or(false),
+        spray: g.spray.unwrap_or(false),
     };
 
     let mut uplinks = Vec::new();
@@ -425,15 +451,28 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         if uplink_index.insert(u.name.clone(), i).is_some() {
             return Err(cx.err(key("name"), "duplicate uplink name"));
         }
-        if u.cap.is_some() {
-            return Err(not_yet(
-                cx,
-                key("cap"),
-                "an egress cap (the multipath scheduler's shaper)",
-            ));
+        let cap_bps = u
+            .cap
+            .as_deref()
+            .map(braid_dataplane::shaper::parse_rate)
+            .transpose()
+            .map_err(|e| cx.err(key("cap"), e))?;
+        if let Some(b) = u.cap_burst {
+            if cap_bps.is_none() {
+                return Err(cx.err(key("cap_burst"), "needs `cap`"));
+            }
+            if !(1500..=1 << 30).contains(&b) {
+                return Err(cx.err(
+                    key("cap_burst"),
+                    format!("{b} bytes is outside 1500..=1073741824"),
+                ));
+            }
         }
-        if u.weight.is_some() {
-            return Err(not_yet(cx, key("weight"), "a multipath weight"));
+        if u.weight == Some(0) {
+            return Err(cx.err(
+                key("weight"),
+                "must be at least 1 (to carry nothing, leave the tunnels out)",
+            ));
         }
         let local: IpAddr = u
             .local
@@ -475,6 +514,9 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             device: u.device,
             fwmark: u.fwmark,
             socket_buffer: u.socket_buffer.unwrap_or(DEFAULT_SOCKET_BUFFER),
+            cap_bps,
+            cap_burst: u.cap_burst,
+            weight: u.weight,
         });
     }
 
@@ -499,6 +541,12 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         }
         if t.bfd.is_some() {
             return Err(not_yet(cx, key("bfd"), "BFD"));
+        }
+        if t.weight == Some(0) {
+            return Err(cx.err(
+                key("weight"),
+                "must be at least 1 (to carry nothing, leave the tunnel out)",
+            ));
         }
         let &uplink = uplink_index
             .get(&t.uplink)
@@ -599,6 +647,7 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             keying: Keying::Static(keys),
             replay_window,
             esn,
+            weight: t.weight,
         });
     }
     if !tunnels.is_empty() && uplinks.is_empty() {
@@ -1205,10 +1254,23 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
         expect_err(
             &base().replace(
                 "local = \"198.51.100.1\"",
-                "local = \"198.51.100.1\"\ncap = \"1Gbit\"",
+                "local = \"198.51.100.1\"\ncap = \"1Gbyte\"",
             ),
             "cap",
-            "not supported",
+            "unit",
+        );
+        expect_err(
+            &base().replace(
+                "local = \"198.51.100.1\"",
+                "local = \"198.51.100.1\"\nweight = 0",
+            ),
+            "weight",
+            "at least 1",
+        );
+        expect_err(
+            &base().replace("tun = \"braid0\"", "tun = \"braid0\"\nmetrics = \"9477\""),
+            "gateway.metrics",
+            "address:port",
         );
         expect_err(
             &base().replace("name = \"isp1\"", "name = \"isp1\"\nmtu = 100"),

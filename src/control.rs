@@ -5,7 +5,7 @@
 //! tx_packets rx_packets tx_bytes rx_bytes drops`, uplinks `name local cap_bps tx_bps tx_bytes cap_drops`;
 //! extra fields may be added, none removed or renamed. The socket is created mode 0600 (root's tool).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use braid_control::bgp::speaker::{NeighborStatus, NextHopStatus, RouteStatus, SpeakerHandle};
+use braid_control::install::{RouteEntry, RouteInstaller};
 use braid_crypto::Cipher;
 use braid_dataplane::{DropReason, TunStats, TunnelStats, UplinkStats};
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,8 @@ pub struct TunnelInfo {
     pub replay_window: u32,
     /// Tunnel MTU: the largest inner packet carried without fragmentation.
     pub mtu: usize,
+    /// Weight in next-hop groups.
+    pub weight: u32,
     pub stats: Arc<TunnelStats>,
 }
 
@@ -44,7 +47,15 @@ pub struct UplinkInfo {
     pub name: String,
     pub local: SocketAddr,
     pub mtu: u32,
+    pub cap_bps: Option<u64>,
+    pub cap_burst: Option<u64>,
     pub stats: Arc<UplinkStats>,
+}
+
+/// A BGP neighbour as `braid show routes` names it, by its index in the configuration.
+pub struct NeighborName {
+    pub label: String,
+    pub address: IpAddr,
 }
 
 /// The daemon's shared, read-mostly view of the gateway.
@@ -58,6 +69,10 @@ pub struct GatewayState {
     tun_stats: Arc<TunStats>,
     /// Per uplink: (last tx_bytes sample, bits per second over the last interval).
     rates: Mutex<Vec<(u64, Instant, u64)>>,
+    /// The forwarding table's owner (`None` on a gateway without tunnels).
+    pub installer: Option<Arc<Mutex<RouteInstaller>>>,
+    /// BGP neighbours by index.
+    pub neighbors: Vec<NeighborName>,
 }
 
 impl GatewayState {
@@ -81,7 +96,27 @@ impl GatewayState {
             uplinks,
             tun_stats,
             rates,
+            installer: None,
+            neighbors: Vec::new(),
         }
+    }
+
+    pub fn tunnels(&self) -> &[TunnelInfo] {
+        &self.tunnels
+    }
+
+    pub fn uplinks(&self) -> &[UplinkInfo] {
+        &self.uplinks
+    }
+
+    pub fn tun_stats(&self) -> &TunStats {
+        &self.tun_stats
+    }
+
+    /// The last sampled egress rate of uplink `i`, bits per second.
+    pub fn tx_bps(&self, i: usize) -> u64 {
+        let rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        rates.get(i).map_or(0, |r| r.2)
     }
 
     /// Samples uplink byte counters to compute `tx_bps` (called once a second).
@@ -132,6 +167,7 @@ impl GatewayState {
                     "esn": t.esn,
                     "replay_window": t.replay_window,
                     "mtu": t.mtu,
+                    "weight": t.weight,
                     "tx_packets": ld(&s.tx_packets),
                     "rx_packets": ld(&s.rx_packets),
                     "tx_bytes": ld(&s.tx_bytes),
@@ -163,13 +199,15 @@ impl GatewayState {
                     "name": u.name,
                     "local": u.local.to_string(),
                     "mtu": u.mtu,
-                    "cap_bps": Value::Null,
+                    "cap_bps": u.cap_bps,
+                    "cap_burst_bytes": u.cap_burst,
                     "tx_bps": r.2,
                     "tx_packets": ld(&s.tx_packets),
                     "tx_bytes": ld(&s.tx_bytes),
                     "rx_packets": ld(&s.rx_packets),
                     "rx_bytes": ld(&s.rx_bytes),
-                    "cap_drops": 0,
+                    "cap_drops": s.drops.get(DropReason::CapExceeded),
+                    "cap_delayed": ld(&s.cap_delayed),
                     "ike_received": ld(&s.ike_received),
                     "nat_keepalives": ld(&s.nat_keepalives),
                     "drops": Self::drops_json(&s.drops),
@@ -226,25 +264,67 @@ fn bgp_json(gateway: &str, n: &[NeighborStatus]) -> Value {
     json!({ "gateway": gateway, "neighbors": neighbors })
 }
 
-fn routes_json(gateway: &str, routes: &[RouteStatus]) -> Value {
-    let hop = |h: &NextHopStatus| json!({ "tunnel": h.tunnel, "neighbor": h.neighbor, "address": h.address.map(|a| a.to_string()), "weight": h.weight });
-    let routes: Vec<Value> = routes
-        .iter()
-        .map(|r| {
+/// `braid show routes`: the forwarding table (connected, static and BGP routes, each prefix's next-hop group
+/// with weights and backups) merged with the BGP Loc-RIB (attributes, and routes braid knows but does not
+/// forward: its own networks, LAN-side routes). `"fib": true` marks what the data path forwards.
+fn routes_json(state: &GatewayState, rib: &[RouteStatus]) -> Value {
+    let fib: Vec<RouteEntry> = state
+        .installer
+        .as_ref()
+        .map(|i| i.lock().unwrap_or_else(|p| p.into_inner()).routes())
+        .unwrap_or_default();
+    let rib_hop = |h: &NextHopStatus, backup: bool| json!({ "tunnel": h.tunnel, "neighbor": h.neighbor, "address": h.address.map(|a| a.to_string()), "weight": h.weight, "backup": backup });
+    let mut by_prefix: std::collections::BTreeMap<braid_control::bgp::types::Prefix, Value> =
+        std::collections::BTreeMap::new();
+    for r in rib {
+        by_prefix.insert(
+            r.prefix,
             json!({
                 "prefix": r.prefix.to_string(),
                 "source": r.source,
+                "fib": false,
                 "as_path": r.as_path,
                 "origin": r.origin,
                 "local_pref": r.local_pref,
                 "med": r.med,
                 "communities": r.communities.iter().map(|c| format!("{}:{}", c >> 16, c & 0xffff)).collect::<Vec<_>>(),
-                "next_hops": r.next_hops.iter().map(hop).collect::<Vec<_>>(),
-                "backups": r.backups.iter().map(hop).collect::<Vec<_>>(),
+                "next_hops": r.next_hops.iter().map(|h| rib_hop(h, false)).collect::<Vec<_>>(),
+                "backups": r.backups.iter().map(|h| rib_hop(h, true)).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    for e in &fib {
+        let hop = |m: &braid_dataplane::Member, peer: Option<usize>| {
+            let n = peer.and_then(|p| state.neighbors.get(p));
+            json!({
+                "tunnel": state.tunnels.get(m.tunnel as usize).map(|t| t.name.clone()),
+                "neighbor": n.map(|n| n.label.clone()),
+                "address": n.map(|n| n.address.to_string()),
+                "weight": m.weight,
+                "backup": m.backup,
             })
-        })
-        .collect();
-    json!({ "gateway": gateway, "routes": routes })
+        };
+        let next_hops: Vec<Value> = e
+            .members
+            .iter()
+            .filter(|(m, _)| !m.backup)
+            .map(|(m, p)| hop(m, *p))
+            .collect();
+        let backups: Vec<Value> = e
+            .members
+            .iter()
+            .filter(|(m, _)| m.backup)
+            .map(|(m, p)| hop(m, *p))
+            .collect();
+        let v = by_prefix
+            .entry(e.prefix)
+            .or_insert_with(|| json!({ "prefix": e.prefix.to_string() }));
+        v["source"] = json!(e.source.as_str());
+        v["fib"] = json!(true);
+        v["next_hops"] = json!(next_hops);
+        v["backups"] = json!(backups);
+    }
+    json!({ "gateway": state.name, "routes": by_prefix.into_values().collect::<Vec<_>>() })
 }
 
 /// Binds the control socket, replacing a stale one but refusing to steal a live daemon's.
@@ -297,8 +377,9 @@ async fn answer(
             ("tunnels", _) => state.tunnels_json(),
             ("uplinks", _) => state.uplinks_json(),
             ("bgp", Some(b)) => bgp_json(&state.name, &b.neighbors().await),
-            ("routes", Some(b)) => routes_json(&state.name, &b.routes().await),
-            ("bgp" | "routes", None) => no_bgp(),
+            ("routes", Some(b)) => routes_json(&state, &b.routes().await),
+            ("routes", None) => routes_json(&state, &[]),
+            ("bgp", None) => no_bgp(),
             (other, _) => {
                 json!({ "error": format!("unknown: show {other:?} (tunnels, uplinks, bgp, routes)") })
             }

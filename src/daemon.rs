@@ -2,18 +2,29 @@
 //!
 //! Order of assembly: uplink sockets (so a busy port fails before anything is created), MTUs, the TUN device
 //! with every tunnel's inside addresses, the SAs, the data-path threads, then the control plane on a tokio
-//! runtime (control socket, signals, rate sampling). Shutdown reverses it; the TUN device disappears with its
-//! file descriptor.
+//! runtime (control socket, signals, rate sampling, BGP, metrics). Shutdown reverses it; the TUN device
+//! disappears with its file descriptor.
+//!
+//! Routes flow from the BGP speaker (the RIB's forwarding changes, in batches over a channel) to the route
+//! installer's own thread (`braid-fib`), which merges them with the connected and static routes, builds and
+//! publishes the data path's FIB, and mirrors the changes into the kernel's routing table when
+//! `kernel_routes = true`. Building a million-route table takes a while, so it never runs on the tokio
+//! runtime that keeps the BGP sessions' timers.
 
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use braid_control::bgp::rib::FibChange;
+use braid_control::install::{RouteInstaller, TunnelRoutes};
 use braid_crypto::{InboundSa, OutboundSa, SaKey, Spi};
+use braid_dataplane::engine::Cap;
 use braid_dataplane::{
-    open_uplink_socket, sys, tunnel_mtu, Dataplane, DataplaneSpec, PrefixTable, Tun, TunStats,
-    TunnelIo, TunnelStats, UplinkIo, UplinkSocketSpec, UplinkStats,
+    open_uplink_socket, sys, tunnel_mtu, Dataplane, DataplaneSpec, Tun, TunStats, TunnelIo,
+    TunnelStats, UplinkIo, UplinkSocketSpec, UplinkStats,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -22,7 +33,7 @@ use braid_control::bgp::speaker::{NeighborConfig, SpeakerConfig};
 use braid_control::bgp::types::Family;
 
 use crate::config::{Config, Keying};
-use crate::control::{self, GatewayState, TunnelInfo, UplinkInfo};
+use crate::control::{self, GatewayState, NeighborName, TunnelInfo, UplinkInfo};
 
 /// Used when an uplink's MTU can be neither configured nor read from its interface.
 const FALLBACK_UPLINK_MTU: u32 = 1500;
@@ -30,11 +41,34 @@ const FALLBACK_UPLINK_MTU: u32 = 1500;
 /// Runs the gateway in the foreground until SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<()> {
     let (state, dataplane) = assemble(&config)?;
+    // The speaker sends forwarding changes only when there is a data path to forward them.
+    let (fib_tx, installer_thread) = match &state.installer {
+        Some(installer) if config.bgp.is_some() => {
+            let (tx, rx) = mpsc::channel();
+            let kernel = config
+                .gateway
+                .kernel_routes
+                .then(|| config.gateway.tun.clone());
+            let installer = installer.clone();
+            let thread = std::thread::Builder::new()
+                .name("braid-fib".into())
+                .spawn(move || install_routes(installer, rx, kernel))
+                .context("starting the route installer")?;
+            (Some(tx), Some(thread))
+        }
+        _ => (None, None),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the control-plane runtime")?;
-    let result = rt.block_on(control_plane(config.clone(), state));
+    let result = rt.block_on(control_plane(config.clone(), state, fib_tx));
+    // Dropping the runtime drops the speaker and with it the installer's channel: the installer removes
+    // the kernel routes it added and ends.
+    drop(rt);
+    if let Some(t) = installer_thread {
+        let _ = t.join();
+    }
     if let Some(dp) = dataplane {
         tracing::info!("stopping data path");
         dp.stop();
@@ -80,15 +114,25 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
         let mtu = uplink_mtu(u);
         let stats = Arc::new(UplinkStats::default());
         tracing::info!(uplink = %u.name, local = %u.local_addr(), mtu, "uplink ready");
+        let cap = u.cap_bps.map(|rate| match u.cap_burst {
+            Some(burst_bytes) => Cap {
+                rate_bps: rate,
+                burst_bytes,
+            },
+            None => Cap::with_default_burst(rate),
+        });
         uplinks.push(UplinkIo {
             name: u.name.clone(),
             socket,
             stats: stats.clone(),
+            cap,
         });
         uplink_infos.push(UplinkInfo {
             name: u.name.clone(),
             local: u.local_addr(),
             mtu,
+            cap_bps: cap.map(|c| c.rate_bps),
+            cap_burst: cap.map(|c| c.burst_bytes),
             stats,
         });
         mtus.push(mtu);
@@ -96,7 +140,7 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
 
     let mut tunnels = Vec::new();
     let mut tunnel_infos = Vec::new();
-    let mut routes = PrefixTable::new();
+    let mut tunnel_routes = Vec::new();
     let mut inside_addrs = Vec::new();
     for (i, t) in config.tunnels.iter().enumerate() {
         let Keying::Static(keys) = &t.keying;
@@ -111,12 +155,13 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
             );
         }
         let stats = Arc::new(TunnelStats::default());
-        for &peer in &t.peer_inside {
-            routes.insert(braid_dataplane::Prefix::host(peer), i);
-        }
-        for &r in &t.routes {
-            routes.insert(r, i);
-        }
+        let weight = tunnel_weight(config, i);
+        tunnel_routes.push(TunnelRoutes {
+            name: t.name.clone(),
+            peer_inside: t.peer_inside.clone(),
+            routes: t.routes.clone(),
+            weight,
+        });
         inside_addrs.extend(t.inside.iter().copied());
         tunnels.push(TunnelIo {
             name: t.name.clone(),
@@ -146,14 +191,33 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
             esn: t.esn,
             replay_window: t.replay_window,
             mtu: max_inner,
+            weight,
             stats,
         });
     }
+    let neighbor_tunnels: Vec<Option<u32>> = config
+        .bgp
+        .iter()
+        .flat_map(|b| b.neighbors.iter().map(|n| n.tunnel.map(|t| t as u32)))
+        .collect();
+    let neighbor_names: Vec<NeighborName> = config
+        .bgp
+        .iter()
+        .flat_map(|b| {
+            b.neighbors.iter().map(|n| NeighborName {
+                label: n
+                    .tunnel
+                    .map(|t| config.tunnels[t].name.clone())
+                    .unwrap_or_else(|| n.address.to_string()),
+                address: n.address,
+            })
+        })
+        .collect();
 
     let tun_stats = Arc::new(TunStats::default());
     if tunnels.is_empty() {
         // A BGP-only gateway (e.g. a route server next to the core router): no TUN, no data path.
-        let state = Arc::new(GatewayState::new(
+        let mut state = GatewayState::new(
             g.name.clone(),
             g.tun.clone(),
             0,
@@ -161,8 +225,9 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
             tunnel_infos,
             uplink_infos,
             tun_stats,
-        ));
-        return Ok((state, None));
+        );
+        state.neighbors = neighbor_names;
+        return Ok((Arc::new(state), None));
     }
 
     // Tunnels exist here, so `smallest` is a real tunnel MTU.
@@ -189,13 +254,18 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
         .context("setting up the TUN device (needs CAP_NET_ADMIN)")?;
     tracing::info!(tun = %tun.name(), mtu = tun_mtu, addresses = inside_addrs.len(), "TUN device up");
 
+    let installer = RouteInstaller::new(tunnel_routes, neighbor_tunnels);
     let dataplane = Dataplane::start(DataplaneSpec {
         tun: tun.into_file(),
         uplinks,
         tunnels,
-        routes,
+        fib: installer.fib(),
         tun_stats: tun_stats.clone(),
         ike: None,
+        spray: g.spray,
+        flow_seed: std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish(),
     })
     .context("starting the data path")?;
     for t in &tunnel_infos {
@@ -203,7 +273,7 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
             spi_in = format_args!("{:#010x}", t.spi_in), spi_out = format_args!("{:#010x}", t.spi_out),
             mtu = t.mtu, "tunnel installed (static keys)");
     }
-    let state = Arc::new(GatewayState::new(
+    let mut state = GatewayState::new(
         g.name.clone(),
         g.tun.clone(),
         tun_mtu,
@@ -211,8 +281,77 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
         tunnel_infos,
         uplink_infos,
         tun_stats,
-    ));
-    Ok((state, Some(dataplane)))
+    );
+    state.neighbors = neighbor_names;
+    state.installer = Some(Arc::new(Mutex::new(installer)));
+    Ok((Arc::new(state), Some(dataplane)))
+}
+
+/// A tunnel's weight in next-hop groups: its own `weight`, else its uplink's, else the uplink's cap in Mbit/s,
+/// else 1.
+fn tunnel_weight(config: &Config, tunnel: usize) -> u32 {
+    let t = &config.tunnels[tunnel];
+    let u = &config.uplinks[t.uplink];
+    t.weight
+        .or(u.weight)
+        .or(u
+            .cap_bps
+            .map(|c| (c / 1_000_000).clamp(1, u32::MAX as u64) as u32))
+        .unwrap_or(1)
+}
+
+/// The route installer's thread: applies the speaker's forwarding changes in batches, publishes the FIB, and
+/// mirrors prefixes into the kernel's routing table (`kernel` = the TUN device's name) until the speaker's
+/// channel closes; then removes the kernel routes it added.
+fn install_routes(
+    installer: Arc<Mutex<RouteInstaller>>,
+    rx: mpsc::Receiver<Vec<FibChange>>,
+    kernel: Option<String>,
+) {
+    /// After a batch arrives, more are awaited this long before building, so a burst of UPDATEs (a full
+    /// table) costs a few builds rather than one per UPDATE.
+    const SETTLE: Duration = Duration::from_millis(20);
+    // KROUTES-PENDING
+    let mut kernel = kernel.and_then(
+        |dev| match Err::<crate::install_stub::Mirror, String>(dev) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!(error = %e, "kernel routes disabled: cannot open rtnetlink");
+                None
+            }
+        },
+    );
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        let deadline = std::time::Instant::now() + SETTLE;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(b) => batches.push(b),
+                Err(_) => break,
+            }
+        }
+        let published = {
+            let mut i = installer.lock().unwrap_or_else(|p| p.into_inner());
+            for b in &batches {
+                i.apply(b);
+            }
+            i.publish()
+        };
+        let Some(p) = published else { continue };
+        tracing::debug!(
+            routes = p.routes,
+            build_ms = p.build_time.as_secs_f64() * 1e3,
+            added = p.added.len(),
+            removed = p.removed.len(),
+            "FIB published"
+        );
+        if let Some(k) = &mut kernel {
+            k.apply(&p.added, &p.removed);
+        }
+    }
+    if let Some(k) = &mut kernel {
+        k.remove_all();
+    }
 }
 
 /// The speaker's configuration from the validated `[bgp]`.
@@ -270,15 +409,21 @@ fn speaker_config(config: &Config, bgp: &crate::config::Bgp) -> Result<SpeakerCo
         max_paths: bgp.max_paths,
         networks: bgp.networks.clone(),
         neighbors,
+        fib: None,
     })
 }
 
-async fn control_plane(config: Config, state: Arc<GatewayState>) -> Result<()> {
+async fn control_plane(
+    config: Config,
+    state: Arc<GatewayState>,
+    fib: Option<mpsc::Sender<Vec<FibChange>>>,
+) -> Result<()> {
     let listener = control::bind(&config.gateway.control_socket).await?;
     tracing::info!(socket = %config.gateway.control_socket.display(), "control socket listening");
     let speaker = match &config.bgp {
         Some(b) => {
-            let sc = speaker_config(&config, b)?;
+            let mut sc = speaker_config(&config, b)?;
+            sc.fib = fib;
             let neighbors = sc.neighbors.len();
             let h = braid_control::bgp::speaker::start(sc)
                 .await

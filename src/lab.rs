@@ -56,6 +56,11 @@ pub struct PairOptions {
     pub wrong_key_on_b: bool,
     /// `[gateway] mtu` on both sides (default: derived from the uplink).
     pub gateway_mtu: Option<u32>,
+    /// Route by BGP over the tunnel instead of static routes: A is AS 65001 and originates site A, B is AS 65002
+    /// and originates site B; both mirror BGP routes into the kernel (`kernel_routes = true`).
+    pub bgp: bool,
+    /// Extra `[[bgp.neighbor]]` tables for B (with `bgp`), e.g. a LAN-side router.
+    pub b_extra_neighbors: String,
 }
 
 impl PairOptions {
@@ -67,6 +72,8 @@ impl PairOptions {
             replay_window: None,
             wrong_key_on_b: false,
             gateway_mtu: None,
+            bgp: false,
+            b_extra_neighbors: String::new(),
         }
     }
 }
@@ -128,6 +135,12 @@ fn gateway_config(
     if let Some(m) = opts.gateway_mtu {
         s += &format!("mtu = {m}\n");
     }
+    // With BGP, the routes are learned over the tunnel instead of configured.
+    let routes = if opts.bgp { &[][..] } else { routes };
+    if opts.bgp {
+        let asn = if name == "a" { 65001 } else { 65002 };
+        s += &format!("asn = {asn}\nrouter_id = \"{local}\"\nkernel_routes = true\n");
+    }
     s += &format!("\n[[uplink]]\nname = \"isp1\"\nlocal = \"{local}\"\n\n");
     s += &format!(
         "[[tunnel]]\nname = \"{name}-to-peer\"\nuplink = \"isp1\"\nremote = \"{remote}:4500\"\ninside = [\"{inside4}/30\", \"{inside6}/127\"]\nroutes = [{}]\nesn = {}\n",
@@ -141,6 +154,20 @@ fn gateway_config(
         "static = {{ cipher = \"{}\", spi_out = \"{spi_out:#010x}\", spi_in = \"{spi_in:#010x}\", key_out_file = \"{name}.out.key\", key_in_file = \"{name}.in.key\" }}\n",
         opts.cipher.name()
     );
+    if opts.bgp {
+        let (network4, network6, peer_asn) = if name == "a" {
+            ("192.0.2.0/25", "2001:db8:a::/64", 65002)
+        } else {
+            ("192.0.2.128/25", "2001:db8:b::/64", 65001)
+        };
+        s += &format!(
+            "\n[bgp]\nnetworks = [\"{network4}\", \"{network6}\"]\n\n[[bgp.neighbor]]\ntunnel = \"{name}-to-peer\"\n\
+             remote_asn = {peer_asn}\nconnect_retry = 1\nimport = [\"0.0.0.0/0 le 32\", \"::/0 le 128\"]\nexport = [\"0.0.0.0/0 le 32\", \"::/0 le 128\"]\n"
+        );
+        if name == "b" {
+            s += &opts.b_extra_neighbors;
+        }
+    }
     s
 }
 
@@ -231,6 +258,9 @@ impl Pair {
         self.start(Side::B, &opts.binary)?;
         for side in [Side::A, Side::B] {
             self.wait_ready(side, Duration::from_secs(10))?;
+        }
+        if opts.bgp {
+            return Ok(());
         }
         self.a.ip(&[
             "route",

@@ -189,6 +189,14 @@ fn fib_changes(rib: &mut Rib) -> Vec<FibChange> {
     out
 }
 
+/// A FIB change's next hops as (neighbour, address, backup).
+fn hops(c: &FibChange) -> Vec<(PeerId, IpAddr, bool)> {
+    c.next_hops
+        .iter()
+        .map(|h| (h.peer, h.addr, h.backup))
+        .collect()
+}
+
 fn nh(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(192, 0, 2, n))
 }
@@ -537,8 +545,13 @@ fn multipath_four_peers_same_as_same_length() {
     let changes = fib_changes(&mut rib);
     assert_eq!(changes.len(), 1, "one prefix, reported once: {changes:?}");
     assert_eq!(
-        changes[0].next_hops,
-        vec![(1, nh(1)), (2, nh(2)), (3, nh(3)), (4, nh(4))]
+        hops(&changes[0]),
+        vec![
+            (1, nh(1), false),
+            (2, nh(2), false),
+            (3, nh(3), false),
+            (4, nh(4), false)
+        ]
     );
 }
 
@@ -555,7 +568,15 @@ fn multipath_limited_by_max_paths() {
     assert_eq!(multipath(&rib, "10.20.0.0/16"), vec![Some(1), Some(2)]);
     assert_eq!(backups(&rib, "10.20.0.0/16"), vec![Some(3), Some(4)]);
     let changes = fib_changes(&mut rib);
-    assert_eq!(changes[0].next_hops, vec![(1, nh(1)), (2, nh(2))]);
+    assert_eq!(
+        hops(&changes[0]),
+        vec![
+            (1, nh(1), false),
+            (2, nh(2), false),
+            (3, nh(3), true),
+            (4, nh(4), true)
+        ]
+    );
 }
 
 #[test]
@@ -586,11 +607,16 @@ fn multipath_prepended_path_is_backup_until_the_short_ones_go() {
     let changes = fib_changes(&mut rib);
     assert_eq!(changes.len(), 1);
     assert_eq!(
-        changes[0].next_hops,
-        vec![(1, nh(1)), (2, nh(2)), (3, nh(3))]
+        hops(&changes[0]),
+        vec![
+            (1, nh(1), false),
+            (2, nh(2), false),
+            (3, nh(3), false),
+            (4, nh(4), true)
+        ]
     );
 
-    // The backup changing does not touch the FIB.
+    // The backup's attributes changing does not touch the FIB (same next hops, still a backup).
     apply(
         &mut rib,
         4,
@@ -605,13 +631,9 @@ fn multipath_prepended_path_is_backup_until_the_short_ones_go() {
     assert_eq!(multipath(&rib, "10.20.0.0/16"), vec![Some(4)]);
     assert!(backups(&rib, "10.20.0.0/16").is_empty());
     let changes = fib_changes(&mut rib);
-    assert_eq!(
-        changes,
-        vec![FibChange {
-            prefix: p("10.20.0.0/16"),
-            next_hops: vec![(4, nh(4))]
-        }]
-    );
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].prefix, p("10.20.0.0/16"));
+    assert_eq!(hops(&changes[0]), vec![(4, nh(4), false)]);
 
     // ISP1 returns: traffic moves back.
     apply(
@@ -620,7 +642,10 @@ fn multipath_prepended_path_is_backup_until_the_short_ones_go() {
         &announce(attrs(2, &[AZURE]), &["10.20.0.0/16"]),
     );
     assert_eq!(multipath(&rib, "10.20.0.0/16"), vec![Some(2)]);
-    assert_eq!(fib_changes(&mut rib)[0].next_hops, vec![(2, nh(2))]);
+    assert_eq!(
+        hops(&fib_changes(&mut rib)[0]),
+        vec![(2, nh(2), false), (4, nh(4), true)]
+    );
 }
 
 #[test]
@@ -860,8 +885,8 @@ fn ipv6_via_mp_reach_and_mp_unreach() {
     let r = rib.route(&p("2001:db8:20::/48")).unwrap();
     assert_eq!(r.best.next_hop, Some(IpAddr::V6(nh6)));
     assert_eq!(
-        fib_changes(&mut rib)[0].next_hops,
-        vec![(1, IpAddr::V6(nh6))]
+        hops(&fib_changes(&mut rib)[0]),
+        vec![(1, IpAddr::V6(nh6), false)]
     );
     let u = Update {
         mp_unreach: Some(MpUnreach {
@@ -1261,19 +1286,13 @@ fn peer_down_withdraws_its_routes_and_exports_follow() {
     assert_eq!(withdrawn(&out), set(&["10.20.0.0/16"]));
     // 10.21/16 now comes via neighbour 2, and to neighbour 3 the attributes are the same: nothing to send.
     assert!(announced(&out).is_empty());
+    let changes = fib_changes(&mut rib);
     assert_eq!(
-        fib_changes(&mut rib),
-        vec![
-            FibChange {
-                prefix: p("10.20.0.0/16"),
-                next_hops: vec![]
-            },
-            FibChange {
-                prefix: p("10.21.0.0/16"),
-                next_hops: vec![(2, nh(2))]
-            },
-        ]
+        changes.iter().map(|c| c.prefix).collect::<Vec<_>>(),
+        vec![p("10.20.0.0/16"), p("10.21.0.0/16")]
     );
+    assert!(changes[0].next_hops.is_empty());
+    assert_eq!(hops(&changes[1]), vec![(2, nh(2), false)]);
     assert_eq!(
         rib.poll_export(1),
         None,

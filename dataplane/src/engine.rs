@@ -1,22 +1,39 @@
 //! The forwarding engine: the two data-path threads and what they own.
 //!
 //! ```text
-//!              +-------------------- outbound thread ("braid-tx") --------------------+
-//!  TUN read -> | inspect inner -> route (LPM) -> MTU check (ICMP back) -> ESP seal -> | -> UDP send (uplink)
-//!              +-----------------------------------------------------------------------+
+//!              +----------------------------- outbound thread ("braid-tx") -----------------------------+
+//!  TUN read -> | inspect inner -> FIB (LPM -> next-hop group) -> flow hash + pick a tunnel -> MTU check  | -> UDP send
+//!              | (ICMP back) -> ESP seal -> uplink cap: send now, hold briefly, or drop                   |  (uplink)
+//!              +------------------------------------------------------------------------------------------+
 //!              +--------------------- inbound thread ("braid-rx") ---------------------+
 //!  UDP recv -> | classify (ESP / IKE / keepalive) -> SPI lookup -> anti-replay + open   | -> TUN write
-//!  (uplinks)   | -> inner sanity (version, length, allowed source)                    |
+//!  (uplinks)   | -> inner sanity (version, length, source allowed on that tunnel)     |
 //!              +-----------------------------------------------------------------------+
 //! ```
 //! Each thread owns its half of every SA (outbound SAs on the outbound thread, inbound SAs and their replay
 //! windows on the inbound thread), so no lock is taken per packet. Both block in `epoll` (mio) with a waker for
 //! shutdown, never on the tokio runtime. Counters are relaxed atomics read by the control plane.
 //!
+//! Routing: both threads read the control plane's current [`Fib`] snapshot from a [`FibCell`] (read-copy-update,
+//! no lock). A prefix maps to a [`NextHopGroup`]; the tunnel for a packet is chosen per flow (5-tuple, or 3-tuple
+//! for fragments and other protocols: [`flow_hash`]) by weighted rendezvous hashing ([`scheduler::pick`]), so a
+//! member leaving a group moves only its own flows. A flow table remembers each live flow's tunnel: a flow stays
+//! on its tunnel while that tunnel is in the group (no reordering, even when members join), and a *new* flow
+//! whose hashed member's uplink is at its cap goes to a member whose uplink has headroom. Per-packet spraying
+//! ([`scheduler::pick_spray`]) is an option for links that tolerate reordering.
+//!
+//! Inbound, an inner source is accepted from a tunnel if the tunnel's own inside/static prefixes contain it, or
+//! if the FIB's group for the source includes that tunnel (as a member or a backup): a prefix learned over a
+//! tunnel may send from it, a prefix never learned there may not.
+//!
+//! Egress caps: an uplink with a cap has a [`TokenBucket`]. A packet over the cap is held (copied into a small
+//! pooled buffer) until its tokens accrue, at most the bucket's queue delay, and sent in order; beyond that it
+//! is dropped and counted as `cap_exceeded` on the uplink. The cap counts outer IP bytes (IP + UDP + ESP).
+//!
 //! Left out here, on purpose: batching (`recvmmsg`/`sendmmsg`, GSO/GRO), offloads and multiple workers (the
-//! fast-path work), SA replacement at run time (IKE rekeying), and the multipath scheduler.
+//! fast-path work), SA replacement at run time (IKE rekeying), and tunnel liveness (BFD) in member choice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -31,9 +48,16 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::buffer::{PacketBuf, HEADROOM, MAX_PACKET};
-use crate::prefix::{Prefix, PrefixTable};
+use crate::fib::{FibCell, Member, NextHopGroup};
+use crate::flow::flow_hash;
+use crate::prefix::Prefix;
+use crate::scheduler;
+use crate::shaper::{Admit, TokenBucket};
 use crate::stats::{add, DropReason, TunStats, TunnelStats, UplinkStats};
 use crate::wire::{self, Inner};
+
+#[cfg(doc)]
+use crate::fib::Fib;
 
 const WAKE: Token = Token(usize::MAX);
 const TUN: Token = Token(usize::MAX - 1);
@@ -41,12 +65,40 @@ const TUN: Token = Token(usize::MAX - 1);
 const SEND_WAIT: Duration = Duration::from_millis(20);
 /// Minimum spacing of repeated warnings from one thread (never one log line per packet).
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// Slots in the outbound flow table (a power of two); a slot is one flow, 16 bytes.
+const FLOW_SLOTS: usize = 1 << 16;
+/// A flow idle this long is forgotten: its next packet is a new flow.
+const FLOW_IDLE_S: u32 = 30;
+/// An uplink with less unused cap than this is "full" for new flows.
+const MIN_HEADROOM: f64 = 0.05;
+/// The most datagrams one uplink's cap may hold back at once, whatever their delay.
+const MAX_HELD: usize = 4096;
 
 /// An uplink as the data path sees it.
 pub struct UplinkIo {
     pub name: String,
     pub socket: UdpSocket,
     pub stats: Arc<UplinkStats>,
+    /// The egress cap, if any.
+    pub cap: Option<Cap>,
+}
+
+/// An uplink's egress cap: a token bucket's rate and burst.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Cap {
+    pub rate_bps: u64,
+    pub burst_bytes: u64,
+}
+
+impl Cap {
+    /// A cap of `rate_bps` with the default burst: 5 ms at the rate, at least 32 KiB (a few full-size packets,
+    /// so the bucket never starves a single TCP flow at low rates).
+    pub fn with_default_burst(rate_bps: u64) -> Cap {
+        Cap {
+            rate_bps,
+            burst_bytes: (rate_bps / 8 / 200).max(32 * 1024),
+        }
+    }
 }
 
 /// One tunnel: a pair of SAs to one remote endpoint over one uplink.
@@ -81,11 +133,15 @@ pub struct DataplaneSpec {
     pub tun: File,
     pub uplinks: Vec<UplinkIo>,
     pub tunnels: Vec<TunnelIo>,
-    /// Destination prefix -> tunnel index.
-    pub routes: PrefixTable<usize>,
+    /// The forwarding table the control plane publishes; members are indexes into `tunnels`.
+    pub fib: Arc<FibCell>,
     pub tun_stats: Arc<TunStats>,
     /// Where IKE messages go; `None` counts and discards them (no IKE configured).
     pub ike: Option<crossbeam_channel::Sender<IkeDatagram>>,
+    /// Spread packets rather than flows over a group's members (reorders packets within a flow).
+    pub spray: bool,
+    /// The flow-hash key; random per gateway.
+    pub flow_seed: u64,
 }
 
 /// A running data path. Dropping it stops the threads.
@@ -102,11 +158,17 @@ impl Dataplane {
         let epoch = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let tun = Arc::new(spec.tun);
-        let (sockets, uplink_stats): (Vec<UdpSocket>, Vec<Arc<UplinkStats>>) = spec
-            .uplinks
-            .into_iter()
-            .map(|u| (u.socket, u.stats))
-            .unzip();
+        let mut sockets = Vec::new();
+        let mut uplink_stats = Vec::new();
+        let mut shapers = Vec::new();
+        for u in spec.uplinks {
+            sockets.push(u.socket);
+            uplink_stats.push(u.stats);
+            shapers.push(u.cap.map(|c| Shaper {
+                bucket: TokenBucket::new(c.rate_bps, c.burst_bytes, epoch),
+                held: VecDeque::new(),
+            }));
+        }
         let sockets = Arc::new(sockets);
 
         let mut outbound = Vec::with_capacity(spec.tunnels.len());
@@ -124,6 +186,7 @@ impl Dataplane {
                 stats: t.stats.clone(),
             });
             inbound.push(InTunnel {
+                index: i as u32,
                 sa: t.inbound,
                 allowed_sources: t.allowed_sources,
                 stats: t.stats,
@@ -152,9 +215,18 @@ impl Dataplane {
             sockets: sockets.clone(),
             uplink_stats: uplink_stats.clone(),
             tunnels: outbound,
-            routes: spec.routes,
+            fib: spec.fib.clone(),
             tun_stats: spec.tun_stats,
             last_warn: None,
+            shapers,
+            held: 0,
+            pool: Vec::new(),
+            flows: vec![FlowSlot::default(); FLOW_SLOTS].into_boxed_slice(),
+            spray: spec.spray,
+            spray_counter: 0,
+            flow_seed: spec.flow_seed,
+            epoch,
+            now_s: 0,
         };
         let rx = Inbound {
             poll: rx_poll,
@@ -163,6 +235,7 @@ impl Dataplane {
             sockets,
             uplink_stats,
             tunnels: inbound,
+            fib: spec.fib,
             spis,
             ike: spec.ike,
             epoch,
@@ -222,6 +295,8 @@ struct OutTunnel {
 }
 
 struct InTunnel {
+    /// This tunnel's index, as FIB members name it.
+    index: u32,
     sa: InboundSa,
     allowed_sources: Vec<Prefix>,
     stats: Arc<TunnelStats>,
@@ -243,9 +318,46 @@ struct Outbound {
     sockets: Arc<Vec<UdpSocket>>,
     uplink_stats: Vec<Arc<UplinkStats>>,
     tunnels: Vec<OutTunnel>,
-    routes: PrefixTable<usize>,
+    fib: Arc<FibCell>,
     tun_stats: Arc<TunStats>,
     last_warn: Option<Instant>,
+    /// Per uplink: its cap, if it has one.
+    shapers: Vec<Option<Shaper>>,
+    /// Datagrams held by all shapers.
+    held: usize,
+    /// Spare buffers for held datagrams.
+    pool: Vec<Vec<u8>>,
+    flows: Box<[FlowSlot]>,
+    spray: bool,
+    spray_counter: u64,
+    flow_seed: u64,
+    epoch: Instant,
+    /// A coarse clock for the flow table: whole seconds since `epoch`, refreshed per wake-up and every few
+    /// hundred packets.
+    now_s: u32,
+}
+
+/// One uplink's cap: the bucket and the datagrams it holds back, oldest first.
+struct Shaper {
+    bucket: TokenBucket,
+    held: VecDeque<Held>,
+}
+
+/// A sealed datagram waiting for its tokens.
+struct Held {
+    due: Instant,
+    tunnel: usize,
+    inner_len: usize,
+    datagram: Vec<u8>,
+}
+
+/// A slot of the flow table: which tunnel a flow (by its hash) last used, and when.
+#[derive(Copy, Clone, Default)]
+struct FlowSlot {
+    hash: u64,
+    tunnel: u32,
+    /// Coarse seconds since the epoch, plus one (0 = empty).
+    seen: u32,
 }
 
 impl Outbound {
@@ -254,14 +366,20 @@ impl Outbound {
         let mut buf = PacketBuf::new();
         let mut icmp = PacketBuf::new();
         while !self.stop.load(Ordering::Relaxed) {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            let timeout = self
+                .next_due()
+                .map(|due| due.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 tracing::error!(error = %e, "outbound poll failed; data path stopping");
                 return;
             }
+            self.tick();
+            self.release_due(Instant::now());
             // Edge-triggered: drain the device until it would block.
+            let mut packets = 0u32;
             loop {
                 if self.stop.load(Ordering::Relaxed) {
                     return;
@@ -280,7 +398,119 @@ impl Outbound {
                 };
                 add(&self.tun_stats.rx_packets, 1);
                 self.forward(&mut buf, n, &mut icmp);
+                packets = packets.wrapping_add(1);
+                if packets % 256 == 0 {
+                    self.tick();
+                }
+                if self.held > 0 {
+                    self.release_due(Instant::now());
+                }
             }
+        }
+    }
+
+    /// Refreshes the coarse clock.
+    fn tick(&mut self) {
+        self.now_s = self.epoch.elapsed().as_secs().min(u32::MAX as u64 - 1) as u32;
+    }
+
+    /// When the earliest held datagram is due, if any is held.
+    fn next_due(&self) -> Option<Instant> {
+        if self.held == 0 {
+            return None;
+        }
+        self.shapers
+            .iter()
+            .flatten()
+            .filter_map(|s| s.held.front().map(|h| h.due))
+            .min()
+    }
+
+    /// Sends every held datagram whose time has come, in order per uplink.
+    fn release_due(&mut self, now: Instant) {
+        if self.held == 0 {
+            return;
+        }
+        for u in 0..self.shapers.len() {
+            let Some(shaper) = &mut self.shapers[u] else {
+                continue;
+            };
+            while shaper.held.front().is_some_and(|h| h.due <= now) {
+                let Some(h) = shaper.held.pop_front() else {
+                    break;
+                };
+                self.held -= 1;
+                let tunnel = &self.tunnels[h.tunnel];
+                let result = send(&self.sockets[u], &h.datagram, tunnel.remote);
+                account(
+                    result,
+                    tunnel,
+                    &self.uplink_stats[u],
+                    h.inner_len,
+                    h.datagram.len(),
+                    &mut self.last_warn,
+                );
+                self.pool.push(h.datagram);
+            }
+        }
+    }
+
+    /// The tunnel for a packet to `group`: per flow (remembered in the flow table) or per packet (spray).
+    fn choose(&mut self, group: &NextHopGroup, pkt: &[u8]) -> Option<usize> {
+        let members = group.active();
+        if let [only] = members {
+            return Some(only.tunnel as usize);
+        }
+        if self.spray {
+            self.spray_counter = self.spray_counter.wrapping_add(1);
+            return scheduler::pick_spray(members, self.spray_counter).map(|t| t as usize);
+        }
+        let hash = flow_hash(pkt, self.flow_seed).unwrap_or(0);
+        let now = self.now_s + 1;
+        let slot = &mut self.flows[hash as usize & (FLOW_SLOTS - 1)];
+        if slot.seen != 0
+            && slot.hash == hash
+            && now.saturating_sub(slot.seen) <= FLOW_IDLE_S
+            && members.iter().any(|m| m.tunnel == slot.tunnel)
+        {
+            slot.seen = now;
+            return Some(slot.tunnel as usize);
+        }
+        // A new flow (or its tunnel left the group): hash it, but away from a full uplink if another has room.
+        let mut tunnel = scheduler::pick(members, hash)?;
+        if !self.has_headroom(tunnel) {
+            let mut roomy = [Member {
+                tunnel: 0,
+                weight: 0,
+                backup: false,
+            }; 16];
+            let mut n = 0;
+            for m in members.iter().take(roomy.len()) {
+                if self.has_headroom(m.tunnel) {
+                    roomy[n] = *m;
+                    n += 1;
+                }
+            }
+            if let Some(t) = scheduler::pick(&roomy[..n], hash) {
+                tunnel = t;
+            }
+        }
+        self.flows[hash as usize & (FLOW_SLOTS - 1)] = FlowSlot {
+            hash,
+            tunnel,
+            seen: now,
+        };
+        Some(tunnel as usize)
+    }
+
+    /// Whether `tunnel`'s uplink has unused cap (always, for an uncapped uplink).
+    fn has_headroom(&self, tunnel: u32) -> bool {
+        let Some(t) = self.tunnels.get(tunnel as usize) else {
+            return false;
+        };
+        match &self.shapers[t.uplink] {
+            Some(s) => s.bucket.headroom(Instant::now()) >= MIN_HEADROOM,
+            None => true,
         }
     }
 
@@ -291,9 +521,14 @@ impl Outbound {
             Ok(i) => i,
             Err(_) => return self.tun_stats.drops.count(DropReason::InnerMalformed),
         };
-        let Some(&t) = self.routes.lookup(inner.dst) else {
+        let fib = self.fib.load();
+        let Some(group) = fib.lookup(inner.dst) else {
             return self.tun_stats.drops.count(DropReason::NoRoute);
         };
+        let Some(t) = self.choose(group, pkt).filter(|&t| t < self.tunnels.len()) else {
+            return self.tun_stats.drops.count(DropReason::NoRoute);
+        };
+        drop(fib);
         let tunnel = &mut self.tunnels[t];
         if inner.len > tunnel.max_inner && inner.dont_fragment {
             // Too big and may not be fragmented: tell the sender the tunnel MTU (PMTUD through braid).
@@ -334,23 +569,70 @@ impl Outbound {
             Err(_) => return tunnel.stats.drops.count(DropReason::InnerMalformed),
         };
         let datagram = &buf.as_slice()[esp];
-        let socket = &self.sockets[tunnel.uplink];
-        match send(socket, datagram, tunnel.remote) {
-            Ok(()) => {
-                add(&tunnel.stats.tx_packets, 1);
-                add(&tunnel.stats.tx_bytes, inner.len as u64);
-                let us = &self.uplink_stats[tunnel.uplink];
-                add(&us.tx_packets, 1);
-                add(&us.tx_bytes, datagram.len() as u64);
+        let u = tunnel.uplink;
+        if let Some(shaper) = &mut self.shapers[u] {
+            let now = Instant::now();
+            let on_wire = datagram.len() + crate::outer_overhead(tunnel.remote.is_ipv6());
+            let due = match shaper.bucket.admit(now, on_wire) {
+                // Tokens now, and nothing held ahead of it: straight out.
+                Admit::Send if shaper.held.is_empty() => None,
+                Admit::Send => Some(now),
+                Admit::Delay(wait) if shaper.held.len() < MAX_HELD => Some(now + wait),
+                Admit::Delay(_) | Admit::Drop => {
+                    return self.uplink_stats[u].drops.count(DropReason::CapExceeded);
+                }
+            };
+            if let Some(due) = due {
+                let mut copy = self.pool.pop().unwrap_or_default();
+                copy.clear();
+                copy.extend_from_slice(datagram);
+                shaper.held.push_back(Held {
+                    due,
+                    tunnel: t,
+                    inner_len: inner.len,
+                    datagram: copy,
+                });
+                self.held += 1;
+                add(&self.uplink_stats[u].cap_delayed, 1);
+                return;
             }
-            Err(e) => {
-                tunnel.stats.drops.count(DropReason::SendFailed);
-                let remote = tunnel.remote;
-                warn_limited(
-                    &mut self.last_warn,
-                    || tracing::warn!(%remote, error = %e, "uplink send failed"),
-                );
-            }
+        }
+        let tunnel = &self.tunnels[t];
+        let result = send(&self.sockets[u], datagram, tunnel.remote);
+        account(
+            result,
+            tunnel,
+            &self.uplink_stats[u],
+            inner.len,
+            datagram.len(),
+            &mut self.last_warn,
+        );
+    }
+}
+
+/// Counts a send's outcome on the tunnel and its uplink.
+fn account(
+    result: io::Result<()>,
+    tunnel: &OutTunnel,
+    uplink: &UplinkStats,
+    inner_len: usize,
+    datagram_len: usize,
+    last_warn: &mut Option<Instant>,
+) {
+    match result {
+        Ok(()) => {
+            add(&tunnel.stats.tx_packets, 1);
+            add(&tunnel.stats.tx_bytes, inner_len as u64);
+            add(&uplink.tx_packets, 1);
+            add(&uplink.tx_bytes, datagram_len as u64);
+        }
+        Err(e) => {
+            tunnel.stats.drops.count(DropReason::SendFailed);
+            let remote = tunnel.remote;
+            warn_limited(
+                last_warn,
+                || tracing::warn!(%remote, error = %e, "uplink send failed"),
+            );
         }
     }
 }
@@ -378,6 +660,7 @@ struct Inbound {
     sockets: Arc<Vec<UdpSocket>>,
     uplink_stats: Vec<Arc<UplinkStats>>,
     tunnels: Vec<InTunnel>,
+    fib: Arc<FibCell>,
     /// Inbound SPI -> tunnel index, across all uplinks.
     spis: HashMap<u32, usize>,
     ike: Option<crossbeam_channel::Sender<IkeDatagram>>,
@@ -459,10 +742,13 @@ impl Inbound {
         };
         tunnel.stats.last_rx_ms.store(now_ms, Ordering::Relaxed);
         let payload = &buf.as_slice()[opened.inner];
-        let inner = match check_inner(payload, opened.next_header, &tunnel.allowed_sources) {
+        let inner = match check_inner(payload, opened.next_header) {
             Ok(i) => i,
             Err(reason) => return tunnel.stats.drops.count(reason),
         };
+        if !source_allowed(inner.src, tunnel.index, &tunnel.allowed_sources, &self.fib) {
+            return tunnel.stats.drops.count(DropReason::InnerSource);
+        }
         // One packet per write on a TUN device: it is taken whole or refused.
         match (&*self.tun).write(&payload[..inner.len]) {
             Ok(n) if n == inner.len => {
@@ -481,9 +767,19 @@ impl Inbound {
     }
 }
 
-/// The inner-packet sanity check after decryption: the version must match ESP's next header, the length must
-/// be consistent, and the source must be one the tunnel may carry.
-fn check_inner(payload: &[u8], next: NextHeader, allowed: &[Prefix]) -> Result<Inner, DropReason> {
+/// Whether tunnel `index` may carry packets from `src`: its own inside/static prefixes, or a FIB route for `src`
+/// that has the tunnel among its members (backups included).
+fn source_allowed(src: IpAddr, index: u32, allowed: &[Prefix], fib: &FibCell) -> bool {
+    allowed.iter().any(|p| p.contains(src))
+        || fib
+            .load()
+            .lookup(src)
+            .is_some_and(|g| g.members().iter().any(|m| m.tunnel == index))
+}
+
+/// The inner-packet sanity check after decryption: the version must match ESP's next header and the length
+/// must be consistent.
+fn check_inner(payload: &[u8], next: NextHeader) -> Result<Inner, DropReason> {
     let inner = wire::inspect(payload).map_err(|_| DropReason::InnerMalformed)?;
     let expected = match next {
         NextHeader::Ipv4 => 4,
@@ -491,9 +787,6 @@ fn check_inner(payload: &[u8], next: NextHeader, allowed: &[Prefix]) -> Result<I
     };
     if inner.version != expected {
         return Err(DropReason::InnerMalformed);
-    }
-    if !allowed.iter().any(|p| p.contains(inner.src)) {
-        return Err(DropReason::InnerSource);
     }
     Ok(inner)
 }
@@ -505,29 +798,57 @@ mod tests {
 
     #[test]
     fn inner_checks() {
-        let allowed: Vec<Prefix> = vec!["192.0.2.0/24".parse().unwrap()];
         let mut ok = Vec::new();
         PacketBuilder::ipv4([192, 0, 2, 5], [198, 51, 100, 1], 64)
             .udp(1, 2)
             .write(&mut ok, &[0; 10])
             .unwrap();
-        assert!(check_inner(&ok, NextHeader::Ipv4, &allowed).is_ok());
+        assert!(check_inner(&ok, NextHeader::Ipv4).is_ok());
         assert_eq!(
-            check_inner(&ok, NextHeader::Ipv6, &allowed),
+            check_inner(&ok, NextHeader::Ipv6),
             Err(DropReason::InnerMalformed)
         );
         assert_eq!(
-            check_inner(&ok[..20], NextHeader::Ipv4, &allowed),
+            check_inner(&ok[..20], NextHeader::Ipv4),
             Err(DropReason::InnerMalformed)
         );
-        let mut spoofed = Vec::new();
-        PacketBuilder::ipv4([203, 0, 113, 5], [198, 51, 100, 1], 64)
-            .udp(1, 2)
-            .write(&mut spoofed, &[0; 10])
-            .unwrap();
-        assert_eq!(
-            check_inner(&spoofed, NextHeader::Ipv4, &allowed),
-            Err(DropReason::InnerSource)
+    }
+
+    #[test]
+    fn sources_allowed_by_static_prefixes_or_by_fib_membership() {
+        use crate::fib::FibBuilder;
+        let allowed: Vec<Prefix> = vec!["192.0.2.0/26".parse().unwrap()];
+        let mut b = FibBuilder::new();
+        // 198.51.100.0/24 learned over tunnels 1 (active) and 2 (backup); 203.0.113.0/24 over tunnel 3 only.
+        let group = NextHopGroup::new(vec![
+            Member {
+                tunnel: 1,
+                weight: 1,
+                backup: false,
+            },
+            Member {
+                tunnel: 2,
+                weight: 1,
+                backup: true,
+            },
+        ])
+        .unwrap();
+        b.insert("198.51.100.0/24".parse().unwrap(), Arc::new(group));
+        b.insert(
+            "203.0.113.0/24".parse().unwrap(),
+            Arc::new(NextHopGroup::single(3)),
         );
+        let fib = FibCell::new(b.build());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(source_allowed(ip("192.0.2.5"), 1, &allowed, &fib));
+        assert!(!source_allowed(ip("192.0.2.100"), 1, &allowed, &fib));
+        assert!(source_allowed(ip("198.51.100.7"), 1, &allowed, &fib));
+        assert!(
+            source_allowed(ip("198.51.100.7"), 2, &allowed, &fib),
+            "a backup member may send too"
+        );
+        assert!(!source_allowed(ip("198.51.100.7"), 3, &allowed, &fib));
+        assert!(!source_allowed(ip("203.0.113.9"), 1, &allowed, &fib));
+        assert!(source_allowed(ip("203.0.113.9"), 3, &[], &fib));
     }
 }

@@ -47,6 +47,7 @@ drop_reasons! {
     TooBig => "too_big": "Larger than the tunnel MTU with DF set: an ICMP error was sent back instead.",
     SeqExhausted => "seq_exhausted": "The outbound SA's sequence numbers are used up; it must be rekeyed.",
     SendFailed => "send_failed": "The uplink socket refused the datagram (buffer full, no route, ...).",
+    CapExceeded => "cap_exceeded": "Over the uplink's egress cap for longer than its queue allows (counted per uplink).",
     TunWriteFailed => "tun_write_failed": "The TUN device refused the inner packet.",
 }
 
@@ -122,6 +123,8 @@ pub struct UplinkStats {
     pub ike_received: AtomicU64,
     /// RFC 3948 NAT keepalives received.
     pub nat_keepalives: AtomicU64,
+    /// Datagrams the egress cap held back briefly before sending (not drops).
+    pub cap_delayed: AtomicU64,
     /// Drops before a tunnel is known.
     pub drops: DropCounters,
 }

@@ -103,7 +103,7 @@ fn run_in(ns: &str, program: &str, args: &[&str]) -> (bool, String) {
 }
 
 impl Peer {
-    fn start(spec: PeerSpec, ns: &Netns, dir: PathBuf) -> Peer {
+    pub fn start(spec: PeerSpec, ns: &Netns, dir: PathBuf) -> Peer {
         std::fs::create_dir_all(&dir).unwrap();
         let mut p = Peer {
             spec,
@@ -557,7 +557,7 @@ impl BgpLab {
         BgpLab::start_with(braid_spec, peer_spec, None)
     }
 
-    fn link(a: &Netns, a_if: &str, ns: &Netns, l: Link) {
+    pub fn link(a: &Netns, a_if: &str, ns: &Netns, l: Link) {
         netns::veth(a, a_if, ns, "ul0").unwrap();
         for (ns, ifname, v4, v6) in [(a, a_if, l.braid4, l.braid6), (ns, "ul0", l.peer4, l.peer6)] {
             ns.sysctl("net.ipv6.conf.all.accept_dad", "0").unwrap();

@@ -192,12 +192,23 @@ pub struct PathView {
     pub next_hop: Option<IpAddr>,
 }
 
-/// A prefix whose forwarding set changed: the next hops of its ECMP set (learned paths only), empty when the
-/// prefix is no longer forwarded by BGP (gone, or now locally originated).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A prefix whose forwarding set changed: the next hops of all its learned paths, the ECMP set first, then the
+/// backups; empty when the prefix is no longer forwarded by BGP (gone, or now locally originated).
+#[derive(Clone, Debug, PartialEq)]
 pub struct FibChange {
     pub prefix: Prefix,
-    pub next_hops: Vec<(PeerId, IpAddr)>,
+    pub next_hops: Vec<FibNextHop>,
+}
+
+/// One next hop of a [`FibChange`].
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct FibNextHop {
+    pub peer: PeerId,
+    pub addr: IpAddr,
+    /// Not in the ECMP set (a longer AS_PATH, say): carries traffic only when no ECMP member is left.
+    pub backup: bool,
+    /// The path's link-bandwidth extended community (draft-ietf-idr-link-bandwidth), in bytes per second.
+    pub link_bandwidth: Option<f32>,
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -554,10 +565,28 @@ impl PathSet {
         &self.ranked[..self.multipath]
     }
 
-    fn fib_next_hops(&self) -> Vec<(PeerId, IpAddr)> {
-        self.multipath()
+    fn fib_next_hops(&self) -> Vec<FibNextHop> {
+        if self.best().source.is_none() {
+            // Locally originated: the prefix is ours, so no learned path (not even as a backup) forwards it.
+            return Vec::new();
+        }
+        self.ranked
             .iter()
-            .filter_map(|p| Some((p.source?, p.next_hop?)))
+            .enumerate()
+            .filter_map(|(i, p)| {
+                Some(FibNextHop {
+                    peer: p.source?,
+                    addr: p.next_hop?,
+                    backup: i >= self.multipath,
+                    link_bandwidth: p
+                        .attrs
+                        .ext_communities
+                        .iter()
+                        .find_map(|c| c.link_bandwidth())
+                        .map(|(_, bw)| bw)
+                        .filter(|bw| bw.is_finite() && *bw > 0.0),
+                })
+            })
             .collect()
     }
 }

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::fsm::{Action, ConnId, Direction, DownReason, Event, Session, SessionConfig, State};
 use super::policy::NeighborPolicy;
-use super::rib::{Export, PeerId, PeerInfo, Rib};
+use super::rib::{Export, FibChange, PeerId, PeerInfo, Rib};
 use super::types::{error_code, subcode, Asn, Family, Message, Notification, Prefix};
 use super::wire;
 
@@ -66,6 +66,9 @@ pub struct SpeakerConfig {
     pub max_paths: usize,
     pub networks: Vec<Prefix>,
     pub neighbors: Vec<NeighborConfig>,
+    /// Where the RIB's forwarding changes go (batches; neighbours are named by their index in `neighbors`).
+    /// `None`: the routes are not forwarded by this gateway, and no changes are kept.
+    pub fib: Option<std::sync::mpsc::Sender<Vec<FibChange>>>,
 }
 
 /// A neighbor's state for `braid show bgp`.
@@ -201,6 +204,7 @@ struct Speaker {
     rib: Rib,
     events_tx: mpsc::Sender<ConnEvent>,
     next_conn: u64,
+    fib: Option<std::sync::mpsc::Sender<Vec<FibChange>>>,
 }
 
 /// Binds the BGP listener and starts the speaker actor on the current tokio runtime.
@@ -209,8 +213,7 @@ pub async fn start(cfg: SpeakerConfig) -> io::Result<SpeakerHandle> {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::channel(1024);
     let mut rib = Rib::new(cfg.local_asn, cfg.router_id, cfg.max_paths);
-    // Nothing consumes FIB changes yet (the data path's FIB arrives with multipath): don't queue them.
-    rib.track_fib(false);
+    rib.track_fib(cfg.fib.is_some());
     let mut peers = Vec::new();
     for (i, n) in cfg.neighbors.iter().enumerate() {
         let families = n.families.clone();
@@ -253,6 +256,7 @@ pub async fn start(cfg: SpeakerConfig) -> io::Result<SpeakerHandle> {
         rib,
         events_tx,
         next_conn: 1,
+        fib: cfg.fib.clone(),
     };
     let now = Instant::now().into_std();
     for p in &mut speaker.peers {
@@ -612,6 +616,27 @@ impl Speaker {
                 break;
             }
             tokio::task::yield_now().await;
+        }
+        self.send_fib_changes();
+    }
+
+    /// Hands the RIB's forwarding changes to the route installer, in batches.
+    fn send_fib_changes(&mut self) {
+        const BATCH: usize = 16 * 1024;
+        let Some(tx) = &self.fib else {
+            return;
+        };
+        let mut batch = Vec::new();
+        while let Some(c) = self.rib.poll_fib_change() {
+            batch.push(c);
+            if batch.len() == BATCH && tx.send(std::mem::take(&mut batch)).is_err() {
+                break;
+            }
+        }
+        if !batch.is_empty() && tx.send(batch).is_err() {
+            tracing::warn!("route installer gone; forwarding changes are no longer applied");
+            self.fib = None;
+            self.rib.track_fib(false);
         }
     }
 
