@@ -12,3 +12,4 @@ mod install_stub; // KROUTES-PENDING
 pub mod lab;
 pub mod labtool;
 pub mod netns;
+pub mod scenario;

@@ -38,7 +38,9 @@ fn in_fib(routes: &Value, prefix: &str) -> bool {
 }
 
 fn kernel_routes(ns: &Netns) -> String {
-    let out = ns.ip(&["route", "show", "dev", "braid0"]).expect("ip route");
+    let out = ns
+        .ip(&["route", "show", "dev", "braid0"])
+        .expect("ip route");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
