@@ -1111,6 +1111,7 @@ impl Topology {
             .map(|u| UplinkSample {
                 name: u["name"].as_str().unwrap_or("?").to_string(),
                 tx_bytes: u["tx_bytes"].as_u64().unwrap_or(0),
+                tx_packets: u["tx_packets"].as_u64().unwrap_or(0),
                 cap_drops: u["cap_drops"].as_u64().unwrap_or(0),
                 cap_bps: u["cap_bps"].as_u64(),
                 at: Instant::now(),
@@ -1123,11 +1124,22 @@ impl Topology {
 #[derive(Clone, Debug)]
 pub struct UplinkSample {
     pub name: String,
+    /// ESP-in-UDP payload bytes sent.
     pub tx_bytes: u64,
+    pub tx_packets: u64,
     pub cap_drops: u64,
     pub cap_bps: Option<u64>,
     /// When the sample was answered.
     pub at: Instant,
+}
+
+impl UplinkSample {
+    /// Bytes on the wire (payload plus the outer UDP + IPv4 headers) since `earlier`, per second, in bit/s.
+    pub fn wire_bps_since(&self, earlier: &UplinkSample) -> f64 {
+        let bytes = self.tx_bytes.saturating_sub(earlier.tx_bytes)
+            + 28 * self.tx_packets.saturating_sub(earlier.tx_packets);
+        bytes as f64 * 8.0 / self.at.duration_since(earlier.at).as_secs_f64()
+    }
 }
 
 /// `ip -n NS WORDS...` (the words split at whitespace).
