@@ -482,8 +482,8 @@ fn print_bgp(v: &Value) {
 
 fn print_routes(v: &Value) {
     println!(
-        "{:<24} {:<6} {:<24} NEXT HOPS (backups)",
-        "PREFIX", "SOURCE", "AS PATH"
+        "{:<24} {:<9} {:<3} {:<24} NEXT HOPS (backups)",
+        "PREFIX", "SOURCE", "FIB", "AS PATH"
     );
     for r in v["routes"].as_array().into_iter().flatten() {
         let hops = |k: &str| -> String {
@@ -497,6 +497,7 @@ fn print_routes(v: &Value) {
                         .unwrap_or("local");
                     match h["address"].as_str() {
                         Some(a) => format!("{a} via {via} w{}", h["weight"]),
+                        None if h["tunnel"].is_string() => format!("{via} w{}", h["weight"]),
                         None => via.to_string(),
                     }
                 })
@@ -505,9 +506,10 @@ fn print_routes(v: &Value) {
         };
         let backups = hops("backups");
         println!(
-            "{:<24} {:<6} {:<24} {}{}",
+            "{:<24} {:<9} {:<3} {:<24} {}{}",
             r["prefix"].as_str().unwrap_or("?"),
             r["source"].as_str().unwrap_or("?"),
+            if r["fib"] == true { "*" } else { "" },
             r["as_path"].as_str().unwrap_or(""),
             hops("next_hops"),
             if backups.is_empty() {
@@ -521,16 +523,29 @@ fn print_routes(v: &Value) {
 
 fn print_uplinks(v: &Value) {
     println!(
-        "{:<10} {:<28} {:>6} {:>12} {:>10} {:>14} {:>10} {:>14}  DROPS",
-        "UPLINK", "LOCAL", "MTU", "TX BIT/S", "TX PKTS", "TX BYTES", "RX PKTS", "RX BYTES"
+        "{:<10} {:<28} {:>6} {:>12} {:>12} {:>10} {:>10} {:>14} {:>10} {:>14}  DROPS",
+        "UPLINK",
+        "LOCAL",
+        "MTU",
+        "CAP BIT/S",
+        "TX BIT/S",
+        "CAP DROPS",
+        "TX PKTS",
+        "TX BYTES",
+        "RX PKTS",
+        "RX BYTES"
     );
     for u in v["uplinks"].as_array().into_iter().flatten() {
         println!(
-            "{:<10} {:<28} {:>6} {:>12} {:>10} {:>14} {:>10} {:>14}  {}",
+            "{:<10} {:<28} {:>6} {:>12} {:>12} {:>10} {:>10} {:>14} {:>10} {:>14}  {}",
             u["name"].as_str().unwrap_or("?"),
             u["local"].as_str().unwrap_or("?"),
             u["mtu"],
+            u["cap_bps"]
+                .as_u64()
+                .map_or("-".to_string(), |c| c.to_string()),
             u["tx_bps"],
+            u["cap_drops"],
             u["tx_packets"],
             u["tx_bytes"],
             u["rx_packets"],

@@ -101,6 +101,11 @@ impl GatewayState {
         }
     }
 
+    /// When the data path started (the zero of `TunnelStats::last_rx_ms`).
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
     pub fn tunnels(&self) -> &[TunnelInfo] {
         &self.tunnels
     }

@@ -435,6 +435,18 @@ async fn control_plane(
         }
         None => None,
     };
+    let metrics = match config.gateway.metrics {
+        Some(addr) => {
+            let l = crate::metrics::bind(addr).await?;
+            tracing::info!(%addr, "metrics endpoint listening (GET /metrics)");
+            Some(tokio::spawn(crate::metrics::serve(
+                l,
+                state.clone(),
+                speaker.clone(),
+            )))
+        }
+        None => None,
+    };
     let server = tokio::spawn(control::serve(listener, state.clone(), speaker.clone()));
     let sampler = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -461,5 +473,8 @@ async fn control_plane(
     }
     server.abort();
     sampler.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     Ok(())
 }

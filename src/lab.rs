@@ -140,7 +140,7 @@ fn gateway_config(
     let routes = if opts.bgp { &[][..] } else { routes };
     if opts.bgp {
         let asn = if name == "a" { 65001 } else { 65002 };
-        s += &format!("asn = {asn}\nrouter_id = \"{local}\"\nkernel_routes = true\n");
+        s += &format!("asn = {asn}\nrouter_id = \"{local}\"\nkernel_routes = true\nmetrics = \"127.0.0.1:9477\"\n");
     }
     s += &format!("\n[[uplink]]\nname = \"isp1\"\nlocal = \"{local}\"\n\n");
     s += &format!(

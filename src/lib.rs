@@ -11,5 +11,6 @@ pub mod daemon;
 mod install_stub; // KROUTES-PENDING
 pub mod lab;
 pub mod labtool;
+pub mod metrics;
 pub mod netns;
 pub mod scenario;

@@ -133,6 +133,35 @@ fn bgp_routes_over_a_tunnel_forward_and_follow_withdrawals() {
         .expect("ping");
     assert_eq!(received, 5, "site A -> site B over BGP routes:\n{out}");
 
+    // The Prometheus endpoint exports the same counters.
+    let out = pair
+        .a
+        .exec(
+            "bash",
+            &[
+                "-c",
+                "exec 3<>/dev/tcp/127.0.0.1/9477; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+            ],
+        )
+        .expect("scrape");
+    let scrape = String::from_utf8_lossy(&out.stdout);
+    assert!(scrape.starts_with("HTTP/1.0 200 OK"), "{scrape}");
+    let tx_packets = scrape
+        .lines()
+        .find(|l| l.starts_with("braid_tunnel_tx_packets_total{gateway=\"a\",tunnel=\"a-to-peer\""))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no tunnel counter in:\n{scrape}"));
+    assert!(tx_packets >= 5, "{scrape}");
+    assert!(
+        scrape.contains("braid_fib_routes{gateway=\"a\",source=\"bgp\"}"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("braid_bgp_session_established{gateway=\"a\",neighbor=\"169.254.0.2\",label=\"a-to-peer\"} 1"),
+        "{scrape}"
+    );
+
     // Withdrawal at BIRD: gone from A's FIB and kernel table; the other prefix stays.
     bird.withdraw(GOES);
     wait(
