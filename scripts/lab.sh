@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds braid and runs `braid lab` (default scenario: pair) as root. Extra arguments go to `braid lab`,
+# Builds braid and runs `braid lab` (default scenario: dual-isp; also active-active, pair) as root. Extra
+# arguments go to `braid lab`,
 # e.g. `scripts/lab.sh --json`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -77,7 +77,7 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         iperf_secs: u32,
         /// Parallel TCP flows between the sites (multipath scenarios).
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 256)]
         flows: usize,
         /// Seconds of multipath traffic.
         #[arg(long, default_value_t = 5.0)]

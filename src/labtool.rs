@@ -220,27 +220,32 @@ pub fn flow_sink(listen: SocketAddr, flows: usize, timeout: Duration) -> Result<
     Ok(())
 }
 
-/// Opens `flows` TCP connections to `to` at once and sends as fast as each can for `secs` seconds, then
-/// closes them. Prints `{"flows","connected","bytes","secs","gbps","per_flow":[..],"errors":[..]}`.
+/// Opens `flows` TCP connections to `to` (retrying for up to 10 s, so a full accept queue only delays), then
+/// sends on all of them at once, as fast as each can, for `secs` seconds, and closes them. Prints
+/// `{"flows","connected","bytes","secs","gbps","per_flow":[..],"errors":[..]}`.
 pub fn flow_source(to: SocketAddr, flows: usize, secs: f64) -> Result<()> {
-    let start = Instant::now();
+    let connect_by = Instant::now() + Duration::from_secs(10);
     let send_for = Duration::from_secs_f64(secs);
+    // Every flow starts sending when all are connected (or have given up).
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(flows + 1));
     let threads: Vec<_> = (0..flows)
         .map(|_| {
+            let barrier = barrier.clone();
             std::thread::spawn(move || -> std::result::Result<u64, String> {
-                let connect_by = start + Duration::from_secs(5).min(send_for);
-                let mut s = loop {
+                let connected = loop {
                     match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
-                        Ok(s) => break s,
+                        Ok(s) => break Ok(s),
                         Err(e) if Instant::now() >= connect_by => {
-                            return Err(format!("connecting to {to}: {e}"))
+                            break Err(format!("connecting to {to}: {e}"))
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(100)),
                     }
                 };
+                barrier.wait();
+                let mut s = connected?;
                 let buf = vec![0x5au8; CHUNK];
                 let mut sent = 0u64;
-                let end = start + send_for;
+                let end = Instant::now() + send_for;
                 while Instant::now() < end {
                     let _ = s.set_write_timeout(Some(
                         end.saturating_duration_since(Instant::now())
@@ -261,6 +266,8 @@ pub fn flow_source(to: SocketAddr, flows: usize, secs: f64) -> Result<()> {
             })
         })
         .collect();
+    barrier.wait();
+    let start = Instant::now();
     let mut per_flow = Vec::new();
     let mut errors = Vec::new();
     for t in threads {

@@ -36,9 +36,9 @@ fn assert_groups(topo: &Topology) {
 }
 
 #[test]
-fn s1_active_active_128_flows_spread_over_all_four_tunnels() {
+fn s1_active_active_256_flows_spread_over_all_four_tunnels() {
     if !netns_ready(
-        "s1_active_active_128_flows_spread_over_all_four_tunnels",
+        "s1_active_active_256_flows_spread_over_all_four_tunnels",
         TOOLS,
     ) {
         return;
@@ -55,8 +55,9 @@ fn s1_active_active_128_flows_spread_over_all_four_tunnels() {
         let (active, _) = topo.route(g, SITE_B).unwrap().unwrap();
         assert_eq!(active.len(), 2);
     }
-    let t = topo.run_flows(128, 4.0).unwrap();
-    assert_eq!(t.source["connected"], 128, "{}", t.source);
+    // 256 flows: the 4-way split of flow counts alone has a standard deviation of 2.7 points of share.
+    let t = topo.run_flows(256, 4.0).unwrap();
+    assert_eq!(t.source["connected"], 256, "{}", t.source);
     assert_eq!(t.tunnels.len(), 4);
     assert!(t.total_tunnel_bytes() > 10_000_000, "{:?}", t.tunnels);
     for s in &t.tunnels {
