@@ -82,6 +82,10 @@ enum Cmd {
         /// Seconds of multipath traffic.
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
+        /// Pace each flow at this many Mbit/s (0: as fast as TCP goes; the shares then also reflect which
+        /// gateway process got more CPU).
+        #[arg(long, default_value_t = 0.5)]
+        mbit_per_flow: f64,
         /// dual-isp: skip the informational failover drill (ISP1 down, traffic moves to ISP2).
         #[arg(long)]
         no_drill: bool,
@@ -159,6 +163,9 @@ enum LabTool {
         flows: usize,
         #[arg(long)]
         secs: f64,
+        /// Pace each flow at this rate (0: as fast as TCP goes).
+        #[arg(long, default_value_t = 0.0)]
+        mbit_per_flow: f64,
     },
     UdpFlood {
         #[arg(long)]
@@ -231,6 +238,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             iperf_secs,
             flows,
             secs,
+            mbit_per_flow,
             no_drill,
             cleanup,
         } => {
@@ -250,6 +258,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 iperf_secs,
                 flows,
                 secs,
+                mbit_per_flow,
                 drill: !no_drill,
             })
         }
@@ -295,7 +304,8 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                     connect,
                     flows,
                     secs,
-                } => crate::labtool::flow_source(connect, flows, secs)?,
+                    mbit_per_flow,
+                } => crate::labtool::flow_source(connect, flows, secs, mbit_per_flow)?,
                 LabTool::UdpFlood {
                     from,
                     to,

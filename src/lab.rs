@@ -581,6 +581,8 @@ pub struct LabOptions {
     /// Multipath scenarios: parallel TCP flows and their duration.
     pub flows: usize,
     pub secs: f64,
+    /// Pace each flow (0: unpaced).
+    pub mbit_per_flow: f64,
     /// `dual-isp`: run the informational failover drill.
     pub drill: bool,
 }

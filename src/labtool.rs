@@ -221,36 +221,81 @@ pub fn flow_sink(listen: SocketAddr, flows: usize, timeout: Duration) -> Result<
 }
 
 /// Opens `flows` TCP connections to `to` (retrying for up to 10 s, so a full accept queue only delays), then
-/// sends on all of them at once, as fast as each can, for `secs` seconds, and closes them. Prints
-/// `{"flows","connected","bytes","secs","gbps","per_flow":[..],"errors":[..]}`.
-pub fn flow_source(to: SocketAddr, flows: usize, secs: f64) -> Result<()> {
+/// sends on all of them at once for `secs` seconds and closes them. Unpaced (`mbit_per_flow` 0), one thread
+/// per flow writes as fast as TCP goes. Paced, one thread serves every flow from nonblocking sockets, each
+/// at `mbit_per_flow` with its phase spread over the write interval: below the path's capacity every flow
+/// then carries the same bytes, so byte shares measure how flows were spread rather than which process got
+/// more CPU, and a few hundred flows cost one thread instead of a few hundred wakeups per tick.
+/// Prints `{"flows","connected","bytes","secs","gbps","per_flow":[..],"errors":[..]}`.
+pub fn flow_source(to: SocketAddr, flows: usize, secs: f64, mbit_per_flow: f64) -> Result<()> {
     let connect_by = Instant::now() + Duration::from_secs(10);
-    let send_for = Duration::from_secs_f64(secs);
-    // Every flow starts sending when all are connected (or have given up).
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(flows + 1));
-    let threads: Vec<_> = (0..flows)
+    let connecting: Vec<_> = (0..flows)
         .map(|_| {
-            let barrier = barrier.clone();
-            std::thread::spawn(move || -> std::result::Result<u64, String> {
-                let connected = loop {
-                    match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
-                        Ok(s) => break Ok(s),
-                        Err(e) if Instant::now() >= connect_by => {
-                            break Err(format!("connecting to {to}: {e}"))
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            std::thread::spawn(move || loop {
+                match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                    Ok(s) => break Ok(s),
+                    Err(e) if Instant::now() >= connect_by => {
+                        break Err(format!("connecting to {to}: {e}"))
                     }
-                };
-                barrier.wait();
-                let mut s = connected?;
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    let mut errors = Vec::new();
+    for c in connecting {
+        match c.join() {
+            Ok(Ok(s)) => streams.push(s),
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push("connect thread panicked".into()),
+        }
+    }
+    let send_for = Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut per_flow = if mbit_per_flow > 0.0 {
+        send_paced(
+            &mut streams,
+            send_for,
+            mbit_per_flow * 1e6 / 8.0,
+            &mut errors,
+        )
+    } else {
+        send_unpaced(streams, send_for, &mut errors)
+    };
+    per_flow.sort_unstable();
+    let secs = start.elapsed().as_secs_f64();
+    let bytes: u64 = per_flow.iter().sum();
+    println!(
+        "{}",
+        serde_json::json!({
+            "flows": flows,
+            "connected": flows - errors.len(),
+            "bytes": bytes,
+            "secs": secs,
+            "gbps": bytes as f64 * 8.0 / secs / 1e9,
+            "per_flow": per_flow,
+            "errors": errors.iter().take(5).collect::<Vec<_>>(),
+        })
+    );
+    if !errors.is_empty() {
+        bail!("{} of {flows} flows failed: {}", errors.len(), errors[0]);
+    }
+    Ok(())
+}
+
+/// One thread per flow, blocking writes as fast as TCP goes. Returns each flow's bytes.
+fn send_unpaced(streams: Vec<TcpStream>, send_for: Duration, errors: &mut Vec<String>) -> Vec<u64> {
+    let end = Instant::now() + send_for;
+    let threads: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || -> std::result::Result<u64, String> {
                 let buf = vec![0x5au8; CHUNK];
                 let mut sent = 0u64;
-                let end = Instant::now() + send_for;
                 while Instant::now() < end {
-                    let _ = s.set_write_timeout(Some(
-                        end.saturating_duration_since(Instant::now())
-                            .max(Duration::from_millis(10)),
-                    ));
+                    let left = end.saturating_duration_since(Instant::now());
+                    let _ = s.set_write_timeout(Some(left.max(Duration::from_millis(10))));
                     match s.write(&buf) {
                         Ok(n) => sent += n as u64,
                         Err(e)
@@ -266,10 +311,7 @@ pub fn flow_source(to: SocketAddr, flows: usize, secs: f64) -> Result<()> {
             })
         })
         .collect();
-    barrier.wait();
-    let start = Instant::now();
     let mut per_flow = Vec::new();
-    let mut errors = Vec::new();
     for t in threads {
         match t.join() {
             Ok(Ok(n)) => per_flow.push(n),
@@ -277,24 +319,57 @@ pub fn flow_source(to: SocketAddr, flows: usize, secs: f64) -> Result<()> {
             Err(_) => errors.push("flow thread panicked".into()),
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    let bytes: u64 = per_flow.iter().sum();
-    println!(
-        "{}",
-        serde_json::json!({
-            "flows": flows,
-            "connected": per_flow.len(),
-            "bytes": bytes,
-            "secs": secs,
-            "gbps": bytes as f64 * 8.0 / secs / 1e9,
-            "per_flow": per_flow,
-            "errors": errors.iter().take(5).collect::<Vec<_>>(),
-        })
-    );
-    if !errors.is_empty() {
-        bail!("{} of {flows} flows failed: {}", errors.len(), errors[0]);
+    per_flow
+}
+
+/// One thread, nonblocking writes, every flow at `bytes_per_sec` with phases spread over one write interval.
+fn send_paced(
+    streams: &mut [TcpStream],
+    send_for: Duration,
+    bytes_per_sec: f64,
+    errors: &mut Vec<String>,
+) -> Vec<u64> {
+    const WRITE: usize = 4096;
+    let buf = [0x5au8; WRITE];
+    let n = streams.len().max(1);
+    let interval = WRITE as f64 / bytes_per_sec;
+    let mut sent = vec![0u64; streams.len()];
+    let mut failed = vec![false; streams.len()];
+    for s in streams.iter() {
+        let _ = s.set_nonblocking(true);
     }
-    Ok(())
+    let begin = Instant::now();
+    let end = begin + send_for;
+    while Instant::now() < end {
+        let t = begin.elapsed().as_secs_f64();
+        for (i, s) in streams.iter_mut().enumerate() {
+            if failed[i] {
+                continue;
+            }
+            let due = (t - interval * i as f64 / n as f64) * bytes_per_sec;
+            while (sent[i] as f64) < due {
+                let want = ((due - sent[i] as f64).ceil() as usize).min(WRITE);
+                match s.write(&buf[..want]) {
+                    Ok(k) => sent[i] += k as u64,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        errors.push(format!("sending: {e}"));
+                        failed[i] = true;
+                        break;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for s in streams.iter() {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    sent.into_iter()
+        .zip(failed)
+        .filter(|(_, f)| !f)
+        .map(|(b, _)| b)
+        .collect()
 }
 
 /// Sends UDP datagrams of `size` bytes from `from` (port 0: one socket per flow) to each of `to`, paced at

@@ -213,6 +213,8 @@ pub struct TunnelShare {
 pub struct Traffic {
     pub flows: usize,
     pub secs: f64,
+    /// Each flow's pace (0: unpaced).
+    pub mbit_per_flow: f64,
     /// The flow source's JSON report (`bytes`, `gbps`, `connected`, `per_flow`, `errors`).
     pub source: Value,
     /// The sink's JSON report (`bytes`, `connections`).
@@ -236,9 +238,16 @@ impl Traffic {
     }
 
     pub fn json(&self) -> Value {
+        let per_flow: Vec<u64> = self.source["per_flow"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
         json!({
+            "per_flow_bytes_min": per_flow.iter().min(),
+            "per_flow_bytes_max": per_flow.iter().max(),
             "flows": self.flows,
             "seconds": self.secs,
+            "mbit_per_flow": self.mbit_per_flow,
             "connected": self.source["connected"],
             "bytes_sent": self.source["bytes"],
             "bytes_received": self.sink["bytes"],
@@ -983,9 +992,9 @@ impl Topology {
         Ok(ns.command(bin, &full))
     }
 
-    /// Runs `flows` parallel TCP flows from host A to host B for `secs` seconds and measures what each
-    /// on-prem tunnel sent meanwhile (tx_bytes deltas).
-    pub fn run_flows(&self, flows: usize, secs: f64) -> Result<Traffic> {
+    /// Runs `flows` parallel TCP flows from host A to host B for `secs` seconds, each paced at
+    /// `mbit_per_flow` (0: unpaced), and measures what each on-prem tunnel sent meanwhile (tx_bytes deltas).
+    pub fn run_flows(&self, flows: usize, secs: f64, mbit_per_flow: f64) -> Result<Traffic> {
         let (a, b) = self
             .sites
             .as_ref()
@@ -1019,6 +1028,7 @@ impl Topology {
         }
         let before = self.onprem_tx()?;
         let s = format!("{secs}");
+        let m = format!("{mbit_per_flow}");
         let out = self
             .labtool(
                 &a.host,
@@ -1030,6 +1040,8 @@ impl Topology {
                     &f,
                     "--secs",
                     &s,
+                    "--mbit-per-flow",
+                    &m,
                 ],
             )?
             .stdin(Stdio::null())
@@ -1078,6 +1090,7 @@ impl Topology {
         Ok(Traffic {
             flows,
             secs,
+            mbit_per_flow,
             source,
             sink: sink_json,
             tunnels,
@@ -1294,8 +1307,13 @@ fn session_check(topo: &Topology, say: &dyn Fn(&str)) -> Result<(Check, Value)> 
 
 fn traffic_lines(t: &Traffic, isps: &[Isp], say: &dyn Fn(&str)) {
     say(&format!(
-        "  traffic: {} TCP flows host A {HOST_A} -> host B {HOST_B} for {} s: {} flows connected, {} sent, {:.2} Gbit/s",
+        "  traffic: {} TCP flows{} host A {HOST_A} -> host B {HOST_B} for {} s: {} flows connected, {} sent, {:.2} Gbit/s",
         t.flows,
+        if t.mbit_per_flow > 0.0 {
+            format!(" of {} Mbit/s each,", t.mbit_per_flow)
+        } else {
+            String::new()
+        },
         t.secs,
         t.source["connected"],
         mb(t.source["bytes"].as_u64().unwrap_or(0)),
@@ -1387,7 +1405,7 @@ pub fn run(kind: Kind, opts: &LabOptions) -> Result<i32> {
         detail: format!("{got}/3 replies"),
     });
     stop()?;
-    let traffic = topo.run_flows(opts.flows, opts.secs)?;
+    let traffic = topo.run_flows(opts.flows, opts.secs, opts.mbit_per_flow)?;
     traffic_lines(&traffic, &topo.isps, &say);
     let connected = traffic.source["connected"].as_u64().unwrap_or(0) as usize;
     checks.push(Check {
@@ -1545,10 +1563,10 @@ fn failover_drill(topo: &mut Topology, opts: &LabOptions, say: &dyn Fn(&str)) ->
         "    ISP2 tunnels active at every gateway {secs:.1} s after ISP1 went down"
     ));
     let drill_secs = opts.secs.min(3.0);
-    let t = topo.run_flows(opts.flows, drill_secs)?;
+    let t = topo.run_flows(opts.flows, drill_secs, 0.0)?;
     let isp2 = t.isp_share(1);
     say(&format!(
-        "    {} flows for {drill_secs} s: {} connected, {:.2} Gbit/s, {} of bytes on ISP2 tunnels",
+        "    {} unpaced flows for {drill_secs} s: {} connected, {:.2} Gbit/s, {} of bytes on ISP2 tunnels",
         t.flows,
         t.source["connected"],
         t.source["gbps"].as_f64().unwrap_or(0.0),
