@@ -311,16 +311,13 @@ fn install_routes(
     /// After a batch arrives, more are awaited this long before building, so a burst of UPDATEs (a full
     /// table) costs a few builds rather than one per UPDATE.
     const SETTLE: Duration = Duration::from_millis(20);
-    // KROUTES-PENDING
-    let mut kernel = kernel.and_then(
-        |dev| match Err::<crate::install_stub::Mirror, String>(dev) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::error!(error = %e, "kernel routes disabled: cannot open rtnetlink");
-                None
-            }
-        },
-    );
+    let mut kernel = kernel.and_then(|dev| match crate::kroutes::Mirror::open(&dev) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::error!(device = %dev, error = %e, "kernel routes disabled: cannot open rtnetlink");
+            None
+        }
+    });
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         let deadline = std::time::Instant::now() + SETTLE;

@@ -62,7 +62,10 @@ impl Mirror {
     /// Removes every route this run added.
     pub fn remove_all(&mut self) {
         let n = self.routes.installed().len();
-        self.routes.remove_all();
-        tracing::info!(routes = n, "kernel routes removed");
+        let failed = self.routes.remove_all();
+        if let Some((prefix, e)) = failed.first() {
+            tracing::warn!(%prefix, error = %e, failed = failed.len(), "kernel routes left behind");
+        }
+        tracing::info!(routes = n - failed.len().min(n), "kernel routes removed");
     }
 }

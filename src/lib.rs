@@ -8,7 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
-mod install_stub; // KROUTES-PENDING
+pub mod kroutes;
 pub mod lab;
 pub mod labtool;
 pub mod metrics;

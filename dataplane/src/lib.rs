@@ -11,6 +11,7 @@ pub mod buffer;
 pub mod engine;
 pub mod fib;
 pub mod flow;
+pub mod kernel;
 pub mod prefix;
 pub mod scheduler;
 pub mod shaper;
@@ -23,6 +24,7 @@ pub mod wire;
 
 pub use engine::{Dataplane, DataplaneSpec, IkeDatagram, TunnelIo, UplinkIo};
 pub use fib::{Fib, FibBuilder, FibCell, GroupError, Member, NextHopGroup};
+pub use kernel::{KernelRoutes, RTPROT_BRAID};
 pub use prefix::{Prefix, PrefixTable};
 pub use stats::{DropReason, TunStats, TunnelStats, UplinkStats};
 pub use tun::{InsideAddr, Tun};

@@ -5,11 +5,15 @@
 //!   ioctls for MTU, flags and index (`SIOCSIFMTU`, `SIOCGIFFLAGS`/`SIOCSIFFLAGS`, `SIOCGIFINDEX`);
 //! - a minimal rtnetlink client that adds interface addresses (`RTM_NEWADDR`), because the ioctl interface can
 //!   hold only one IPv4 address per device and braid puts one inside address per tunnel on the same device;
+//! - routes through the same client ([`RouteSocket`]): `RTM_NEWROUTE`/`RTM_DELROUTE` of prefixes out of one
+//!   interface with braid's own protocol number [`RTPROT_BRAID`], batched many to a `sendmsg` with only
+//!   failures answered, and an `RTM_GETROUTE` dump to find braid's routes; `crate::kernel` keeps the state;
 //! - `getifaddrs(3)` to find which interface owns an uplink's local address (for its MTU);
 //! - `poll(2)` on one descriptor, for the rare wait on a full socket send buffer.
 //!
 //! Deliberately left out: `IFF_VNET_HDR`/`TUNSETOFFLOAD` and multi-queue TUN (the fast-path work adds them
-//! here), routes via netlink (the multipath work), and any netlink dump parsing beyond reading an ACK.
+//! here); routes with gateways, multipath routes and tables other than main (braid's routes point straight
+//! at its point-to-point TUN device); netlink extended acks and multicast groups.
 
 use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
@@ -221,14 +225,207 @@ pub fn poll_one(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Resu
     }
 }
 
-// ---- rtnetlink: RTM_NEWADDR ----
+// ---- rtnetlink: the socket ----
 
 const NLMSG_HDR_LEN: usize = 16;
-const IFADDRMSG_LEN: usize = 8;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_FLAGS: u16 = 8;
-const IFA_F_NODAD: u32 = 0x02;
+
+/// Bytes of one `recv` from rtnetlink: more than the kernel puts in one dump datagram (32 KiB at most).
+const NETLINK_RECV_LEN: usize = 64 * 1024;
+
+/// How long to wait for the kernel's answer before giving up.
+const NETLINK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A `NETLINK_ROUTE` socket talking to the kernel, with its own sequence numbers.
+struct Netlink {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl Netlink {
+    fn open() -> io::Result<Netlink> {
+        // SAFETY: plain socket(2) call; ownership taken exactly once below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Netlink {
+            // SAFETY: `fd` is fresh and owned by nothing else.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            seq: 0,
+        })
+    }
+
+    /// Sets an `int` socket option.
+    fn set_option(
+        &self,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: libc::c_int,
+    ) -> io::Result<()> {
+        // SAFETY: `value` is a live c_int and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The next `count` sequence numbers; returns the first.
+    fn take_seq(&mut self, count: u32) -> u32 {
+        let first = self.seq.wrapping_add(1);
+        self.seq = self.seq.wrapping_add(count);
+        first
+    }
+
+    /// Sends `buf` (one or more netlink messages) to the kernel in one datagram.
+    fn send(&self, buf: &[u8]) -> io::Result<()> {
+        // SAFETY: sockaddr_nl is plain old data; all-zero is a valid value (pid 0 = the kernel).
+        let mut kernel: libc::sockaddr_nl = unsafe { mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `buf` is a valid buffer of the given length; `kernel` is a valid sockaddr_nl.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Receives one datagram into `buf`, waiting at most [`NETLINK_TIMEOUT`].
+    fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<&'a [u8]> {
+        loop {
+            if !poll_one(self.fd.as_raw_fd(), libc::POLLIN, NETLINK_TIMEOUT)? {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no answer from rtnetlink",
+                ));
+            }
+            // Slice again by length: returning the `Some` borrowed inside the loop does not pass the borrow
+            // checker.
+            let n = match self.recv_now(buf)? {
+                Some(d) => d.len(),
+                None => continue,
+            };
+            return Ok(&buf[..n]);
+        }
+    }
+
+    /// Receives one datagram into `buf` if one is queued, without waiting. A datagram longer than `buf` is
+    /// an error (`InvalidData`), not a silent truncation.
+    fn recv_now<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<&'a [u8]>> {
+        // SAFETY: `buf` is a writable buffer of the given length. MSG_TRUNC makes the call return the
+        // datagram's real length.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+                _ => Err(e),
+            };
+        }
+        let n = n as usize;
+        if n > buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("rtnetlink datagram of {n} bytes truncated"),
+            ));
+        }
+        Ok(Some(&buf[..n]))
+    }
+}
+
+/// One netlink message of a received datagram.
+#[derive(Clone, Copy, Debug)]
+struct NlMsg<'a> {
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    /// The bytes after the 16-byte header.
+    payload: &'a [u8],
+}
+
+/// Splits a datagram into its netlink messages (`NLMSG_ALIGN`ed); a header whose length runs past the
+/// datagram or is shorter than a header is an error.
+fn nl_messages(mut buf: &[u8]) -> impl Iterator<Item = io::Result<NlMsg<'_>>> {
+    std::iter::from_fn(move || {
+        if buf.len() < NLMSG_HDR_LEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
+        if len < NLMSG_HDR_LEN || len > buf.len() {
+            buf = &[];
+            return Some(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink message",
+            )));
+        }
+        let msg = NlMsg {
+            kind: u16::from_ne_bytes(buf[4..6].try_into().unwrap()),
+            flags: u16::from_ne_bytes(buf[6..8].try_into().unwrap()),
+            seq: u32::from_ne_bytes(buf[8..12].try_into().unwrap()),
+            payload: &buf[NLMSG_HDR_LEN..len],
+        };
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some(Ok(msg))
+    })
+}
+
+/// The errno of an `NLMSG_ERROR` message's payload: 0 for an acknowledgement, else positive.
+fn nlmsg_errno(payload: &[u8]) -> io::Result<i32> {
+    let errno = payload
+        .get(0..4)
+        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short netlink error"))?;
+    Ok(-errno)
+}
+
+/// Starts a netlink message of type `kind` in `buf` (length filled in by [`nlmsg_end`]); returns its offset.
+fn nlmsg_begin(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    start
+}
+
+/// Writes the length of the message started at `start`.
+fn nlmsg_end(buf: &mut [u8], start: usize) {
+    let len = (buf.len() - start) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+}
 
 fn nla_put(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = 4 + payload.len();
@@ -240,11 +437,39 @@ fn nla_put(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     }
 }
 
+/// The attributes (type without the nested/byte-order flags, payload) of a netlink message body.
+fn nla_iter(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let payload = &buf[4..len];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some((kind, payload))
+    })
+}
+
+// ---- rtnetlink: RTM_NEWADDR ----
+
+const IFADDRMSG_LEN: usize = 8;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_FLAGS: u16 = 8;
+const IFA_F_NODAD: u32 = 0x02;
+
 /// Builds an `RTM_NEWADDR` request (create or replace) for `addr/prefix_len` on `ifindex`.
 /// IPv6 addresses are added with `IFA_F_NODAD`: a tunnel inside address has no neighbours to collide with,
 /// and duplicate-address detection would keep it tentative (unusable) for a second or more.
 fn newaddr_request(ifindex: u32, addr: IpAddr, prefix_len: u8, seq: u32) -> Vec<u8> {
-    let mut msg = vec![0u8; NLMSG_HDR_LEN];
+    let mut msg = Vec::with_capacity(64);
+    let flags =
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_REPLACE) as u16;
+    let start = nlmsg_begin(&mut msg, libc::RTM_NEWADDR, flags, seq);
     let (family, bytes): (u8, Vec<u8>) = match addr {
         IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
         IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
@@ -261,103 +486,427 @@ fn newaddr_request(ifindex: u32, addr: IpAddr, prefix_len: u8, seq: u32) -> Vec<
     if addr.is_ipv6() {
         nla_put(&mut msg, IFA_FLAGS, &IFA_F_NODAD.to_ne_bytes());
     }
-    let len = msg.len() as u32;
-    let flags =
-        (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_REPLACE) as u16;
-    msg[0..4].copy_from_slice(&len.to_ne_bytes());
-    msg[4..6].copy_from_slice(&libc::RTM_NEWADDR.to_ne_bytes());
-    msg[6..8].copy_from_slice(&flags.to_ne_bytes());
-    msg[8..12].copy_from_slice(&seq.to_ne_bytes());
-    msg[12..16].copy_from_slice(&0u32.to_ne_bytes());
+    nlmsg_end(&mut msg, start);
     msg
 }
 
 /// Adds `addr/prefix_len` to interface `ifindex` through rtnetlink and waits for the kernel's answer.
 pub fn add_address(ifindex: u32, addr: IpAddr, prefix_len: u8) -> io::Result<()> {
-    // SAFETY: plain socket(2) call; ownership taken exactly once below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is fresh and owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_nl is plain old data; all-zero is a valid value (pid 0 = the kernel).
-    let mut kernel: libc::sockaddr_nl = unsafe { mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    let seq = 1;
-    let req = newaddr_request(ifindex, addr, prefix_len, seq);
-    // SAFETY: `req` is a valid buffer of the given length; `kernel` is a valid sockaddr_nl.
-    let sent = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut answer = [0u8; 4096];
+    let mut nl = Netlink::open()?;
+    let seq = nl.take_seq(1);
+    nl.send(&newaddr_request(ifindex, addr, prefix_len, seq))?;
+    let mut answer = vec![0u8; NETLINK_RECV_LEN];
     loop {
-        if !poll_one(sock.as_raw_fd(), libc::POLLIN, Duration::from_secs(5))? {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no answer from rtnetlink",
-            ));
-        }
-        // SAFETY: `answer` is a writable buffer of the given length.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                answer.as_mut_ptr().cast(),
-                answer.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        match parse_ack(&answer[..n as usize], seq) {
-            Some(result) => return result,
-            None => continue,
+        if let Some(result) = parse_ack(nl.recv(&mut answer)?, seq) {
+            return result;
         }
     }
 }
 
 /// Reads an `NLMSG_ERROR` answer for `seq`: `Some(Ok)` for an ACK, `Some(Err)` for a kernel error,
 /// `None` if the buffer holds no answer to `seq`.
-fn parse_ack(mut buf: &[u8], seq: u32) -> Option<io::Result<()>> {
-    while buf.len() >= NLMSG_HDR_LEN {
-        let len = u32::from_ne_bytes(buf[0..4].try_into().ok()?) as usize;
-        let kind = u16::from_ne_bytes(buf[4..6].try_into().ok()?);
-        let mseq = u32::from_ne_bytes(buf[8..12].try_into().ok()?);
-        if len < NLMSG_HDR_LEN || len > buf.len() {
-            return Some(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "truncated netlink answer",
-            )));
-        }
-        if kind == libc::NLMSG_ERROR as u16 && mseq == seq && len >= NLMSG_HDR_LEN + 4 {
-            let errno = i32::from_ne_bytes(buf[16..20].try_into().ok()?);
-            return Some(if errno == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::from_raw_os_error(-errno))
+fn parse_ack(buf: &[u8], seq: u32) -> Option<io::Result<()>> {
+    for msg in nl_messages(buf) {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => return Some(Err(e)),
+        };
+        if msg.kind == libc::NLMSG_ERROR as u16 && msg.seq == seq {
+            return Some(match nlmsg_errno(msg.payload) {
+                Ok(0) => Ok(()),
+                Ok(errno) => Err(io::Error::from_raw_os_error(errno)),
+                Err(e) => Err(e),
             });
         }
-        let aligned = (len + 3) & !3;
-        buf = &buf[aligned.min(buf.len())..];
     }
     None
+}
+
+// ---- rtnetlink: routes ----
+
+/// The `rtm_protocol` of every route braid installs, so that `ip route show proto 212` (or
+/// `proto braid` after `echo "212 braid" > /etc/iproute2/rt_protos.d/braid.conf`) lists exactly braid's
+/// routes, and so that braid's deletes and its stale-route flush touch nothing else. 212 is neither one of
+/// the kernel's `RTPROT_*` values (`include/uapi/linux/rtnetlink.h`, 0-18, 42, 99, 186-192) nor in
+/// iproute2's `rt_protos`; there is no registry beyond those two.
+pub const RTPROT_BRAID: u8 = 212;
+
+/// `sizeof(struct rtmsg)`.
+const RTMSG_LEN: usize = 12;
+
+/// Requests per `sendmsg` are packed up to this many bytes (about a thousand routes).
+const ROUTE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Receive buffer asked for on a route socket, so that the kernel's error answers to a whole batch fit.
+const ROUTE_SOCKET_RCVBUF: libc::c_int = 4 << 20;
+
+/// Whether a route change adds (create or replace) or deletes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RouteOp {
+    /// `RTM_NEWROUTE` with `NLM_F_CREATE | NLM_F_REPLACE`: idempotent; replaces a route of the same
+    /// prefix and metric in the main table, whoever installed it.
+    Replace,
+    /// `RTM_DELROUTE` of braid's route (protocol [`RTPROT_BRAID`]) to the prefix out of the interface.
+    Delete,
+}
+
+/// A unicast route in the main table to `dst/len` straight out of interface `ifindex` (no gateway: the
+/// TUN device is point-to-point), with protocol [`RTPROT_BRAID`] and an optional metric.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// The destination prefix's address, host bits clear.
+    pub dst: IpAddr,
+    pub len: u8,
+    pub ifindex: u32,
+    /// `RTA_PRIORITY` (the metric `ip route` shows); `None` leaves the kernel's default (0 for IPv4, 1024
+    /// for IPv6) on add and matches any metric on delete.
+    pub metric: Option<u32>,
+}
+
+/// A route as an `RTM_GETROUTE` dump lists it (the fields braid looks at).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub dst: IpAddr,
+    pub len: u8,
+    /// Routing table id (`RTA_TABLE`, else `rtm_table`).
+    pub table: u32,
+    pub protocol: u8,
+    /// `rtm_type` (`RTN_UNICAST` = 1, ...).
+    pub kind: u8,
+    /// Output interface; `None` for multipath or interface-less routes.
+    pub oif: Option<u32>,
+    pub metric: Option<u32>,
+}
+
+/// Appends one `RTM_NEWROUTE`/`RTM_DELROUTE` message for `route` to `buf`. In a batch, without `ack`: the
+/// kernel then answers only if the change fails, and the batch ends with an acknowledged `NLMSG_NOOP`.
+fn route_request(buf: &mut Vec<u8>, op: RouteOp, route: &RouteSpec, seq: u32, ack: bool) {
+    let (kind, mut flags) = match op {
+        RouteOp::Replace => (
+            libc::RTM_NEWROUTE,
+            libc::NLM_F_REQUEST | libc::NLM_F_CREATE | libc::NLM_F_REPLACE,
+        ),
+        RouteOp::Delete => (libc::RTM_DELROUTE, libc::NLM_F_REQUEST),
+    };
+    if ack {
+        flags |= libc::NLM_F_ACK;
+    }
+    let start = nlmsg_begin(buf, kind, flags as u16, seq);
+    let family = match route.dst {
+        IpAddr::V4(_) => libc::AF_INET,
+        IpAddr::V6(_) => libc::AF_INET6,
+    };
+    // IPv4 routes without a gateway are link-scoped (as `ip route add P dev D` makes them); the kernel keeps
+    // no scope for IPv6 routes and lists them as universe. A delete matches any scope.
+    let scope = match (op, route.dst) {
+        (RouteOp::Delete, _) => libc::RT_SCOPE_NOWHERE,
+        (RouteOp::Replace, IpAddr::V4(_)) => libc::RT_SCOPE_LINK,
+        (RouteOp::Replace, IpAddr::V6(_)) => libc::RT_SCOPE_UNIVERSE,
+    };
+    // struct rtmsg { family, dst_len, src_len, tos, table, protocol, scope, type, flags: u32 }
+    buf.extend_from_slice(&[
+        family as u8,
+        route.len,
+        0,
+        0,
+        libc::RT_TABLE_MAIN,
+        RTPROT_BRAID,
+        scope,
+        libc::RTN_UNICAST,
+    ]);
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    match route.dst {
+        IpAddr::V4(a) => nla_put(buf, libc::RTA_DST, &a.octets()),
+        IpAddr::V6(a) => nla_put(buf, libc::RTA_DST, &a.octets()),
+    }
+    nla_put(buf, libc::RTA_OIF, &route.ifindex.to_ne_bytes());
+    if let Some(metric) = route.metric {
+        nla_put(buf, libc::RTA_PRIORITY, &metric.to_ne_bytes());
+    }
+    nlmsg_end(buf, start);
+}
+
+/// Appends an `NLMSG_NOOP` with `NLM_F_ACK`: the kernel acknowledges it after every message before it.
+fn noop_request(buf: &mut Vec<u8>, seq: u32) {
+    let start = nlmsg_begin(
+        buf,
+        libc::NLMSG_NOOP as u16,
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+        seq,
+    );
+    nlmsg_end(buf, start);
+}
+
+/// Reads the kernel's answers to a batch from one datagram: the errno of each failed request (sequence
+/// numbers `first..first + errors.len()`) into `errors`; returns whether the acknowledgement of the closing
+/// `NLMSG_NOOP` (sequence `noop`) came, after which nothing more about the batch will.
+fn batch_answers(buf: &[u8], first: u32, noop: u32, errors: &mut [i32]) -> io::Result<bool> {
+    let mut done = false;
+    for msg in nl_messages(buf) {
+        let msg = msg?;
+        if msg.kind != libc::NLMSG_ERROR as u16 {
+            continue;
+        }
+        if msg.seq == noop {
+            done = true;
+            continue;
+        }
+        let i = msg.seq.wrapping_sub(first) as usize;
+        if let Some(e) = errors.get_mut(i) {
+            *e = nlmsg_errno(msg.payload)?;
+        }
+    }
+    Ok(done)
+}
+
+/// Parses one `RTM_NEWROUTE` message of a dump (payload after the netlink header).
+fn parse_route(payload: &[u8]) -> Option<KernelRoute> {
+    if payload.len() < RTMSG_LEN {
+        return None;
+    }
+    let family = i32::from(payload[0]);
+    let mut route = KernelRoute {
+        dst: match family {
+            libc::AF_INET => IpAddr::from([0u8; 4]),
+            libc::AF_INET6 => IpAddr::from([0u8; 16]),
+            _ => return None,
+        },
+        len: payload[1],
+        table: u32::from(payload[4]),
+        protocol: payload[5],
+        kind: payload[7],
+        oif: None,
+        metric: None,
+    };
+    for (kind, value) in nla_iter(&payload[RTMSG_LEN..]) {
+        match kind {
+            libc::RTA_DST => {
+                route.dst = match (family, value.len()) {
+                    (libc::AF_INET, 4) => IpAddr::from(<[u8; 4]>::try_from(value).ok()?),
+                    (libc::AF_INET6, 16) => IpAddr::from(<[u8; 16]>::try_from(value).ok()?),
+                    _ => return None,
+                }
+            }
+            libc::RTA_TABLE => route.table = u32::from_ne_bytes(value.try_into().ok()?),
+            libc::RTA_OIF => route.oif = Some(u32::from_ne_bytes(value.try_into().ok()?)),
+            libc::RTA_PRIORITY => route.metric = Some(u32::from_ne_bytes(value.try_into().ok()?)),
+            _ => {}
+        }
+    }
+    Some(route)
+}
+
+/// An rtnetlink socket for changing and listing routes, with batched requests.
+pub struct RouteSocket {
+    nl: Netlink,
+    /// Reused for requests and answers.
+    buf: Vec<u8>,
+    answer: Vec<u8>,
+    /// Batches whose error answers overflowed the receive buffer and were redone one route at a time.
+    overflows: u64,
+}
+
+impl RouteSocket {
+    /// Opens the socket: a 4 MiB receive buffer (forced when the process may, as braid with
+    /// `CAP_NET_ADMIN` does) and `NETLINK_CAP_ACK`, so that an error answer does not carry a copy of the
+    /// failed request.
+    pub fn open() -> io::Result<RouteSocket> {
+        let nl = Netlink::open()?;
+        if nl
+            .set_option(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, ROUTE_SOCKET_RCVBUF)
+            .is_err()
+        {
+            nl.set_option(libc::SOL_SOCKET, libc::SO_RCVBUF, ROUTE_SOCKET_RCVBUF)?;
+        }
+        // Older kernels (before 4.3) lack it; answers are then just longer.
+        let _ = nl.set_option(libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1);
+        Ok(RouteSocket {
+            nl,
+            buf: Vec::with_capacity(ROUTE_BATCH_BYTES + 256),
+            answer: vec![0u8; NETLINK_RECV_LEN],
+            overflows: 0,
+        })
+    }
+
+    /// Applies `changes` in order, packing as many requests into each `sendmsg` as fit in 64 KiB, and
+    /// returns one result per change. A change that fails (`EEXIST`, `ENETDOWN`, `ESRCH` for a delete of an
+    /// absent route, ...) fails alone; the rest of its batch still applies. `Err` means the socket itself
+    /// failed; changes of batches sent before that have been applied.
+    pub fn apply(&mut self, changes: &[(RouteOp, RouteSpec)]) -> io::Result<Vec<io::Result<()>>> {
+        let mut results = Vec::with_capacity(changes.len());
+        let mut rest = changes;
+        while !rest.is_empty() {
+            self.buf.clear();
+            // Requests take sequence numbers `first..noop`, the closing NOOP takes `noop`.
+            let first = self.nl.seq.wrapping_add(1);
+            let mut count = 0;
+            for (op, route) in rest {
+                if count > 0 && self.buf.len() + 128 > ROUTE_BATCH_BYTES {
+                    break;
+                }
+                route_request(
+                    &mut self.buf,
+                    *op,
+                    route,
+                    first.wrapping_add(count as u32),
+                    false,
+                );
+                count += 1;
+            }
+            let noop = first.wrapping_add(count as u32);
+            self.nl.seq = noop;
+            noop_request(&mut self.buf, noop);
+            let errors = self.send_batch(first, noop, count)?;
+            let errors = match errors {
+                Some(errors) => errors,
+                None => {
+                    // Error answers were lost to a full receive buffer: redo this batch one change at a
+                    // time (adds replace, deletes of what is gone answer ESRCH), so every result is known.
+                    self.overflows += 1;
+                    rest[..count]
+                        .iter()
+                        .map(|(op, route)| self.apply_one(*op, route))
+                        .collect::<io::Result<Vec<i32>>>()?
+                }
+            };
+            results.extend(errors.into_iter().map(|errno| {
+                if errno == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(errno))
+                }
+            }));
+            rest = &rest[count..];
+        }
+        Ok(results)
+    }
+
+    /// Sends the batch in `self.buf` and collects its answers: the errno of each of its `count` requests
+    /// (0 for success), or `None` if the kernel dropped answers because the receive buffer was full.
+    fn send_batch(&mut self, first: u32, noop: u32, count: usize) -> io::Result<Option<Vec<i32>>> {
+        let mut errors = vec![0i32; count];
+        self.nl.send(&self.buf)?;
+        let mut overflowed = false;
+        loop {
+            // rtnetlink handles the whole datagram inside sendmsg, so every answer is queued by now: if the
+            // acknowledgement of the NOOP is not among them after an overflow, it was dropped.
+            let datagram = if overflowed {
+                match self.nl.recv_now(&mut self.answer)? {
+                    Some(d) => d,
+                    None => return Ok(None),
+                }
+            } else {
+                match self.nl.recv(&mut self.answer) {
+                    Ok(d) => d,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        overflowed = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            if batch_answers(datagram, first, noop, &mut errors)? {
+                return Ok(if overflowed { None } else { Some(errors) });
+            }
+        }
+    }
+
+    /// One change with `NLM_F_ACK`, waiting for its answer: the errno, 0 for success.
+    fn apply_one(&mut self, op: RouteOp, route: &RouteSpec) -> io::Result<i32> {
+        self.buf.clear();
+        let seq = self.nl.take_seq(1);
+        route_request(&mut self.buf, op, route, seq, true);
+        self.nl.send(&self.buf)?;
+        loop {
+            let datagram = self.nl.recv(&mut self.answer)?;
+            for msg in nl_messages(datagram) {
+                let msg = msg?;
+                if msg.kind == libc::NLMSG_ERROR as u16 && msg.seq == seq {
+                    return nlmsg_errno(msg.payload);
+                }
+            }
+        }
+    }
+
+    /// Sets the socket's receive buffer (`SO_RCVBUF`; the kernel doubles it). Small buffers make the
+    /// kernel drop error answers to a large batch, which [`RouteSocket::apply`] then recovers from route by
+    /// route: tests use this to reach that path.
+    pub fn set_receive_buffer(&mut self, bytes: usize) -> io::Result<()> {
+        let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        self.nl.set_option(libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)
+    }
+
+    /// How many batches had to be redone one route at a time because answers overflowed.
+    pub fn overflows(&self) -> u64 {
+        self.overflows
+    }
+
+    /// Every IPv4 and IPv6 route of every table (`RTM_GETROUTE` with `NLM_F_DUMP`). A dump the kernel marks
+    /// as interrupted by a concurrent change (`NLM_F_DUMP_INTR`) is started again, up to three times.
+    pub fn dump(&mut self) -> io::Result<Vec<KernelRoute>> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.dump_once()? {
+                Some(routes) => return Ok(routes),
+                None if attempts < 3 => continue,
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "route dump interrupted by changes three times",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// One dump; `None` if it was interrupted.
+    fn dump_once(&mut self) -> io::Result<Option<Vec<KernelRoute>>> {
+        self.buf.clear();
+        let seq = self.nl.take_seq(1);
+        let start = nlmsg_begin(
+            &mut self.buf,
+            libc::RTM_GETROUTE,
+            (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+            seq,
+        );
+        self.buf.push(libc::AF_UNSPEC as u8);
+        self.buf.extend_from_slice(&[0u8; RTMSG_LEN - 1]);
+        nlmsg_end(&mut self.buf, start);
+        self.nl.send(&self.buf)?;
+        let mut routes = Vec::new();
+        let mut interrupted = false;
+        loop {
+            let datagram = self.nl.recv(&mut self.answer)?;
+            for msg in nl_messages(datagram) {
+                let msg = msg?;
+                if msg.seq != seq {
+                    continue;
+                }
+                interrupted |= msg.flags & libc::NLM_F_DUMP_INTR as u16 != 0;
+                match msg.kind {
+                    k if k == libc::NLMSG_DONE as u16 => {
+                        return Ok((!interrupted).then_some(routes));
+                    }
+                    k if k == libc::NLMSG_ERROR as u16 => {
+                        let errno = nlmsg_errno(msg.payload)?;
+                        return Err(io::Error::from_raw_os_error(errno.max(1)));
+                    }
+                    libc::RTM_NEWROUTE => routes.extend(parse_route(msg.payload)),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RouteSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteSocket")
+            .field("fd", &self.nl.fd.as_raw_fd())
+            .field("overflows", &self.overflows)
+            .finish()
+    }
 }
 
 #[cfg(test)]
@@ -392,6 +941,146 @@ mod tests {
         let err = parse_ack(&ok, 5).unwrap().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EEXIST));
         assert!(parse_ack(&ok[..10], 5).is_none());
+    }
+
+    /// An `NLMSG_ERROR` answer to `seq` with `errno` (0 = acknowledgement), capped as with
+    /// `NETLINK_CAP_ACK`: the error code and the failed request's header.
+    fn error_answer(seq: u32, errno: i32) -> Vec<u8> {
+        let mut m = vec![0u8; 36];
+        m[0..4].copy_from_slice(&36u32.to_ne_bytes());
+        m[4..6].copy_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
+        m[6..8].copy_from_slice(&0x100u16.to_ne_bytes()); // NLM_F_CAPPED
+        m[8..12].copy_from_slice(&seq.to_ne_bytes());
+        m[16..20].copy_from_slice(&(-errno).to_ne_bytes());
+        m
+    }
+
+    #[test]
+    fn route_request_layout() {
+        let v4 = RouteSpec {
+            dst: "192.0.2.128".parse().unwrap(),
+            len: 25,
+            ifindex: 7,
+            metric: None,
+        };
+        let mut buf = Vec::new();
+        route_request(&mut buf, RouteOp::Replace, &v4, 41, false);
+        // header 16, rtmsg 12, RTA_DST 8, RTA_OIF 8
+        assert_eq!(buf.len(), 44);
+        assert_eq!(u32::from_ne_bytes(buf[0..4].try_into().unwrap()), 44);
+        assert_eq!(u16::from_ne_bytes(buf[4..6].try_into().unwrap()), 24); // RTM_NEWROUTE
+        assert_eq!(
+            u16::from_ne_bytes(buf[6..8].try_into().unwrap()),
+            0x001 | 0x400 | 0x100, // REQUEST | CREATE | REPLACE, no ACK
+        );
+        assert_eq!(u32::from_ne_bytes(buf[8..12].try_into().unwrap()), 41);
+        // family, dst_len, src_len, tos, table main, protocol, scope link, type unicast, flags
+        assert_eq!(&buf[16..24], &[2, 25, 0, 0, 254, RTPROT_BRAID, 253, 1]);
+        assert_eq!(&buf[24..28], &[0, 0, 0, 0]);
+        assert_eq!(u16::from_ne_bytes(buf[28..30].try_into().unwrap()), 8);
+        assert_eq!(u16::from_ne_bytes(buf[30..32].try_into().unwrap()), 1); // RTA_DST
+        assert_eq!(&buf[32..36], &[192, 0, 2, 128]);
+        assert_eq!(u16::from_ne_bytes(buf[36..38].try_into().unwrap()), 8);
+        assert_eq!(u16::from_ne_bytes(buf[38..40].try_into().unwrap()), 4); // RTA_OIF
+        assert_eq!(u32::from_ne_bytes(buf[40..44].try_into().unwrap()), 7);
+
+        // Appended to the same buffer: an IPv6 delete with a metric.
+        let v6 = RouteSpec {
+            dst: "2001:db8:1::".parse().unwrap(),
+            len: 48,
+            ifindex: 7,
+            metric: Some(1500),
+        };
+        route_request(&mut buf, RouteOp::Delete, &v6, 42, false);
+        let m = &buf[44..];
+        // header 16, rtmsg 12, RTA_DST 20, RTA_OIF 8, RTA_PRIORITY 8
+        assert_eq!(m.len(), 64);
+        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 64);
+        assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), 25); // RTM_DELROUTE
+        assert_eq!(u16::from_ne_bytes(m[6..8].try_into().unwrap()), 0x001);
+        // A delete matches any scope, and only braid's routes.
+        assert_eq!(&m[16..24], &[10, 48, 0, 0, 254, RTPROT_BRAID, 255, 1]);
+        assert_eq!(u16::from_ne_bytes(m[28..30].try_into().unwrap()), 20);
+        assert_eq!(&m[32..36], &[0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!(u16::from_ne_bytes(m[58..60].try_into().unwrap()), 6); // RTA_PRIORITY
+        assert_eq!(u32::from_ne_bytes(m[60..64].try_into().unwrap()), 1500);
+
+        // IPv6 routes are added with universe scope; a single change asks for its acknowledgement.
+        let mut add6 = Vec::new();
+        route_request(&mut add6, RouteOp::Replace, &v6, 1, true);
+        assert_eq!(add6[22], 0);
+        assert_eq!(u16::from_ne_bytes(add6[6..8].try_into().unwrap()), 0x505);
+
+        let mut noop = Vec::new();
+        noop_request(&mut noop, 43);
+        assert_eq!(noop.len(), 16);
+        assert_eq!(u16::from_ne_bytes(noop[4..6].try_into().unwrap()), 1); // NLMSG_NOOP
+        assert_eq!(u16::from_ne_bytes(noop[6..8].try_into().unwrap()), 0x005); // REQUEST | ACK
+    }
+
+    #[test]
+    fn batch_answers_per_request() {
+        // A batch of 5 requests (seq 100..105) and its NOOP (seq 105): requests 101 and 104 failed.
+        let mut errors = [0i32; 5];
+        let mut datagram = error_answer(101, libc::EEXIST);
+        datagram.extend(error_answer(99, libc::EINVAL)); // an older answer: not ours, ignored
+        datagram.extend(error_answer(104, libc::ESRCH));
+        assert!(!batch_answers(&datagram, 100, 105, &mut errors).unwrap());
+        assert_eq!(errors, [0, libc::EEXIST, 0, 0, libc::ESRCH]);
+        // The NOOP's acknowledgement closes the batch, possibly in a later datagram.
+        let mut last = error_answer(102, libc::ENETUNREACH);
+        last.extend(error_answer(105, 0));
+        assert!(batch_answers(&last, 100, 105, &mut errors).unwrap());
+        assert_eq!(errors, [0, libc::EEXIST, libc::ENETUNREACH, 0, libc::ESRCH]);
+
+        // Sequence numbers that wrap around inside a batch.
+        let mut errors = [0i32; 3];
+        let mut d = error_answer(0, libc::ENODEV);
+        d.extend(error_answer(1, 0));
+        assert!(batch_answers(&d, u32::MAX - 1, 1, &mut errors).unwrap());
+        assert_eq!(errors, [0, 0, libc::ENODEV]);
+
+        // A message running past the datagram is an error, not a silent stop.
+        let cut = error_answer(101, libc::EEXIST);
+        assert!(batch_answers(&cut[..30], 100, 105, &mut [0; 5]).is_err());
+        let mut bad = error_answer(101, libc::EEXIST);
+        bad[0..4].copy_from_slice(&8u32.to_ne_bytes());
+        assert!(batch_answers(&bad, 100, 105, &mut [0; 5]).is_err());
+    }
+
+    #[test]
+    fn dump_message_parsing() {
+        // An RTM_NEWROUTE as the kernel dumps it: 203.0.113.0/24 dev 9 proto braid metric 20, table main.
+        let mut m = Vec::new();
+        let start = nlmsg_begin(&mut m, libc::RTM_NEWROUTE, 0x2, 5);
+        m.extend_from_slice(&[2, 24, 0, 0, 254, RTPROT_BRAID, 253, 1, 0, 0, 0, 0]);
+        nla_put(&mut m, libc::RTA_TABLE, &254u32.to_ne_bytes());
+        nla_put(&mut m, libc::RTA_DST, &[203, 0, 113, 0]);
+        nla_put(&mut m, libc::RTA_PRIORITY, &20u32.to_ne_bytes());
+        nla_put(&mut m, libc::RTA_OIF, &9u32.to_ne_bytes());
+        nlmsg_end(&mut m, start);
+        let msg = nl_messages(&m).next().unwrap().unwrap();
+        assert_eq!(msg.kind, libc::RTM_NEWROUTE);
+        assert_eq!(
+            parse_route(msg.payload),
+            Some(KernelRoute {
+                dst: "203.0.113.0".parse().unwrap(),
+                len: 24,
+                table: 254,
+                protocol: RTPROT_BRAID,
+                kind: 1,
+                oif: Some(9),
+                metric: Some(20),
+            })
+        );
+        // A default route has no RTA_DST; an IPv6 route has a 16-byte one; a bad length is refused.
+        let default = [10u8, 0, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0];
+        let r = parse_route(&default).unwrap();
+        assert_eq!((r.dst, r.len, r.oif), ("::".parse().unwrap(), 0, None));
+        let mut bad = default.to_vec();
+        nla_put(&mut bad, libc::RTA_DST, &[1, 2, 3, 4]);
+        assert_eq!(parse_route(&bad), None);
+        assert_eq!(parse_route(&default[..8]), None);
     }
 
     #[test]
