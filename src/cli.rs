@@ -77,14 +77,14 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         iperf_secs: u32,
         /// Parallel TCP flows between the sites (multipath scenarios).
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 512)]
         flows: usize,
         /// Seconds of multipath traffic.
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
         /// Pace each flow at this many Mbit/s (0: as fast as TCP goes; the shares then also reflect which
         /// gateway process got more CPU).
-        #[arg(long, default_value_t = 0.5)]
+        #[arg(long, default_value_t = 0.25)]
         mbit_per_flow: f64,
         /// dual-isp: skip the informational failover drill (ISP1 down, traffic moves to ISP2).
         #[arg(long)]

@@ -36,9 +36,9 @@ fn assert_groups(topo: &Topology) {
 }
 
 #[test]
-fn s1_active_active_256_flows_spread_over_all_four_tunnels() {
+fn s1_active_active_512_flows_spread_over_all_four_tunnels() {
     if !netns_ready(
-        "s1_active_active_256_flows_spread_over_all_four_tunnels",
+        "s1_active_active_512_flows_spread_over_all_four_tunnels",
         TOOLS,
     ) {
         return;
@@ -55,10 +55,10 @@ fn s1_active_active_256_flows_spread_over_all_four_tunnels() {
         let (active, _) = topo.route(g, SITE_B).unwrap().unwrap();
         assert_eq!(active.len(), 2);
     }
-    // 256 flows paced at 0.5 Mbit/s each (well below what the gateways can carry), so bytes follow flows:
-    // the 4-way split of 256 flows has a standard deviation of 2.7 points of share.
-    let t = topo.run_flows(256, 4.0, 0.5).unwrap();
-    assert_eq!(t.source["connected"], 256, "{}", t.source);
+    // 512 flows paced at 0.25 Mbit/s each (well below what the gateways can carry), so bytes follow flows:
+    // the 4-way split of 512 flows has a standard deviation of 1.9 points of share, and 10 points is 5 of them.
+    let t = topo.run_flows(512, 4.0, 0.25).unwrap();
+    assert_eq!(t.source["connected"], 512, "{}", t.source);
     assert_eq!(t.tunnels.len(), 4);
     assert!(t.total_tunnel_bytes() > 30_000_000, "{:?}", t.tunnels);
     for s in &t.tunnels {
