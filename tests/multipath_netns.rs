@@ -6,12 +6,21 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use braid::scenario::*;
 use common::*;
 
 const TOOLS: &[&str] = &["ip", "ping", "tc", "sysctl"];
+
+/// One topology at a time: each loads the machine (4 gateways, hundreds of flows, or an overload), and the
+/// shares and rates are measured, so the tests of this file must not compete for the CPU.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Every gateway's group for its remote prefix holds exactly the expected active members and backups.
 fn assert_groups(topo: &Topology) {
@@ -43,6 +52,7 @@ fn s1_active_active_512_flows_spread_over_all_four_tunnels() {
     ) {
         return;
     }
+    let _serial = one_at_a_time();
     let topo = topology(Kind::ActiveActive, |_| {});
     for g in 0..topo.gateways.len() {
         let s = topo.sessions(g).unwrap();
@@ -78,6 +88,7 @@ fn s2_dual_isp_prepended_isp2_tunnels_are_idle_backups() {
     if !netns_ready("s2_dual_isp_prepended_isp2_tunnels_are_idle_backups", TOOLS) {
         return;
     }
+    let _serial = one_at_a_time();
     let topo = topology(Kind::DualIsp, |_| {});
     for g in 0..topo.gateways.len() {
         let s = topo.sessions(g).unwrap();
@@ -122,6 +133,7 @@ fn cap_holds_uplink_egress_under_overload_and_spares_the_uncapped_sibling() {
     ) {
         return;
     }
+    let _serial = one_at_a_time();
     const CAP_MBIT: f64 = 50.0;
     let topo = topology(Kind::CappedPair, |o| o.capped_mbit = CAP_MBIT as u32);
     assert_groups(&topo);
