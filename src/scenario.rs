@@ -1405,7 +1405,10 @@ pub fn run(kind: Kind, opts: &LabOptions) -> Result<i32> {
         detail: format!("{got}/3 replies"),
     });
     stop()?;
-    let traffic = topo.run_flows(opts.flows, opts.secs, opts.mbit_per_flow)?;
+    let traffic = topo.run_flows(opts.flows, opts.secs, opts.mbit_per_flow);
+    // Ctrl-C reaches the traffic tools too: say so rather than report their failure.
+    stop()?;
+    let traffic = traffic?;
     traffic_lines(&traffic, &topo.isps, &say);
     let connected = traffic.source["connected"].as_u64().unwrap_or(0) as usize;
     checks.push(Check {
