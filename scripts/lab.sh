@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds braid and runs `braid lab` (default scenario: pair) as root. Extra arguments go to `braid lab`,
-# e.g. `scripts/lab.sh --json`.
+# Builds braid and runs `braid lab` as root: the default scenario is dual-isp (S2); also active-active (S1)
+# and pair. Extra arguments go to `braid lab`, e.g. `scripts/lab.sh active-active --json`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh

@@ -63,8 +63,9 @@ enum Cmd {
     },
     /// Build a scenario in network namespaces, prove traffic, report and clean up (needs root).
     Lab {
-        /// Scenario to run.
-        #[arg(default_value = "pair")]
+        /// Scenario: `dual-isp` (S2: 2 + 2 gateways, two ISPs, 8 tunnels, ISP2 prepended as backup),
+        /// `active-active` (S1: 2 + 2 gateways, 4 tunnels, flows spread over all 4) or `pair` (one tunnel).
+        #[arg(default_value = "dual-isp")]
         scenario: String,
         /// Print the report as JSON.
         #[arg(long)]
@@ -75,6 +76,19 @@ enum Cmd {
         /// Seconds of each iperf3 run (0 = skip iperf3).
         #[arg(long, default_value_t = 3)]
         iperf_secs: u32,
+        /// Parallel TCP flows between the sites (multipath scenarios).
+        #[arg(long, default_value_t = 512)]
+        flows: usize,
+        /// Seconds of multipath traffic.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Pace each flow at this many Mbit/s (0: as fast as TCP goes; the shares then also reflect which
+        /// gateway process got more CPU).
+        #[arg(long, default_value_t = 0.25)]
+        mbit_per_flow: f64,
+        /// dual-isp: skip the informational failover drill (ISP1 down, traffic moves to ISP2).
+        #[arg(long)]
+        no_drill: bool,
         /// Only remove leftovers of killed lab runs and exit.
         #[arg(long)]
         cleanup: bool,
@@ -134,6 +148,39 @@ enum LabTool {
         #[arg(long)]
         hex: String,
     },
+    FlowSink {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        flows: usize,
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+    FlowSource {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        flows: usize,
+        #[arg(long)]
+        secs: f64,
+        /// Pace each flow at this rate (0: as fast as TCP goes).
+        #[arg(long, default_value_t = 0.0)]
+        mbit_per_flow: f64,
+    },
+    UdpFlood {
+        #[arg(long)]
+        from: std::net::IpAddr,
+        #[arg(long, required = true)]
+        to: Vec<SocketAddr>,
+        #[arg(long)]
+        mbit: f64,
+        #[arg(long)]
+        secs: f64,
+        #[arg(long, default_value_t = 1200)]
+        size: usize,
+        #[arg(long, default_value_t = 4)]
+        flows: usize,
+    },
 }
 
 /// Parses arguments, runs the command, returns the exit code.
@@ -189,6 +236,10 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             json,
             transfer_bytes,
             iperf_secs,
+            flows,
+            secs,
+            mbit_per_flow,
+            no_drill,
             cleanup,
         } => {
             if cleanup {
@@ -205,6 +256,10 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 json,
                 transfer_bytes,
                 iperf_secs,
+                flows,
+                secs,
+                mbit_per_flow,
+                drill: !no_drill,
             })
         }
         Cmd::Bgp(BgpCmd::Refresh {
@@ -240,6 +295,25 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                     seed,
                 } => crate::labtool::tcp_source(connect, bytes, seed, timeout)?,
                 LabTool::UdpSend { from, to, hex } => crate::labtool::udp_send(from, to, &hex)?,
+                LabTool::FlowSink {
+                    listen,
+                    flows,
+                    timeout,
+                } => crate::labtool::flow_sink(listen, flows, Duration::from_secs_f64(timeout))?,
+                LabTool::FlowSource {
+                    connect,
+                    flows,
+                    secs,
+                    mbit_per_flow,
+                } => crate::labtool::flow_source(connect, flows, secs, mbit_per_flow)?,
+                LabTool::UdpFlood {
+                    from,
+                    to,
+                    mbit,
+                    secs,
+                    size,
+                    flows,
+                } => crate::labtool::udp_flood(from, &to, mbit, secs, size, flows)?,
             }
             Ok(0)
         }

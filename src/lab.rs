@@ -1,6 +1,6 @@
 //! `braid lab`: a seed scenario built from real namespaces, veths, TUN devices and `braid run` processes.
 //!
-//! Scenario `pair` (the default for now): two gateways A and B in their own namespaces, joined by a veth
+//! Scenario `pair`: two gateways A and B in their own namespaces, joined by a veth
 //! underlay (198.51.100.1 and .2), one ESP-in-UDP tunnel with fresh random static keys, inside addresses
 //! 169.254.0.1/30 + 2001:db8:ffff::2/127 (A) and .2 + ::3 (B), and a "site" address behind each gateway
 //! (192.0.2.1 / 2001:db8:a::1 at A, 192.0.2.129 / 2001:db8:b::1 at B) routed through the tunnel. The lab pings
@@ -8,7 +8,8 @@
 //! measures throughput with iperf3 (when installed) through the tunnel and over the plain veth, and reports.
 //! Everything it made is removed at the end, on failure and on Ctrl-C ([`Pair`] cleans up on drop).
 //!
-//! [`Pair`] is also the fixture of the namespace integration tests.
+//! [`Pair`] is also the fixture of the namespace integration tests. The multipath scenarios `dual-isp` (the
+//! default) and `active-active` live in [`crate::scenario`].
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -554,14 +555,14 @@ impl Drop for Pair {
 }
 
 /// One check of the lab report.
-struct Check {
-    name: String,
-    ok: bool,
-    detail: String,
+pub(crate) struct Check {
+    pub(crate) name: String,
+    pub(crate) ok: bool,
+    pub(crate) detail: String,
 }
 
 impl Check {
-    fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "  [{}] {:<28} {}",
             if self.ok { " ok " } else { "FAIL" },
@@ -577,15 +578,26 @@ pub struct LabOptions {
     pub json: bool,
     pub transfer_bytes: u64,
     pub iperf_secs: u32,
+    /// Multipath scenarios: parallel TCP flows and their duration.
+    pub flows: usize,
+    pub secs: f64,
+    /// Pace each flow (0: unpaced).
+    pub mbit_per_flow: f64,
+    /// `dual-isp`: run the informational failover drill.
+    pub drill: bool,
 }
 
 /// Runs the lab; returns the process exit code.
 pub fn run(opts: &LabOptions) -> Result<i32> {
-    if opts.scenario != "pair" {
-        bail!(
-            "unknown scenario {:?}: this version has `pair`",
+    match crate::scenario::Kind::parse(&opts.scenario) {
+        Some(k @ (crate::scenario::Kind::ActiveActive | crate::scenario::Kind::DualIsp)) => {
+            return crate::scenario::run(k, opts)
+        }
+        _ if opts.scenario == "pair" => {}
+        _ => bail!(
+            "unknown scenario {:?}: this version has `dual-isp` (the default), `active-active` and `pair`",
             opts.scenario
-        );
+        ),
     }
     if !netns::is_root() {
         bail!("braid lab builds network namespaces and TUN devices: run it as root (sudo)");

@@ -13,3 +13,4 @@ pub mod lab;
 pub mod labtool;
 pub mod metrics;
 pub mod netns;
+pub mod scenario;

@@ -12,6 +12,7 @@ pub mod bgp;
 
 use braid::lab::{Pair, PairOptions};
 use braid::netns;
+use braid::scenario::{Kind, Topology, TopologyOptions};
 
 /// The `braid` binary cargo built for these tests.
 pub fn binary() -> PathBuf {
@@ -64,4 +65,11 @@ pub fn drop_count(t: &serde_json::Value, reason: &str) -> u64 {
     t["drops"][reason]
         .as_u64()
         .unwrap_or_else(|| panic!("drops.{reason} missing in {t}"))
+}
+
+/// A multipath topology (`braid lab` scenarios and the capped pair) with options adjusted by `f`.
+pub fn topology(kind: Kind, f: impl FnOnce(&mut TopologyOptions)) -> Topology {
+    let mut o = TopologyOptions::new(binary());
+    f(&mut o);
+    Topology::build(kind, &o).expect("building the multipath topology")
 }
