@@ -73,6 +73,8 @@ pub struct GatewayState {
     pub installer: Option<Arc<Mutex<RouteInstaller>>>,
     /// BGP neighbours by index.
     pub neighbors: Vec<NeighborName>,
+    /// Which tunnels the data path may use (`None` without a data path).
+    pub liveness: Option<braid_dataplane::Liveness>,
 }
 
 impl GatewayState {
@@ -98,6 +100,7 @@ impl GatewayState {
             rates,
             installer: None,
             neighbors: Vec::new(),
+            liveness: None,
         }
     }
 
@@ -152,7 +155,8 @@ impl GatewayState {
         let tunnels: Vec<Value> = self
             .tunnels
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
                 let s = &t.stats;
                 let last = s.last_rx_ms.load(Relaxed);
                 let ago = (last > 0).then(|| now_ms.saturating_sub(last));
@@ -173,6 +177,7 @@ impl GatewayState {
                     "replay_window": t.replay_window,
                     "mtu": t.mtu,
                     "weight": t.weight,
+                    "live": self.liveness.as_ref().is_none_or(|l| l.is_live(i as u32)),
                     "tx_packets": ld(&s.tx_packets),
                     "rx_packets": ld(&s.rx_packets),
                     "tx_bytes": ld(&s.tx_bytes),

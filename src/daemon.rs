@@ -255,6 +255,7 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
     tracing::info!(tun = %tun.name(), mtu = tun_mtu, addresses = inside_addrs.len(), "TUN device up");
 
     let installer = RouteInstaller::new(tunnel_routes, neighbor_tunnels);
+    let liveness = braid_dataplane::Liveness::new(tunnel_infos.len());
     let dataplane = Dataplane::start(DataplaneSpec {
         tun: tun.into_file(),
         uplinks,
@@ -263,6 +264,7 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
         tun_stats: tun_stats.clone(),
         ike: None,
         spray: g.spray,
+        liveness: liveness.clone(),
         flow_seed: std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish(),
@@ -284,6 +286,7 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
     );
     state.neighbors = neighbor_names;
     state.installer = Some(Arc::new(Mutex::new(installer)));
+    state.liveness = Some(liveness);
     Ok((Arc::new(state), Some(dataplane)))
 }
 

@@ -22,6 +22,9 @@
 //! whose hashed member's uplink is at its cap goes to a member whose uplink has headroom. Per-packet spraying
 //! ([`scheduler::pick_spray`]) is an option for links that tolerate reordering.
 //!
+//! Tunnels the control plane marks dead ([`Liveness`]) are skipped in every group at once, without a FIB
+//! rebuild; a group left with no live active member uses its live backups.
+//!
 //! Inbound, an inner source is accepted from a tunnel if the tunnel's own inside/static prefixes contain it, or
 //! if the FIB's group for the source includes that tunnel (as a member or a backup): a prefix learned over a
 //! tunnel may send from it, a prefix never learned there may not.
@@ -31,7 +34,7 @@
 //! is dropped and counted as `cap_exceeded` on the uplink. The cap counts outer IP bytes (IP + UDP + ESP).
 //!
 //! Left out here, on purpose: batching (`recvmmsg`/`sendmmsg`, GSO/GRO), offloads and multiple workers (the
-//! fast-path work), SA replacement at run time (IKE rekeying), and tunnel liveness (BFD) in member choice.
+//! fast-path work), SA replacement at run time (IKE rekeying), and the liveness detection itself (BFD, DPD).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -120,6 +123,68 @@ pub struct TunnelIo {
     pub stats: Arc<TunnelStats>,
 }
 
+/// Which tunnels may carry traffic, as the control plane's liveness detection (BFD, dead-peer detection,
+/// inbound silence) sees them. All tunnels start live. A dead tunnel is skipped in every next-hop group at once,
+/// without a FIB rebuild: its flows move to the group's live members (only its own flows move, as when a member
+/// leaves the group), and a group whose active members are all dead falls back to its live backups.
+#[derive(Clone)]
+pub struct Liveness(Arc<[AtomicBool]>);
+
+impl Liveness {
+    pub fn new(tunnels: usize) -> Liveness {
+        Liveness((0..tunnels).map(|_| AtomicBool::new(true)).collect())
+    }
+
+    /// Marks `tunnel` live or dead; unknown tunnels are ignored.
+    pub fn set(&self, tunnel: usize, live: bool) {
+        if let Some(f) = self.0.get(tunnel) {
+            f.store(live, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    pub fn is_live(&self, tunnel: u32) -> bool {
+        self.0
+            .get(tunnel as usize)
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// The members of `group` that carry traffic now: its active members that are live, else its live backups;
+    /// empty if every member is dead. Copies into `buf` (at most its length) only when some member is dead.
+    pub fn members<'a>(
+        &self,
+        group: &'a NextHopGroup,
+        buf: &'a mut [Member; MAX_LIVE],
+    ) -> &'a [Member] {
+        let active = group.active();
+        if active.iter().all(|m| self.is_live(m.tunnel)) {
+            return active;
+        }
+        let mut n = 0;
+        for backups in [false, true] {
+            for m in group.members().iter().filter(|m| m.backup == backups) {
+                if n < buf.len() && self.is_live(m.tunnel) {
+                    buf[n] = *m;
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                break;
+            }
+        }
+        &buf[..n]
+    }
+}
+
+/// The most members [`Liveness::members`] returns when it has to filter.
+pub const MAX_LIVE: usize = 16;
+
+const NO_MEMBER: Member = Member {
+    tunnel: 0,
+    weight: 0,
+    backup: false,
+};
+
 /// An IKE message received behind the non-ESP marker, for the control plane.
 #[derive(Debug)]
 pub struct IkeDatagram {
@@ -142,6 +207,8 @@ pub struct DataplaneSpec {
     pub spray: bool,
     /// The flow-hash key; random per gateway.
     pub flow_seed: u64,
+    /// Which tunnels are live (one flag per tunnel).
+    pub liveness: Liveness,
 }
 
 /// A running data path. Dropping it stops the threads.
@@ -225,6 +292,7 @@ impl Dataplane {
             spray: spec.spray,
             spray_counter: 0,
             flow_seed: spec.flow_seed,
+            liveness: spec.liveness,
             epoch,
             now_s: 0,
         };
@@ -331,6 +399,7 @@ struct Outbound {
     spray: bool,
     spray_counter: u64,
     flow_seed: u64,
+    liveness: Liveness,
     epoch: Instant,
     /// A coarse clock for the flow table: whole seconds since `epoch`, refreshed per wake-up and every few
     /// hundred packets.
@@ -457,7 +526,8 @@ impl Outbound {
 
     /// The tunnel for a packet to `group`: per flow (remembered in the flow table) or per packet (spray).
     fn choose(&mut self, group: &NextHopGroup, pkt: &[u8]) -> Option<usize> {
-        let members = group.active();
+        let mut live = [NO_MEMBER; MAX_LIVE];
+        let members = self.liveness.members(group, &mut live);
         if let [only] = members {
             return Some(only.tunnel as usize);
         }
@@ -479,11 +549,7 @@ impl Outbound {
         // A new flow (or its tunnel left the group): hash it, but away from a full uplink if another has room.
         let mut tunnel = scheduler::pick(members, hash)?;
         if !self.has_headroom(tunnel) {
-            let mut roomy = [Member {
-                tunnel: 0,
-                weight: 0,
-                backup: false,
-            }; 16];
+            let mut roomy = [NO_MEMBER; MAX_LIVE];
             let mut n = 0;
             for m in members.iter().take(roomy.len()) {
                 if self.has_headroom(m.tunnel) {
@@ -526,7 +592,7 @@ impl Outbound {
             return self.tun_stats.drops.count(DropReason::NoRoute);
         };
         let Some(t) = self.choose(group, pkt).filter(|&t| t < self.tunnels.len()) else {
-            return self.tun_stats.drops.count(DropReason::NoRoute);
+            return self.tun_stats.drops.count(DropReason::TunnelDown);
         };
         drop(fib);
         let tunnel = &mut self.tunnels[t];
@@ -812,6 +878,41 @@ mod tests {
             check_inner(&ok[..20], NextHeader::Ipv4),
             Err(DropReason::InnerMalformed)
         );
+    }
+
+    #[test]
+    fn dead_tunnels_leave_groups_and_backups_take_over() {
+        let m = |tunnel, backup| Member {
+            tunnel,
+            weight: 1,
+            backup,
+        };
+        let group =
+            NextHopGroup::new(vec![m(0, false), m(1, false), m(2, true), m(3, true)]).unwrap();
+        let live = Liveness::new(4);
+        let tunnels = |ms: &[Member]| ms.iter().map(|m| m.tunnel).collect::<Vec<_>>();
+        let mut buf = [NO_MEMBER; MAX_LIVE];
+        assert_eq!(tunnels(live.members(&group, &mut buf)), vec![0, 1]);
+        live.set(1, false);
+        assert_eq!(tunnels(live.members(&group, &mut buf)), vec![0]);
+        live.set(0, false);
+        assert_eq!(
+            tunnels(live.members(&group, &mut buf)),
+            vec![2, 3],
+            "backups take over"
+        );
+        live.set(3, false);
+        assert_eq!(tunnels(live.members(&group, &mut buf)), vec![2]);
+        live.set(2, false);
+        assert!(live.members(&group, &mut buf).is_empty());
+        live.set(1, true);
+        assert_eq!(
+            tunnels(live.members(&group, &mut buf)),
+            vec![1],
+            "primaries come back first"
+        );
+        live.set(99, false); // unknown: ignored
+        assert!(!live.is_live(99));
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod tun;
 pub mod uplink;
 pub mod wire;
 
-pub use engine::{Dataplane, DataplaneSpec, IkeDatagram, TunnelIo, UplinkIo};
+pub use engine::{Dataplane, DataplaneSpec, IkeDatagram, Liveness, TunnelIo, UplinkIo};
 pub use fib::{Fib, FibBuilder, FibCell, GroupError, Member, NextHopGroup};
 pub use kernel::{KernelRoutes, RTPROT_BRAID};
 pub use prefix::{Prefix, PrefixTable};
