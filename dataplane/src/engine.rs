@@ -126,7 +126,10 @@ pub struct TunnelIo {
 /// Which tunnels may carry traffic, as the control plane's liveness detection (BFD, dead-peer detection,
 /// inbound silence) sees them. All tunnels start live. A dead tunnel is skipped in every next-hop group at once,
 /// without a FIB rebuild: its flows move to the group's live members (only its own flows move, as when a member
-/// leaves the group), and a group whose active members are all dead falls back to its live backups.
+/// leaves the group), and a group whose active members are all dead falls back to its live backups. A group with
+/// no live member at all keeps using its active members: that is what keeps the peer's inside address (a
+/// connected route, one member) reachable, so BGP and BFD can see the tunnel come back, and a wrong verdict
+/// never blackholes a route that has nowhere else to go.
 #[derive(Clone)]
 pub struct Liveness(Arc<[AtomicBool]>);
 
@@ -149,8 +152,9 @@ impl Liveness {
             .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
-    /// The members of `group` that carry traffic now: its active members that are live, else its live backups;
-    /// empty if every member is dead. Copies into `buf` (at most its length) only when some member is dead.
+    /// The members of `group` that carry traffic now: its active members that are live, else its live backups,
+    /// else (nothing live) its active members. Copies into `buf` (at most its length) only when some member is
+    /// dead.
     pub fn members<'a>(
         &self,
         group: &'a NextHopGroup,
@@ -169,10 +173,10 @@ impl Liveness {
                 }
             }
             if n > 0 {
-                break;
+                return &buf[..n];
             }
         }
-        &buf[..n]
+        active
     }
 }
 
@@ -592,7 +596,7 @@ impl Outbound {
             return self.tun_stats.drops.count(DropReason::NoRoute);
         };
         let Some(t) = self.choose(group, pkt).filter(|&t| t < self.tunnels.len()) else {
-            return self.tun_stats.drops.count(DropReason::TunnelDown);
+            return self.tun_stats.drops.count(DropReason::NoRoute);
         };
         drop(fib);
         let tunnel = &mut self.tunnels[t];
@@ -904,7 +908,11 @@ mod tests {
         live.set(3, false);
         assert_eq!(tunnels(live.members(&group, &mut buf)), vec![2]);
         live.set(2, false);
-        assert!(live.members(&group, &mut buf).is_empty());
+        assert_eq!(
+            tunnels(live.members(&group, &mut buf)),
+            vec![0, 1],
+            "nothing live: the active members, so probes still reach the peers"
+        );
         live.set(1, true);
         assert_eq!(
             tunnels(live.members(&group, &mut buf)),

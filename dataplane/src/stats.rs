@@ -44,7 +44,6 @@ drop_reasons! {
     InnerMalformed => "inner_malformed": "The inner packet's version or length is wrong.",
     InnerSource => "inner_source": "The inner source address is not allowed on the tunnel it came from.",
     NoRoute => "no_route": "A packet from the TUN device with a destination no tunnel serves.",
-    TunnelDown => "tunnel_down": "A packet whose route's tunnels (members and backups) are all down.",
     TooBig => "too_big": "Larger than the tunnel MTU with DF set: an ICMP error was sent back instead.",
     SeqExhausted => "seq_exhausted": "The outbound SA's sequence numbers are used up; it must be rekeyed.",
     SendFailed => "send_failed": "The uplink socket refused the datagram (buffer full, no route, ...).",
