@@ -1042,6 +1042,30 @@ impl Config {
                     .into(),
             });
         }
+        if self.uplinks.len() > 1 {
+            for (i, u) in self.uplinks.iter().enumerate() {
+                if u.cap_bps.is_none() {
+                    w.push(Warning {
+                        key: format!("uplink[{i}] {:?}.cap", u.name),
+                        message: "no egress cap on one of several uplinks: set `cap` to its line rate, or an \
+                                  active/active spread can saturate it and the ISP drops instead of braid"
+                            .into(),
+                    });
+                }
+            }
+        }
+        let tunnel_sessions = self
+            .bgp
+            .as_ref()
+            .is_some_and(|b| b.neighbors.iter().any(|n| n.tunnel.is_some()));
+        if tunnel_sessions && !self.gateway.kernel_routes {
+            w.push(Warning {
+                key: "gateway.kernel_routes".into(),
+                message: "BGP routes are forwarded by braid, but the host must send them to the TUN device: \
+                          set `kernel_routes = true` or add the routes yourself"
+                    .into(),
+            });
+        }
         for (i, t) in self.tunnels.iter().enumerate() {
             let k = |s: &str| format!("tunnel[{i}] {:?}.{s}", t.name);
             let Keying::Static(s) = &t.keying;
@@ -1409,5 +1433,17 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
         assert!(w
             .iter()
             .any(|w| w.message.contains("key_in equals key_out")));
+    }
+
+    #[test]
+    fn audit_asks_for_caps_on_several_uplinks() {
+        let two = base().replace(
+            "[[tunnel]]",
+            "[[uplink]]\nname = \"isp2\"\nlocal = \"203.0.113.1\"\ncap = \"250Mbit\"\n\n[[tunnel]]",
+        );
+        let w = parse(&two).unwrap().audit();
+        let caps: Vec<&Warning> = w.iter().filter(|w| w.key.ends_with(".cap")).collect();
+        assert_eq!(caps.len(), 1, "{w:?}");
+        assert!(caps[0].key.contains("isp1"));
     }
 }
