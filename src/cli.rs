@@ -148,6 +148,28 @@ enum LabTool {
         #[arg(long)]
         hex: String,
     },
+    /// Sequence-numbered UDP probe flows for failover drills.
+    ProbeSource {
+        #[arg(long)]
+        from: std::net::IpAddr,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 64)]
+        flows: usize,
+        #[arg(long, default_value_t = 1000.0)]
+        pps: f64,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// Receives probe flows and prints, per flow, losses and outages as JSON.
+    ProbeSink {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 64)]
+        flows: usize,
+        #[arg(long)]
+        secs: f64,
+    },
     FlowSink {
         #[arg(long)]
         listen: SocketAddr,
@@ -306,6 +328,18 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                     secs,
                     mbit_per_flow,
                 } => crate::labtool::flow_source(connect, flows, secs, mbit_per_flow)?,
+                LabTool::ProbeSource {
+                    from,
+                    to,
+                    flows,
+                    pps,
+                    secs,
+                } => crate::probe::source(from, to, flows, pps, secs)?,
+                LabTool::ProbeSink {
+                    listen,
+                    flows,
+                    secs,
+                } => crate::probe::sink(listen, flows, secs)?,
                 LabTool::UdpFlood {
                     from,
                     to,

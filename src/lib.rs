@@ -13,4 +13,5 @@ pub mod lab;
 pub mod labtool;
 pub mod metrics;
 pub mod netns;
+pub mod probe;
 pub mod scenario;
