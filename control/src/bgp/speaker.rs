@@ -118,6 +118,7 @@ enum Command {
     Routes(oneshot::Sender<Vec<RouteStatus>>),
     Refresh(IpAddr, oneshot::Sender<Result<usize, String>>),
     Shutdown(String, oneshot::Sender<()>),
+    BfdDown(usize),
 }
 
 enum ConnEvent {
@@ -171,6 +172,13 @@ impl SpeakerHandle {
         let (tx, rx) = oneshot::channel();
         let _ = self.tx.send(Command::Refresh(neighbor, tx));
         rx.await.unwrap_or_else(|_| Err("speaker stopped".into()))
+    }
+
+    /// BFD declared the path to neighbour `index` (its position in [`SpeakerConfig::neighbors`]) down: the
+    /// session is torn down at once (Cease / BFD Down, RFC 9384; the peer may never see it) and its routes go,
+    /// before any hold timer; it starts again after a second, with the usual connect-retry backoff.
+    pub fn bfd_down(&self, index: usize) {
+        let _ = self.tx.send(Command::BfdDown(index));
     }
 
     /// Sends Cease/Administrative Shutdown with `message` (RFC 8203) to every peer and stops.
@@ -526,6 +534,24 @@ impl Speaker {
                     },
                 };
                 let _ = reply.send(r);
+            }
+            Command::BfdDown(index) => {
+                if let Some(p) = self.peers.get_mut(index) {
+                    let now = Instant::now().into_std();
+                    if p.session.state() != State::Idle {
+                        tracing::warn!(neighbor = %p.cfg.label, "BFD down: resetting the BGP session");
+                        p.last_error = Some("BFD down".into());
+                    }
+                    p.session.handle_stop(
+                        now,
+                        Some(Notification::new(
+                            error_code::CEASE,
+                            subcode::BFD_DOWN,
+                            Vec::new(),
+                        )),
+                        Some(Duration::from_secs(1)),
+                    );
+                }
             }
             Command::Shutdown(..) => {}
         }

@@ -457,6 +457,10 @@ pub mod subcode {
     pub const OTHER_CONFIGURATION_CHANGE: u8 = 6;
     pub const CONNECTION_COLLISION_RESOLUTION: u8 = 7;
     pub const OUT_OF_RESOURCES: u8 = 8;
+    /// RFC 8538.
+    pub const HARD_RESET: u8 = 9;
+    /// RFC 9384: the session went down because BFD declared the path down.
+    pub const BFD_DOWN: u8 = 10;
 }
 
 /// NOTIFICATION (RFC 4271 4.5).
@@ -525,6 +529,8 @@ impl Notification {
             (CEASE, subcode::OTHER_CONFIGURATION_CHANGE) => "Other Configuration Change",
             (CEASE, subcode::CONNECTION_COLLISION_RESOLUTION) => "Connection Collision Resolution",
             (CEASE, subcode::OUT_OF_RESOURCES) => "Out of Resources",
+            (CEASE, subcode::HARD_RESET) => "Hard Reset",
+            (CEASE, subcode::BFD_DOWN) => "BFD Down",
             (OPEN_MESSAGE, subcode::BAD_PEER_AS) => "Bad Peer AS",
             (OPEN_MESSAGE, subcode::UNACCEPTABLE_HOLD_TIME) => "Unacceptable Hold Time",
             (OPEN_MESSAGE, subcode::BAD_BGP_IDENTIFIER) => "Bad BGP Identifier",
