@@ -225,6 +225,40 @@ pub fn poll_one(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Resu
     }
 }
 
+/// The Generalized TTL Security Mechanism for a single-hop protocol (RFC 5082; BFD's RFC 5881 section 5):
+/// packets leave `fd` with TTL (hop limit) 255 and the kernel drops received packets with less, so nothing
+/// more than one hop away can inject into the session. `ipv6` selects the IPv6 options.
+pub fn set_gtsm(fd: RawFd, ipv6: bool) -> io::Result<()> {
+    let opts: [(libc::c_int, libc::c_int); 2] = if ipv6 {
+        [
+            (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS),
+            (libc::IPPROTO_IPV6, libc::IPV6_MINHOPCOUNT),
+        ]
+    } else {
+        [
+            (libc::IPPROTO_IP, libc::IP_TTL),
+            (libc::IPPROTO_IP, libc::IP_MINTTL),
+        ]
+    };
+    for (level, name) in opts {
+        let value: libc::c_int = 255;
+        // SAFETY: `value` is a live c_int and the length passed is its size; `fd` is the caller's socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 // ---- rtnetlink: the socket ----
 
 const NLMSG_HDR_LEN: usize = 16;
@@ -911,6 +945,20 @@ impl std::fmt::Debug for RouteSocket {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn gtsm_sets_ttl_and_minimum_ttl() {
+        use std::os::fd::AsRawFd;
+        let v4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        set_gtsm(v4.as_raw_fd(), false).unwrap();
+        assert_eq!(v4.ttl().unwrap(), 255);
+        let v6 = std::net::UdpSocket::bind("[::1]:0");
+        if let Ok(v6) = v6 {
+            set_gtsm(v6.as_raw_fd(), true).unwrap();
+        }
+        assert!(set_gtsm(-1, false).is_err());
+    }
+
     use super::*;
 
     #[test]
