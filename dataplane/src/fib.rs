@@ -27,24 +27,28 @@
 //! the first hit is the longest match.
 //!
 //! - **Lookup cost.** IPv4: one to three dependent array reads whatever the table size (the level-1 node,
-//!   then a chunk header and its run, once or twice), no hashing; measured 12 ns per lookup with 1,000
-//!   random /16-/24 prefixes and 32 ns with 1,000,000, against 81 and 163 ns for the per-length hash
-//!   tables it replaced (`cargo bench -p braid-dataplane --bench fib`, 2-core shared AMD EPYC VM, numbers
-//!   from the same run). IPv6: one splitmix64 hash probe per distinct length present
-//!   down to the match, almost always one slot read at a load factor of at most 1/2; 58 ns with 10,000
-//!   prefixes of 6 lengths. No allocation, no locking, no `unsafe`.
+//!   then a chunk header and its run, once or twice), no hashing. Measured 9-13 ns per lookup with 1,000
+//!   random /16-/24 prefixes and 26-38 ns with 1,000,000, against 78-98 and 142-229 ns for the per-length
+//!   hash tables it replaced (`cargo bench -p braid-dataplane --bench fib`; ranges over several runs of
+//!   the old and new benches taking turns on a shared, busy 2-core AMD EPYC VM). IPv6: one splitmix64
+//!   hash probe per distinct length present down to the match, almost always one slot read at a load
+//!   factor of at most 1/2; 37-64 ns with 10,000 prefixes of 6 lengths (63-81 ns before: the same
+//!   probes, but the answer no longer needs a read of the route list). No allocation, no locking, no
+//!   `unsafe`.
 //! - **Memory.** Per route, one `(Prefix, Arc)` entry (32 bytes) and a share of its group index. IPv4 adds a
 //!   fixed 256 KiB level 1 once any IPv4 route exists, 40 bytes per chunk and 4 bytes per run: a route adds
 //!   at most two runs where it ends, and at most one level-2 and one level-3 chunk, so the worst case (lone
 //!   host routes, each in its own /16) is about 140 bytes per route and there are never more than 65,536
-//!   level-2 chunks. Measured: 1,000 random IPv4 prefixes 0.3 MiB in all; 1,000,000 random /16-/24
-//!   prefixes 41 MiB (31 MiB of it the route list, 11 MiB the trie), against 55 MiB before. IPv6: one
+//!   level-2 chunks. Measured ([`Fib::heap_bytes`], printed by the bench): 1,000 random IPv4 prefixes
+//!   0.3 MiB in all; 1,000,000 random /16-/24 prefixes 37.9 MiB (30.5 MiB of it the route list, 7.4 MiB
+//!   the trie), against 54.5 MiB for the hash tables (30.5 + 24 MiB of slots). IPv6: one
 //!   32-byte slot in a table sized to the next power of two above twice the count (64 to 128 bytes per
 //!   prefix). The [`NextHopGroup`]s themselves are shared (`Arc`) between all prefixes and tables.
 //! - **Build** is one pass over the sorted routes: O(n) plus 256 node writes and compares per chunk.
-//!   1,000,000 IPv4 prefixes build in about 60-85 ms on that machine, the same as the hash tables
-//!   (most of it walking the builder's `BTreeMap` and cloning an `Arc` per route); copying a built 1M table
-//!   into a builder, adding one route and building again takes 65-100 ms.
+//!   1,000,000 IPv4 prefixes build in 61-83 ms on that machine (72-97 ms for the hash tables; most of it is
+//!   walking the builder's `BTreeMap` and cloning an `Arc` per route); copying a built 1M table into a
+//!   builder, adding one route and building again (`fib_build/ipv4_1m_incremental`) takes 65-88 ms
+//!   (72-116 ms before).
 //!
 //! Alternatives weighed: binary search over the lengths with marker entries would still cost about four
 //! dependent hash probes per IPv4 lookup and up to twice the slots; a plain DIR-24-8 array answers in one
