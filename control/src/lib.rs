@@ -5,5 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+/// BFD (RFC 5880/5881): Control packet codec and the sans-IO asynchronous-mode session.
+pub mod bfd;
 pub mod bgp;
 pub mod install;
