@@ -478,3 +478,21 @@ fn zero_required_min_rx_stops_periodic_packets() {
     assert_eq!(l.a.negotiated().tx_interval, None);
     assert!(l.sent_by(Side::B).iter().any(|(t, _)| *t >= from));
 }
+
+#[test]
+fn absurd_intervals_do_not_panic() {
+    let mut l = Link::new(cfg(1, 100, 100, 255), cfg(2, 100, 100, 3));
+    l.up_both();
+    let now = l.now;
+    l.a.set_intervals(now, Duration::MAX, Duration::MAX);
+    l.run_for(Duration::from_secs(60));
+    l.b.set_intervals(l.now, Duration::ZERO, Duration::ZERO);
+    l.run_for(Duration::from_secs(60));
+    let n = l.a.negotiated();
+    assert_eq!(n.local_desired_min_tx, Duration::MAX);
+    // On the wire the intervals saturate at u32::MAX microseconds.
+    assert_eq!(
+        l.sent_by(Side::A).last().unwrap().1.desired_min_tx,
+        u32::MAX
+    );
+}
