@@ -240,7 +240,7 @@ impl Session {
             self.reschedule(now);
             return false;
         }
-        self.detect_deadline = self.detection_time().map(|d| now + d);
+        self.detect_deadline = self.detection_time().and_then(|d| now.checked_add(d));
         use SessionState::{AdminDown, Down, Init, Up};
         match (self.state, p.state) {
             (Down, AdminDown) => {}
@@ -283,7 +283,8 @@ impl Session {
         }
         match self.tx_interval() {
             Some(iv) => {
-                self.next_tx = Some(now + self.jittered(iv));
+                let jittered = self.jittered(iv);
+                self.next_tx = now.checked_add(jittered);
                 Some(self.packet(self.poll != Poll::Idle, false))
             }
             None => {
@@ -391,8 +392,12 @@ impl Session {
         match self.tx_interval() {
             None => self.next_tx = None,
             Some(iv) => {
-                if self.next_tx.is_none_or(|t| t > now + iv) {
-                    self.next_tx = Some(now + self.jittered(iv));
+                if self
+                    .next_tx
+                    .is_none_or(|t| now.checked_add(iv).is_some_and(|n| t > n))
+                {
+                    let jittered = self.jittered(iv);
+                    self.next_tx = now.checked_add(jittered);
                 }
             }
         }
