@@ -43,8 +43,8 @@
 //! Deliberately left out: the optional session attributes DelayOpen, SendNOTIFICATIONwithoutOPEN (taken as
 //! TRUE: a refused connection gets a Cease before any OPEN), TrackTcpState, PassiveTcpEstablishment beyond "never connect", CollisionDetectEstablishedState
 //! (always FALSE: an Established connection always wins a collision), AllowAutomaticStop, and the exponential
-//! IdleHoldTimer of DampPeerOscillations (the idle hold after an error is the constant
-//! [`SessionConfig::idle_hold`]); MinASOriginationInterval and MinRouteAdvertisementInterval (the RIB paces
+//! IdleHoldTimer of DampPeerOscillations (the idle hold after an error is [`SessionConfig::idle_hold`],
+//! jittered like ConnectRetry so that two peers refusing each other cannot stay in lockstep); MinASOriginationInterval and MinRouteAdvertisementInterval (the RIB paces
 //! UPDATEs); graceful restart (RFC 4724), enhanced route refresh (RFC 7313), extended messages (RFC 8654) and
 //! the send hold timer. Encoding, decoding and message-length checks are [`super::wire`]'s.
 
@@ -284,6 +284,8 @@ pub struct Session {
     connect_retry: Option<Instant>,
     /// Failed connection attempts since the last Established or ManualStart: the backoff exponent.
     retry_failures: u32,
+    /// Idle holds entered so far: the jitter index of the next one.
+    idle_holds: u32,
     /// At most two: one per direction.
     conns: Vec<Connection>,
     /// The state last reported.
@@ -306,6 +308,7 @@ impl Session {
             connecting: false,
             connect_retry: None,
             retry_failures: 0,
+            idle_holds: 0,
             conns: Vec::with_capacity(2),
             state: State::Idle,
             established_since: None,
@@ -647,7 +650,11 @@ impl Session {
             }
             wait = wait.saturating_mul(2);
         }
-        let wait = wait.min(cap);
+        self.jittered(wait.min(cap), k)
+    }
+
+    /// `wait` times a jitter factor in [0.75, 1.0] from a hash of (local id, peer address, `k`).
+    fn jittered(&self, wait: Duration, k: u32) -> Duration {
         let permille = 750 + (jitter_hash(self.cfg.local_id, self.cfg.peer_addr, k) % 251) as u32;
         wait.checked_mul(permille).map_or(wait, |w| w / 1000)
     }
@@ -757,14 +764,21 @@ impl Session {
         let state = self.conns[i].state;
         match (state, msg) {
             // NotifMsg in any state: close without a reply.
-            (_, Message::Notification(n)) => {
+            (state, Message::Notification(n)) => {
+                // A refusal before Established (Cease / Connection Rejected: the peer is idle, e.g. holding
+                // after its own failure) is a failed attempt, not an error of ours: retry with the ConnectRetry
+                // backoff and stay ready to accept, so the peer's own next attempt finds us listening. Going
+                // idle instead lets two peers that refuse each other take turns forever.
+                let refused = state != State::Established
+                    && n.code == error_code::CEASE
+                    && n.subcode == subcode::CONNECTION_REJECTED;
                 self.drop_conn(
                     now,
                     i,
                     None,
                     true,
                     Some(DownReason::NotificationReceived(n)),
-                    Then::IdleHold,
+                    if refused { Then::Retry } else { Then::IdleHold },
                 );
             }
             (State::OpenSent, Message::Open(open)) => self.on_open(now, i, open),
@@ -919,7 +933,11 @@ impl Session {
         }
         match then {
             Then::IdleHold => {
-                self.phase = match now.checked_add(self.cfg.idle_hold) {
+                // Jittered like ConnectRetry: two peers that refuse each other while idle would otherwise stay
+                // in lockstep, each connecting exactly while the other holds.
+                self.idle_holds = self.idle_holds.wrapping_add(1);
+                let wait = self.jittered(self.cfg.idle_hold, 0x8000_0000 | self.idle_holds);
+                self.phase = match now.checked_add(wait) {
                     Some(at) => Phase::IdleHold(at),
                     None => Phase::Stopped,
                 };
