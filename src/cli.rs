@@ -107,6 +107,7 @@ enum ShowWhat {
     Uplinks,
     Bgp,
     Routes,
+    Bfd,
 }
 
 #[derive(Subcommand, Debug)]
@@ -422,6 +423,7 @@ fn show(what: ShowWhat, json: bool, config: Option<&Path>, socket: Option<&Path>
         ShowWhat::Uplinks => "uplinks",
         ShowWhat::Bgp => "bgp",
         ShowWhat::Routes => "routes",
+        ShowWhat::Bfd => "bfd",
     };
     let v = control::request(&path, &Request::show(name)).context("querying the gateway")?;
     if json {
@@ -433,8 +435,31 @@ fn show(what: ShowWhat, json: bool, config: Option<&Path>, socket: Option<&Path>
         ShowWhat::Uplinks => print_uplinks(&v),
         ShowWhat::Bgp => print_bgp(&v),
         ShowWhat::Routes => print_routes(&v),
+        ShowWhat::Bfd => print_bfd(&v),
     }
     Ok(0)
+}
+
+fn print_bfd(v: &Value) {
+    println!(
+        "{:<20} {:<18} {:<9} {:<9} {:<5} {:>9} {:>11} {:>6}  DIAG",
+        "TUNNEL", "PEER", "STATE", "REMOTE", "LIVE", "TX (ms)", "DETECT (ms)", "DOWNS"
+    );
+    let ms = |x: &Value| x.as_f64().map_or("-".to_string(), |m| format!("{m:.0}"));
+    for s in v["sessions"].as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<18} {:<9} {:<9} {:<5} {:>9} {:>11} {:>6}  {}",
+            s["tunnel"].as_str().unwrap_or("?"),
+            s["peer"].as_str().unwrap_or("?"),
+            s["state"].as_str().unwrap_or("?"),
+            s["remote_state"].as_str().unwrap_or("?"),
+            s["live"],
+            ms(&s["negotiated"]["tx_interval_ms"]),
+            ms(&s["negotiated"]["detection_time_ms"]),
+            s["downs"],
+            s["diag"].as_str().unwrap_or(""),
+        );
+    }
 }
 
 fn nonzero_drops(d: &Value) -> String {

@@ -4,7 +4,7 @@
 //! subnets, SPIs, key lengths and key-file permissions). Every error names the file, the key and the problem,
 //! e.g. `gw.toml: tunnel[0] "cloud1".static.key_out: expected 72 hex digits (32-byte key + 4-byte salt), got 64`.
 //!
-//! Keys of the contract that later work implements (`ike`, `bfd`) are recognised
+//! Keys of the contract that later work implements (`ike`) are recognised
 //! and refused with a clear "not supported by this version" error rather than silently ignored.
 //! Secrets (keys) are held in [`Secret`], which zeroizes on drop and never prints.
 
@@ -183,6 +183,26 @@ pub struct Tunnel {
     pub esn: bool,
     /// Weight in a next-hop group; `None`: the uplink's.
     pub weight: Option<u32>,
+    /// BFD over the tunnel's inside addresses.
+    pub bfd: Option<BfdConfig>,
+}
+
+/// A tunnel's `bfd = { interval_ms, multiplier, hold_down_ms }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BfdConfig {
+    /// Desired min TX and required min RX, ms.
+    pub interval_ms: u32,
+    pub multiplier: u8,
+    /// How long a session must stay Up before the tunnel carries traffic again, ms.
+    pub hold_down_ms: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBfd {
+    interval_ms: Option<u32>,
+    multiplier: Option<u8>,
+    hold_down_ms: Option<u32>,
 }
 
 impl Tunnel {
@@ -309,7 +329,7 @@ struct RawTunnel {
     #[serde(rename = "static")]
     static_keys: Option<RawStatic>,
     ike: Option<toml::Value>,
-    bfd: Option<toml::Value>,
+    bfd: Option<RawBfd>,
     replay_window: Option<u32>,
     esn: Option<bool>,
     weight: Option<u32>,
@@ -539,9 +559,35 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                 "IKEv2 keying (use `static` keys for now)",
             ));
         }
-        if t.bfd.is_some() {
-            return Err(not_yet(cx, key("bfd"), "BFD"));
-        }
+        let bfd = match &t.bfd {
+            None => None,
+            Some(b) => {
+                let c = BfdConfig {
+                    interval_ms: b.interval_ms.unwrap_or(300),
+                    multiplier: b.multiplier.unwrap_or(3),
+                    hold_down_ms: b.hold_down_ms.unwrap_or(1000),
+                };
+                if !(10..=10_000).contains(&c.interval_ms) {
+                    return Err(cx.err(
+                        key("bfd.interval_ms"),
+                        format!("{} is outside 10..=10000", c.interval_ms),
+                    ));
+                }
+                if !(2..=50).contains(&c.multiplier) {
+                    return Err(cx.err(
+                        key("bfd.multiplier"),
+                        format!(
+                            "{} is outside 2..=50 (1 declares a path dead on one lost packet)",
+                            c.multiplier
+                        ),
+                    ));
+                }
+                if c.hold_down_ms > 600_000 {
+                    return Err(cx.err(key("bfd.hold_down_ms"), "at most 600000 (10 minutes)"));
+                }
+                Some(c)
+            }
+        };
         if t.weight == Some(0) {
             return Err(cx.err(
                 key("weight"),
@@ -648,6 +694,7 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             replay_window,
             esn,
             weight: t.weight,
+            bfd,
         });
     }
     if !tunnels.is_empty() && uplinks.is_empty() {
@@ -704,7 +751,10 @@ fn validate_bgp(
         let label = n.tunnel.clone().or(n.address.clone()).unwrap_or_default();
         let key = |k: &str| format!("bgp.neighbor[{i}] {label:?}.{k}");
         if n.bfd.is_some() {
-            return Err(not_yet(cx, key("bfd"), "BFD"));
+            return Err(cx.err(
+                key("bfd"),
+                "BFD is configured on the tunnel (`[[tunnel]] bfd = {...}`), not on the neighbor",
+            ));
         }
         let (address, tunnel, default_local) = match (&n.tunnel, &n.address) {
             (Some(_), Some(_)) => {
@@ -1383,7 +1433,7 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
         expect_err(
             &with_bgp("address = \"192.0.2.254\"\nremote_asn = 65002\nbfd = {}"),
             "bfd",
-            "not supported",
+            "on the tunnel",
         );
         let no_asn =
             with_bgp("address = \"192.0.2.254\"\nremote_asn = 65002").replace("asn = 65001\n", "");

@@ -75,6 +75,8 @@ pub struct GatewayState {
     pub neighbors: Vec<NeighborName>,
     /// Which tunnels the data path may use (`None` without a data path).
     pub liveness: Option<braid_dataplane::Liveness>,
+    /// The BFD sessions, once started.
+    pub bfd: std::sync::OnceLock<crate::bfd::BfdTable>,
 }
 
 impl GatewayState {
@@ -101,6 +103,7 @@ impl GatewayState {
             installer: None,
             neighbors: Vec::new(),
             liveness: None,
+            bfd: std::sync::OnceLock::new(),
         }
     }
 
@@ -390,8 +393,9 @@ async fn answer(
             ("routes", Some(b)) => routes_json(&state, &b.routes().await),
             ("routes", None) => routes_json(&state, &[]),
             ("bgp", None) => no_bgp(),
+            ("bfd", _) => crate::bfd::json(&state.name, state.bfd.get()),
             (other, _) => {
-                json!({ "error": format!("unknown: show {other:?} (tunnels, uplinks, bgp, routes)") })
+                json!({ "error": format!("unknown: show {other:?} (tunnels, uplinks, bgp, routes, bfd)") })
             }
         },
         Ok(Request {

@@ -354,6 +354,50 @@ fn install_routes(
     }
 }
 
+/// Starts a BFD session for every tunnel with `bfd = {...}`.
+fn start_bfd(
+    config: &Config,
+    state: &Arc<GatewayState>,
+    speaker: Option<braid_control::bgp::speaker::SpeakerHandle>,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let Some(liveness) = state.liveness.clone() else {
+        return (stop, Vec::new());
+    };
+    let mut tunnels = Vec::new();
+    for (i, t) in config.tunnels.iter().enumerate() {
+        let Some(b) = t.bfd else { continue };
+        // The session runs between the inside addresses, IPv4 first (as the BGP session does).
+        let j = t.inside.iter().position(|a| a.addr.is_ipv4()).unwrap_or(0);
+        let (Some(local), Some(&peer)) = (t.inside.get(j), t.peer_inside.get(j)) else {
+            continue;
+        };
+        let neighbor = config
+            .bgp
+            .as_ref()
+            .and_then(|bgp| bgp.neighbors.iter().position(|n| n.tunnel == Some(i)));
+        tunnels.push(crate::bfd::BfdTunnel {
+            tunnel: i,
+            name: t.name.clone(),
+            local: local.addr,
+            peer,
+            interval: Duration::from_millis(b.interval_ms as u64),
+            multiplier: b.multiplier,
+            hold_down: Duration::from_millis(b.hold_down_ms as u64),
+            neighbor,
+        });
+    }
+    if tunnels.is_empty() {
+        return (stop, Vec::new());
+    }
+    let (table, tasks) = crate::bfd::start(tunnels, liveness, speaker, stop_rx);
+    let _ = state.bfd.set(table);
+    (stop, tasks)
+}
+
 /// The speaker's configuration from the validated `[bgp]`.
 fn speaker_config(config: &Config, bgp: &crate::config::Bgp) -> Result<SpeakerConfig> {
     let mut neighbors = Vec::new();
@@ -447,6 +491,7 @@ async fn control_plane(
         }
         None => None,
     };
+    let (bfd_stop, bfd_tasks) = start_bfd(&config, &state, speaker.clone());
     let server = tokio::spawn(control::serve(listener, state.clone(), speaker.clone()));
     let sampler = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -466,6 +511,11 @@ async fn control_plane(
                 tracing::warn!("SIGHUP: live reload of static keys is not supported yet; restart to apply a new configuration");
             }
         }
+    }
+    // BFD AdminDown first, then BGP's Cease: the peers move traffic away before we go.
+    let _ = bfd_stop.send(true);
+    for t in bfd_tasks {
+        let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
     }
     if let Some(s) = &speaker {
         // Tell every peer first (RFC 8203 message), so they move traffic away before we go.

@@ -62,6 +62,10 @@ pub struct PairOptions {
     pub bgp: bool,
     /// Extra `[[bgp.neighbor]]` tables for B (with `bgp`), e.g. a LAN-side router.
     pub b_extra_neighbors: String,
+    /// BFD on the tunnel, both sides: (interval_ms, multiplier, hold_down_ms).
+    pub bfd: Option<(u32, u8, u32)>,
+    /// BGP hold time on both sides (with `bgp`).
+    pub hold_time: Option<u16>,
 }
 
 impl PairOptions {
@@ -75,6 +79,8 @@ impl PairOptions {
             gateway_mtu: None,
             bgp: false,
             b_extra_neighbors: String::new(),
+            bfd: None,
+            hold_time: None,
         }
     }
 }
@@ -151,6 +157,11 @@ fn gateway_config(
     if let Some(w) = opts.replay_window {
         s += &format!("replay_window = {w}\n");
     }
+    if let Some((interval, mult, hold_down)) = opts.bfd {
+        s += &format!(
+            "bfd = {{ interval_ms = {interval}, multiplier = {mult}, hold_down_ms = {hold_down} }}\n"
+        );
+    }
     s += &format!(
         "static = {{ cipher = \"{}\", spi_out = \"{spi_out:#010x}\", spi_in = \"{spi_in:#010x}\", key_out_file = \"{name}.out.key\", key_in_file = \"{name}.in.key\" }}\n",
         opts.cipher.name()
@@ -165,6 +176,9 @@ fn gateway_config(
             "\n[bgp]\nnetworks = [\"{network4}\", \"{network6}\"]\n\n[[bgp.neighbor]]\ntunnel = \"{name}-to-peer\"\n\
              remote_asn = {peer_asn}\nconnect_retry = 1\nimport = [\"0.0.0.0/0 le 32\", \"::/0 le 128\"]\nexport = [\"0.0.0.0/0 le 32\", \"::/0 le 128\"]\n"
         );
+        if let Some(h) = opts.hold_time {
+            s += &format!("hold_time = {h}\n");
+        }
         if name == "b" {
             s += &opts.b_extra_neighbors;
         }

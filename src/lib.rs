@@ -4,6 +4,7 @@
 //! scenarios and the namespace helpers the integration tests share with the lab. The ESP core is in
 //! `braid-crypto`, the data path in `braid-dataplane`.
 
+pub mod bfd;
 pub mod cli;
 pub mod config;
 pub mod control;

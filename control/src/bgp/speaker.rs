@@ -119,6 +119,7 @@ enum Command {
     Refresh(IpAddr, oneshot::Sender<Result<usize, String>>),
     Shutdown(String, oneshot::Sender<()>),
     BfdDown(usize),
+    BfdUp(usize),
 }
 
 enum ConnEvent {
@@ -179,6 +180,13 @@ impl SpeakerHandle {
     /// before any hold timer; it starts again after a second, with the usual connect-retry backoff.
     pub fn bfd_down(&self, index: usize) {
         let _ = self.tx.send(Command::BfdDown(index));
+    }
+
+    /// BFD says the path to neighbour `index` works again: a session waiting to reconnect (Idle, Connect or
+    /// Active, possibly deep in its connect-retry backoff) tries at once, with a fresh backoff. A session with a
+    /// connection in progress or Established is left alone.
+    pub fn bfd_up(&self, index: usize) {
+        let _ = self.tx.send(Command::BfdUp(index));
     }
 
     /// Sends Cease/Administrative Shutdown with `message` (RFC 8203) to every peer and stops.
@@ -551,6 +559,17 @@ impl Speaker {
                         )),
                         Some(Duration::from_secs(1)),
                     );
+                }
+            }
+            Command::BfdUp(index) => {
+                if let Some(p) = self.peers.get_mut(index) {
+                    if matches!(
+                        p.session.state(),
+                        State::Idle | State::Connect | State::Active
+                    ) {
+                        let now = Instant::now().into_std();
+                        p.session.handle_stop(now, None, Some(Duration::ZERO));
+                    }
                 }
             }
             Command::Shutdown(..) => {}
