@@ -89,6 +89,9 @@ enum Cmd {
         /// dual-isp: skip the informational failover drill (ISP1 down, traffic moves to ISP2).
         #[arg(long)]
         no_drill: bool,
+        /// Multipath scenarios: no BFD on the tunnels (failures are then found by BGP hold timers only).
+        #[arg(long)]
+        no_bfd: bool,
         /// Only remove leftovers of killed lab runs and exit.
         #[arg(long)]
         cleanup: bool,
@@ -263,6 +266,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             secs,
             mbit_per_flow,
             no_drill,
+            no_bfd,
             cleanup,
         } => {
             if cleanup {
@@ -283,6 +287,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 secs,
                 mbit_per_flow,
                 drill: !no_drill,
+                bfd: !no_bfd,
             })
         }
         Cmd::Bgp(BgpCmd::Refresh {

@@ -599,6 +599,8 @@ pub struct LabOptions {
     pub mbit_per_flow: f64,
     /// `dual-isp`: run the informational failover drill.
     pub drill: bool,
+    /// Multipath scenarios: BFD (100 ms x 3) on every tunnel.
+    pub bfd: bool,
 }
 
 /// Runs the lab; returns the process exit code.

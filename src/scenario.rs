@@ -104,6 +104,8 @@ pub struct TopologyOptions {
     pub line_rates: bool,
     /// Bound on building + BGP convergence.
     pub converge_timeout: Duration,
+    /// BFD on every tunnel: (interval_ms, multiplier); `None` = hold timers only.
+    pub bfd: Option<(u32, u8)>,
 }
 
 impl TopologyOptions {
@@ -116,6 +118,7 @@ impl TopologyOptions {
             capped_mbit: 50,
             line_rates: true,
             converge_timeout: Duration::from_secs(40),
+            bfd: None,
         }
     }
 }
@@ -696,6 +699,11 @@ impl Topology {
                  static = {{ cipher = \"{}\", spi_out = \"{spi_out:#010x}\", spi_in = \"{spi_in:#010x}\", key_out_file = \"t{n}.{out_key}.key\", key_in_file = \"t{n}.{in_key}.key\" }}\n",
                 Cipher::Aes256Gcm16.name()
             );
+            if let Some((interval, mult)) = self.opts.bfd {
+                s += &format!(
+                    "bfd = {{ interval_ms = {interval}, multiplier = {mult}, hold_down_ms = 1000 }}\n"
+                );
+            }
             let export = match (self.kind, g.role) {
                 // One prefix per ISP, so each destination takes exactly one uplink.
                 (Kind::CappedPair, Role::Cloud) => networks[t.isp].to_string(),
@@ -1383,7 +1391,9 @@ pub fn run(kind: Kind, opts: &LabOptions) -> Result<i32> {
     say(&format!(
         "  site A {SITE_A} (AS {ONPREM_ASN}, host {HOST_A}) <-> site B {SITE_B} (AS {CLOUD_ASN}, host {HOST_B}); cores spread flows over their gateways by kernel ECMP"
     ));
-    let topo = Topology::build(kind, &TopologyOptions::new(std::env::current_exe()?))?;
+    let mut topo_opts = TopologyOptions::new(std::env::current_exe()?);
+    topo_opts.bfd = opts.bfd.then_some((100, 3));
+    let topo = Topology::build(kind, &topo_opts)?;
     say(&format!(
         "  built {} gateways, {} tunnels; BGP converged in {:.1} s",
         topo.gateways.len(),
@@ -1611,8 +1621,11 @@ impl Drop for Probes {
 
 fn failover_drill(topo: &mut Topology, opts: &LabOptions, say: &dyn Fn(&str)) -> Result<Value> {
     say(&format!(
-        "  failover drill (informational): ISP1 down at both on-prem gateways; waiting for the hold timer ({} s)",
-        topo.opts.hold_time
+        "  failover drill (informational): ISP1 down at both on-prem gateways; waiting for {}",
+        match topo.opts.bfd {
+            Some((i, m)) => format!("BFD ({i} ms x {m})"),
+            None => format!("the BGP hold timer ({} s)", topo.opts.hold_time),
+        }
     ));
     // Probe flows across the event: 64 UDP flows at 200 packets/s each, from a second before the cut until
     // a few seconds after the hold timer, so the outage every flow saw is measured on its sequence numbers.
@@ -1658,11 +1671,15 @@ fn failover_drill(topo: &mut Topology, opts: &LabOptions, say: &dyn Fn(&str)) ->
         "    ISP2 tunnels active at every gateway {secs:.1} s after ISP1 went down"
     ));
     say(&format!(
-        "    probes (64 UDP flows x 200 pkt/s): worst blip {:.0} ms, {} packets lost, {} of {} flows affected (hold-timer detection; BFD is not wired yet)",
+        "    probes (64 UDP flows x 200 pkt/s): worst blip {:.0} ms, {} packets lost, {} of {} flows affected ({})",
         blip["worst_gap_ms"].as_f64().unwrap_or(0.0),
         blip["lost"],
         blip["flows_with_loss"],
         blip["flows_heard"],
+        match topo.opts.bfd {
+            Some((i, m)) => format!("BFD {i} ms x {m}"),
+            None => format!("BGP hold timer {} s, no BFD", topo.opts.hold_time),
+        },
     ));
     let drill_secs = opts.secs.min(3.0);
     let t = topo.run_flows(opts.flows, drill_secs, 0.0)?;
