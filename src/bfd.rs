@@ -1,6 +1,7 @@
 //! The BFD driver: one asynchronous-mode session (RFC 5880) per tunnel with `bfd = {...}`, single hop over the
 //! tunnel's inside addresses (RFC 5881): UDP to port 3784 from a fixed source port in 49152-65535, TTL 255 out
-//! and at least 255 in (GTSM), through the TUN device like the BGP session it protects.
+//! and at least 255 in (GTSM), through the TUN device like the BGP session it protects. A LAN-side BGP
+//! neighbour (`address = ...`, e.g. the site's core router) can have one too: its Down resets that BGP session.
 //!
 //! What a session's verdict does:
 //! - **Down** (detection time expired, or the peer said so): the tunnel is marked dead in the data path's
@@ -33,11 +34,12 @@ pub const CONTROL_PORT: u16 = 3784;
 /// RFC 5881 4: the source port range; tunnel `i` uses `SOURCE_PORT_BASE + i`.
 pub const SOURCE_PORT_BASE: u16 = 49152;
 
-/// One tunnel's BFD session as configured.
+/// One BFD session as configured: over a tunnel, or to a LAN-side BGP neighbour.
 #[derive(Clone, Debug)]
 pub struct BfdTunnel {
-    /// The data path's tunnel index.
-    pub tunnel: usize,
+    /// The data path's tunnel index (`None` for a LAN-side neighbour: no tunnel to take out of groups).
+    pub tunnel: Option<usize>,
+    /// The tunnel's name, or the neighbour's address.
     pub name: String,
     /// Our inside address and the peer's (the session's endpoints).
     pub local: IpAddr,
@@ -74,7 +76,7 @@ pub type BfdTable = Arc<Mutex<Vec<BfdStatus>>>;
 /// AdminDown and end; the returned handles finish after that.
 pub fn start(
     tunnels: Vec<BfdTunnel>,
-    liveness: Liveness,
+    liveness: Option<Liveness>,
     speaker: Option<SpeakerHandle>,
     stop: watch::Receiver<bool>,
 ) -> (BfdTable, Vec<tokio::task::JoinHandle<()>>) {
@@ -103,7 +105,9 @@ pub fn start(
     let mut tasks = Vec::new();
     for (i, t) in tunnels.into_iter().enumerate() {
         // Not live until BFD says so.
-        liveness.set(t.tunnel, false);
+        if let (Some(tunnel), Some(l)) = (t.tunnel, &liveness) {
+            l.set(tunnel, false);
+        }
         let (table, liveness, speaker, stop) = (
             table.clone(),
             liveness.clone(),
@@ -114,7 +118,9 @@ pub fn start(
             if let Err(e) = run(i, t.clone(), &table, &liveness, speaker, stop).await {
                 tracing::error!(tunnel = %t.name, error = %format!("{e:#}"), "BFD session stopped");
                 // Without BFD the tunnel must not stay dead forever: fall back to BGP alone.
-                liveness.set(t.tunnel, true);
+                if let (Some(tunnel), Some(l)) = (t.tunnel, liveness) {
+                    l.set(tunnel, true);
+                }
                 if let Some(s) = lock(&table).get_mut(i) {
                     s.error = Some(format!("{e:#}"));
                     s.live = true;
@@ -162,21 +168,21 @@ async fn run(
     i: usize,
     t: BfdTunnel,
     table: &BfdTable,
-    liveness: &Liveness,
+    liveness: &Option<Liveness>,
     speaker: Option<SpeakerHandle>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let rx = bind(SocketAddr::new(t.local, CONTROL_PORT))?;
     let tx = bind(SocketAddr::new(
         t.local,
-        SOURCE_PORT_BASE.saturating_add(t.tunnel as u16),
+        SOURCE_PORT_BASE.saturating_add(i as u16),
     ))?;
     tx.connect(SocketAddr::new(t.peer, CONTROL_PORT)).await?;
     let mut cfg = SessionConfig::new(discriminator(i));
     cfg.desired_min_tx = t.interval;
     cfg.required_min_rx = t.interval;
     cfg.detect_mult = t.multiplier;
-    cfg.jitter_seed ^= t.tunnel as u64 * 0x9e37_79b9_7f4a_7c15;
+    cfg.jitter_seed ^= (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut session = Session::new(cfg, Instant::now());
     let mut live_at: Option<Instant> = None;
     let mut buf = [0u8; 128];
@@ -205,7 +211,9 @@ async fn run(
                     s.downs += 1;
                     live_at = None;
                     s.live = false;
-                    liveness.set(t.tunnel, false);
+                    if let (Some(tunnel), Some(l)) = (t.tunnel, liveness) {
+                        l.set(tunnel, false);
+                    }
                     tracing::warn!(tunnel = %t.name, diag = diag.name(), "BFD Down: tunnel leaves its groups");
                     if let (Some(sp), Some(n)) = (&speaker, t.neighbor) {
                         sp.bfd_down(n);
@@ -215,7 +223,9 @@ async fn run(
         }
         if live_at.is_some_and(|at| at <= now) && session.state() == SessionState::Up {
             live_at = None;
-            liveness.set(t.tunnel, true);
+            if let (Some(tunnel), Some(l)) = (t.tunnel, liveness) {
+                l.set(tunnel, true);
+            }
             lock(table)[i].live = true;
             tracing::info!(tunnel = %t.name, "tunnel live (BFD Up past its hold-down)");
         }
@@ -275,7 +285,8 @@ pub fn json(gateway: &str, table: Option<&BfdTable>) -> Value {
         .map(|s| {
             let n = s.negotiated;
             json!({
-                "tunnel": s.cfg.name,
+                "tunnel": s.cfg.tunnel.map(|_| s.cfg.name.clone()),
+                "name": s.cfg.name,
                 "local": s.cfg.local.to_string(),
                 "peer": s.cfg.peer.to_string(),
                 "state": s.state.name(),

@@ -123,6 +123,8 @@ pub struct Neighbor {
     pub max_prefix: Option<u32>,
     /// Seconds before the first reconnect attempt (doubles up to 60 s).
     pub connect_retry: u32,
+    /// BFD to a LAN-side (`address`) neighbour, single hop.
+    pub bfd: Option<BfdConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +207,34 @@ struct RawBfd {
     hold_down_ms: Option<u32>,
 }
 
+/// Validates a `bfd = {...}` table found at `key`.
+fn bfd_config(cx: &Ctx, key: &str, b: &RawBfd) -> Result<BfdConfig, ConfigError> {
+    let c = BfdConfig {
+        interval_ms: b.interval_ms.unwrap_or(300),
+        multiplier: b.multiplier.unwrap_or(3),
+        hold_down_ms: b.hold_down_ms.unwrap_or(1000),
+    };
+    if !(10..=10_000).contains(&c.interval_ms) {
+        return Err(cx.err(
+            format!("{key}.interval_ms"),
+            format!("{} is outside 10..=10000", c.interval_ms),
+        ));
+    }
+    if !(2..=50).contains(&c.multiplier) {
+        return Err(cx.err(
+            format!("{key}.multiplier"),
+            format!(
+                "{} is outside 2..=50 (1 declares a path dead on one lost packet)",
+                c.multiplier
+            ),
+        ));
+    }
+    if c.hold_down_ms > 600_000 {
+        return Err(cx.err(format!("{key}.hold_down_ms"), "at most 600000 (10 minutes)"));
+    }
+    Ok(c)
+}
+
 impl Tunnel {
     /// Inner source prefixes accepted from this tunnel: the peer's inside addresses and the routes.
     pub fn allowed_sources(&self) -> Vec<Prefix> {
@@ -271,7 +301,7 @@ struct RawNeighbor {
     export: Option<Vec<String>>,
     max_prefix: Option<u32>,
     connect_retry: Option<u32>,
-    bfd: Option<toml::Value>,
+    bfd: Option<RawBfd>,
 }
 
 #[derive(Deserialize)]
@@ -559,35 +589,11 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                 "IKEv2 keying (use `static` keys for now)",
             ));
         }
-        let bfd = match &t.bfd {
-            None => None,
-            Some(b) => {
-                let c = BfdConfig {
-                    interval_ms: b.interval_ms.unwrap_or(300),
-                    multiplier: b.multiplier.unwrap_or(3),
-                    hold_down_ms: b.hold_down_ms.unwrap_or(1000),
-                };
-                if !(10..=10_000).contains(&c.interval_ms) {
-                    return Err(cx.err(
-                        key("bfd.interval_ms"),
-                        format!("{} is outside 10..=10000", c.interval_ms),
-                    ));
-                }
-                if !(2..=50).contains(&c.multiplier) {
-                    return Err(cx.err(
-                        key("bfd.multiplier"),
-                        format!(
-                            "{} is outside 2..=50 (1 declares a path dead on one lost packet)",
-                            c.multiplier
-                        ),
-                    ));
-                }
-                if c.hold_down_ms > 600_000 {
-                    return Err(cx.err(key("bfd.hold_down_ms"), "at most 600000 (10 minutes)"));
-                }
-                Some(c)
-            }
-        };
+        let bfd = t
+            .bfd
+            .as_ref()
+            .map(|b| bfd_config(cx, &key("bfd"), b))
+            .transpose()?;
         if t.weight == Some(0) {
             return Err(cx.err(
                 key("weight"),
@@ -750,12 +756,17 @@ fn validate_bgp(
     for (i, n) in b.neighbor.into_iter().enumerate() {
         let label = n.tunnel.clone().or(n.address.clone()).unwrap_or_default();
         let key = |k: &str| format!("bgp.neighbor[{i}] {label:?}.{k}");
-        if n.bfd.is_some() {
+        if n.bfd.is_some() && n.tunnel.is_some() {
             return Err(cx.err(
                 key("bfd"),
-                "BFD is configured on the tunnel (`[[tunnel]] bfd = {...}`), not on the neighbor",
+                "for a session in a tunnel, BFD is configured on the tunnel (`[[tunnel]] bfd = {...}`)",
             ));
         }
+        let bfd = n
+            .bfd
+            .as_ref()
+            .map(|b| bfd_config(cx, &key("bfd"), b))
+            .transpose()?;
         let (address, tunnel, default_local) = match (&n.tunnel, &n.address) {
             (Some(_), Some(_)) => {
                 return Err(cx.err(key("address"), "give either tunnel or address, not both"))
@@ -849,6 +860,7 @@ fn validate_bgp(
             export: n.export,
             max_prefix: n.max_prefix,
             connect_retry,
+            bfd,
         });
     }
     Ok(Bgp {
@@ -1431,9 +1443,9 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
             "10.0.0.0/8 le 4",
         );
         expect_err(
-            &with_bgp("address = \"192.0.2.254\"\nremote_asn = 65002\nbfd = {}"),
-            "bfd",
-            "on the tunnel",
+            &with_bgp("address = \"192.0.2.254\"\nremote_asn = 65002\nbfd = { multiplier = 1 }"),
+            "bfd.multiplier",
+            "2..=50",
         );
         let no_asn =
             with_bgp("address = \"192.0.2.254\"\nremote_asn = 65002").replace("asn = 65001\n", "");

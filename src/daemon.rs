@@ -364,9 +364,7 @@ fn start_bfd(
     Vec<tokio::task::JoinHandle<()>>,
 ) {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let Some(liveness) = state.liveness.clone() else {
-        return (stop, Vec::new());
-    };
+    let liveness = state.liveness.clone();
     let mut tunnels = Vec::new();
     for (i, t) in config.tunnels.iter().enumerate() {
         let Some(b) = t.bfd else { continue };
@@ -380,7 +378,7 @@ fn start_bfd(
             .as_ref()
             .and_then(|bgp| bgp.neighbors.iter().position(|n| n.tunnel == Some(i)));
         tunnels.push(crate::bfd::BfdTunnel {
-            tunnel: i,
+            tunnel: Some(i),
             name: t.name.clone(),
             local: local.addr,
             peer,
@@ -390,12 +388,55 @@ fn start_bfd(
             neighbor,
         });
     }
+    // LAN-side neighbours with BFD: single hop from the address the kernel would use towards them.
+    for (j, n) in config
+        .bgp
+        .iter()
+        .flat_map(|b| b.neighbors.iter())
+        .enumerate()
+    {
+        let (Some(b), None) = (n.bfd, n.tunnel) else {
+            continue;
+        };
+        let local = match n.local_address {
+            Some(l) => l,
+            None => match source_towards(n.address) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(neighbor = %n.address, error = %e, "BFD: no source address towards the neighbor; session not started");
+                    continue;
+                }
+            },
+        };
+        tunnels.push(crate::bfd::BfdTunnel {
+            tunnel: None,
+            name: n.address.to_string(),
+            local,
+            peer: n.address,
+            interval: Duration::from_millis(b.interval_ms as u64),
+            multiplier: b.multiplier,
+            hold_down: Duration::from_millis(b.hold_down_ms as u64),
+            neighbor: Some(j),
+        });
+    }
     if tunnels.is_empty() {
         return (stop, Vec::new());
     }
     let (table, tasks) = crate::bfd::start(tunnels, liveness, speaker, stop_rx);
     let _ = state.bfd.set(table);
     (stop, tasks)
+}
+
+/// The source address the kernel picks towards `peer` (a connected UDP socket; nothing is sent).
+fn source_towards(peer: IpAddr) -> std::io::Result<IpAddr> {
+    let any: IpAddr = if peer.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let s = std::net::UdpSocket::bind((any, 0))?;
+    s.connect((peer, crate::bfd::CONTROL_PORT))?;
+    Ok(s.local_addr()?.ip())
 }
 
 /// The speaker's configuration from the validated `[bgp]`.
