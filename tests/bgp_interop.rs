@@ -51,6 +51,7 @@ fn interop(kind: Kind, braid_asn: u32, peer_asn: u32) {
             hold: 90,
             prepend: 2,
             max_prefix: None,
+            bfd: None,
         },
         PeerSpec {
             kind,
@@ -185,6 +186,7 @@ fn max_prefix(kind: Kind) {
             hold: 90,
             prepend: 0,
             max_prefix: Some(1),
+            bfd: None,
         },
         PeerSpec {
             kind,
@@ -224,6 +226,7 @@ fn graceful_shutdown(kind: Kind) {
             hold: 90,
             prepend: 0,
             max_prefix: None,
+            bfd: None,
         },
         PeerSpec {
             kind,
@@ -305,6 +308,7 @@ fn transit_bird_to_gobgp_announce_and_withdraw() {
             hold: 90,
             prepend: 0,
             max_prefix: None,
+            bfd: None,
         },
         PeerSpec {
             kind: Kind::Bird,

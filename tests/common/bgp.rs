@@ -233,6 +233,62 @@ impl Peer {
         }
     }
 
+    /// Starts FRR's bfdd next to the running zebra/bgpd with a single-hop BFD peer: braid's IPv4 address on
+    /// the link, `interval_ms` both ways, `multiplier`.
+    pub fn start_frr_bfdd(&mut self, interval_ms: u32, multiplier: u8) {
+        assert_eq!(self.spec.kind, Kind::Frr, "bfdd is FRR's");
+        let d = self.frr_dir();
+        let (p4, b4) = (self.spec.link.peer4, self.spec.link.braid4);
+        std::fs::write(
+            d.join("bfdd.conf"),
+            format!(
+                "hostname peer\nlog file {}/bfdd.log\nbfd\n peer {b4} local-address {p4}\n  detect-multiplier {multiplier}\n  \
+                 receive-interval {interval_ms}\n  transmit-interval {interval_ms}\n  no shutdown\n !\n!\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        netns::sh("chown", &["-R", "frr:frr", d.to_str().unwrap()]).unwrap();
+        let ds = d.to_str().unwrap();
+        let conf = format!("{ds}/bfdd.conf");
+        let pid = format!("{ds}/bfdd.pid");
+        let zserv = format!("{ds}/zserv.api");
+        let ctl = format!("{ds}/bfdd.sock");
+        let (ok, out) = run_in(
+            &self.ns,
+            "/usr/lib/frr/bfdd",
+            &[
+                "-d",
+                "-f",
+                &conf,
+                "--vty_socket",
+                ds,
+                "-z",
+                &zserv,
+                "-i",
+                &pid,
+                "--bfdctl",
+                &ctl,
+            ],
+        );
+        assert!(ok, "starting FRR bfdd: {out}");
+    }
+
+    /// FRR's `show bfd peers` output.
+    pub fn frr_bfd_peers(&self) -> String {
+        let (_, out) = run_in(
+            &self.ns,
+            "vtysh",
+            &[
+                "--vty_socket",
+                self.frr_dir().to_str().unwrap(),
+                "-c",
+                "show bfd peers",
+            ],
+        );
+        out
+    }
+
     fn gobgp_sock(&self) -> String {
         format!("unix://{}", self.dir.join("gobgp.sock").display())
     }
@@ -550,6 +606,8 @@ pub struct BraidSpec {
     pub hold: u16,
     pub prepend: u8,
     pub max_prefix: Option<u32>,
+    /// BFD to the first peer's IPv4 address: (interval_ms, multiplier).
+    pub bfd: Option<(u32, u8)>,
 }
 
 impl BgpLab {
@@ -606,8 +664,16 @@ impl BgpLab {
                 braid_spec.hold, braid_spec.prepend
             )
         };
-        let mut neighbors =
-            neighbor(PEER4, braid_spec.peer_asn) + &neighbor(PEER6, braid_spec.peer_asn);
+        let bfd = braid_spec
+            .bfd
+            .map(|(i, m)| {
+                format!("bfd = {{ interval_ms = {i}, multiplier = {m}, hold_down_ms = 0 }}\n")
+            })
+            .unwrap_or_default();
+        let mut neighbors = neighbor(PEER4, braid_spec.peer_asn)
+            + &bfd
+            + "\n"
+            + &neighbor(PEER6, braid_spec.peer_asn);
         if let Some(p2) = &second {
             neighbors += &neighbor(LINK_C.peer4, p2.asn);
             neighbors += &neighbor(LINK_C.peer6, p2.asn);
