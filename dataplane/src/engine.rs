@@ -52,7 +52,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::buffer::{PacketBuf, HEADROOM, MAX_PACKET};
 use crate::fib::{FibCell, Member, NextHopGroup};
-use crate::flow::flow_hash;
+use crate::flow::flow_hash_inspected;
 use crate::prefix::Prefix;
 use crate::scheduler;
 use crate::shaper::{Admit, TokenBucket};
@@ -529,7 +529,7 @@ impl Outbound {
     }
 
     /// The tunnel for a packet to `group`: per flow (remembered in the flow table) or per packet (spray).
-    fn choose(&mut self, group: &NextHopGroup, pkt: &[u8]) -> Option<usize> {
+    fn choose(&mut self, group: &NextHopGroup, pkt: &[u8], inner: &Inner) -> Option<usize> {
         let mut live = [NO_MEMBER; MAX_LIVE];
         let members = self.liveness.members(group, &mut live);
         if let [only] = members {
@@ -539,9 +539,10 @@ impl Outbound {
             self.spray_counter = self.spray_counter.wrapping_add(1);
             return scheduler::pick_spray(members, self.spray_counter).map(|t| t as usize);
         }
-        let hash = flow_hash(pkt, self.flow_seed).unwrap_or(0);
+        let hash = flow_hash_inspected(pkt, inner, self.flow_seed).unwrap_or(0);
         let now = self.now_s + 1;
-        let slot = &mut self.flows[hash as usize & (FLOW_SLOTS - 1)];
+        let index = hash as usize & (FLOW_SLOTS - 1);
+        let slot = &mut self.flows[index];
         if slot.seen != 0
             && slot.hash == hash
             && now.saturating_sub(slot.seen) <= FLOW_IDLE_S
@@ -552,11 +553,12 @@ impl Outbound {
         }
         // A new flow (or its tunnel left the group): hash it, but away from a full uplink if another has room.
         let mut tunnel = scheduler::pick(members, hash)?;
-        if !self.has_headroom(tunnel) {
+        let at = Instant::now();
+        if !self.has_headroom(tunnel, at) {
             let mut roomy = [NO_MEMBER; MAX_LIVE];
             let mut n = 0;
             for m in members.iter().take(roomy.len()) {
-                if self.has_headroom(m.tunnel) {
+                if self.has_headroom(m.tunnel, at) {
                     roomy[n] = *m;
                     n += 1;
                 }
@@ -565,7 +567,7 @@ impl Outbound {
                 tunnel = t;
             }
         }
-        self.flows[hash as usize & (FLOW_SLOTS - 1)] = FlowSlot {
+        self.flows[index] = FlowSlot {
             hash,
             tunnel,
             seen: now,
@@ -574,12 +576,12 @@ impl Outbound {
     }
 
     /// Whether `tunnel`'s uplink has unused cap (always, for an uncapped uplink).
-    fn has_headroom(&self, tunnel: u32) -> bool {
+    fn has_headroom(&self, tunnel: u32, now: Instant) -> bool {
         let Some(t) = self.tunnels.get(tunnel as usize) else {
             return false;
         };
         match &self.shapers[t.uplink] {
-            Some(s) => s.bucket.headroom(Instant::now()) >= MIN_HEADROOM,
+            Some(s) => s.bucket.headroom(now) >= MIN_HEADROOM,
             None => true,
         }
     }
@@ -595,7 +597,10 @@ impl Outbound {
         let Some(group) = fib.lookup(inner.dst) else {
             return self.tun_stats.drops.count(DropReason::NoRoute);
         };
-        let Some(t) = self.choose(group, pkt).filter(|&t| t < self.tunnels.len()) else {
+        let Some(t) = self
+            .choose(group, pkt, &inner)
+            .filter(|&t| t < self.tunnels.len())
+        else {
             return self.tun_stats.drops.count(DropReason::NoRoute);
         };
         drop(fib);

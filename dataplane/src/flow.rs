@@ -21,7 +21,7 @@
 //! Left out: the IPv6 flow label (senders may change it mid-flow, RFC 6438 is optional), ESP SPIs and
 //! tunnelled inner headers (GRE, IP-in-IP hash by their outer 3-tuple).
 
-use crate::wire::{inspect, IPV4_HEADER_LEN, IPV6_HEADER_LEN};
+use crate::wire::{inspect, Inner, IPV4_HEADER_LEN, IPV6_HEADER_LEN};
 
 /// IPv6 extension headers walked before the walk gives up and hashes the 3-tuple.
 pub const MAX_EXTENSION_HEADERS: usize = 8;
@@ -60,7 +60,12 @@ fn has_ports(protocol: u8) -> bool {
 /// The same `seed` must be used by every thread of one gateway; it should be random per gateway. Bytes after
 /// the packet's own length (TFC padding) are ignored. Never allocates and never panics.
 pub fn flow_hash(pkt: &[u8], seed: u64) -> Option<u64> {
-    let inner = inspect(pkt).ok()?;
+    flow_hash_inspected(pkt, &inspect(pkt).ok()?, seed)
+}
+
+/// [`flow_hash`] of a packet the caller already ran through [`inspect`] (`inner` is that result), so the
+/// forwarding path checks each packet's header once.
+pub fn flow_hash_inspected(pkt: &[u8], inner: &Inner, seed: u64) -> Option<u64> {
     let pkt = pkt.get(..inner.len)?;
     let mut tuple = [0u8; TUPLE_MAX];
     let len = match inner.version {
