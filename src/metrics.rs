@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use braid_control::bgp::speaker::{NeighborStatus, SpeakerHandle};
+use braid_control::install::RouteSource;
 use braid_dataplane::stats::DropCounters;
 use braid_dataplane::DropReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -295,18 +296,19 @@ pub fn render(state: &GatewayState, neighbors: &[NeighborStatus]) -> String {
     o.drops("braid_tun_drops_total", &[], &state.tun_stats().drops);
 
     if let Some(installer) = &state.installer {
-        let routes = installer.lock().unwrap_or_else(|p| p.into_inner()).routes();
+        let installer = installer.lock().unwrap_or_else(|p| p.into_inner());
         o.family(
             "braid_fib_routes",
             "gauge",
             "Routes in the forwarding table, by source.",
         );
-        for source in ["connected", "static", "bgp"] {
-            let n = routes
-                .iter()
-                .filter(|r| r.source.as_str() == source)
-                .count();
-            o.sample("braid_fib_routes", &[("source", source)], n as u64);
+        for source in [
+            RouteSource::Connected,
+            RouteSource::Static,
+            RouteSource::Bgp,
+        ] {
+            let n = installer.count(source) as u64;
+            o.sample("braid_fib_routes", &[("source", source.as_str())], n);
         }
     }
 

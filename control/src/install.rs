@@ -236,6 +236,18 @@ impl RouteInstaller {
         })
     }
 
+    /// How many routes the table holds from `source` (without listing them).
+    pub fn count(&self, source: RouteSource) -> usize {
+        match source {
+            RouteSource::Bgp => self
+                .bgp
+                .keys()
+                .filter(|p| !self.fixed.contains_key(p))
+                .count(),
+            fixed => self.fixed.values().filter(|(s, _)| *s == fixed).count(),
+        }
+    }
+
     /// Every route in the table (connected, static, BGP), sorted by prefix.
     pub fn routes(&self) -> Vec<RouteEntry> {
         let mut out: Vec<RouteEntry> = self
@@ -285,42 +297,26 @@ impl RouteInstaller {
                 }
             }
         }
-        let weights = |backup: bool| -> Vec<u32> {
-            let set: Vec<&(u32, &FibNextHop)> = resolved
-                .iter()
-                .filter(|(_, h)| h.backup == backup)
-                .collect();
-            let all_bandwidth =
+        let (primaries, backups): (Vec<_>, Vec<_>) =
+            resolved.into_iter().partition(|(_, h)| !h.backup);
+        let mut members = Vec::with_capacity(primaries.len() + backups.len());
+        let mut peers = Vec::with_capacity(members.capacity());
+        // Non-backups first, as NextHopGroup keeps them, so the neighbours line up with the members.
+        for set in [primaries, backups] {
+            let by_bandwidth =
                 !set.is_empty() && set.iter().all(|(_, h)| h.link_bandwidth.is_some());
-            set.iter()
-                .map(|(t, h)| match h.link_bandwidth {
-                    Some(bytes_per_s) if all_bandwidth => {
+            for (t, h) in set {
+                let weight = match h.link_bandwidth {
+                    Some(bytes_per_s) if by_bandwidth => {
                         ((bytes_per_s as f64 * 8.0 / 1e6).round() as u64).clamp(1, u32::MAX as u64)
                             as u32
                     }
-                    _ => self.tunnels[*t as usize].weight.max(1),
-                })
-                .collect()
-        };
-        let (primary_w, backup_w) = (weights(false), weights(true));
-        let (mut pi, mut bi) = (0, 0);
-        let mut members = Vec::with_capacity(resolved.len());
-        let mut peers = Vec::with_capacity(resolved.len());
-        // NextHopGroup keeps non-backups first in the order given; give them in that order already, so the
-        // neighbours line up with the members.
-        for backup in [false, true] {
-            for (t, h) in resolved.iter().filter(|(_, h)| h.backup == backup) {
-                let weight = if backup {
-                    bi += 1;
-                    backup_w[bi - 1]
-                } else {
-                    pi += 1;
-                    primary_w[pi - 1]
+                    _ => self.tunnels[t as usize].weight.max(1),
                 };
                 members.push(Member {
-                    tunnel: *t,
+                    tunnel: t,
                     weight,
-                    backup,
+                    backup: h.backup,
                 });
                 peers.push(Some(h.peer));
             }
@@ -427,6 +423,14 @@ mod tests {
         let done = i.publish().unwrap();
         assert_eq!(done.added, vec![p("192.0.2.128/25")]);
         assert_eq!(done.routes, 5);
+        assert_eq!(
+            (
+                i.count(RouteSource::Connected),
+                i.count(RouteSource::Static),
+                i.count(RouteSource::Bgp)
+            ),
+            (4, 0, 1)
+        );
         let fib = i.fib().snapshot();
         assert_eq!(
             tunnels_of(&fib, "192.0.2.200"),
