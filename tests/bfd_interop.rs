@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::bgp::*;
 use common::netns_ready;
@@ -12,27 +12,6 @@ use serde_json::Value;
 
 fn session(lab: &BgpLab) -> Value {
     lab.show("bfd")["sessions"][0].clone()
-}
-
-fn wait(
-    lab: &BgpLab,
-    what: &str,
-    timeout: Duration,
-    mut cond: impl FnMut(&BgpLab) -> bool,
-) -> Duration {
-    let start = Instant::now();
-    while !cond(lab) {
-        if start.elapsed() > timeout {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\nbraid bfd: {}\nFRR:\n{}\nbraid log:\n{}",
-                session(lab),
-                lab.peer.frr_bfd_peers(),
-                tail(&lab.braid_log(), 30)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 #[test]
@@ -68,7 +47,7 @@ fn bfd_with_frr_bfdd_negotiates_detects_a_cut_and_recovers() {
         },
     );
     lab.peer.start_frr_bfdd(300, 5);
-    wait(&lab, "BFD Up with FRR", Duration::from_secs(20), |l| {
+    lab.wait("BFD Up with FRR", Duration::from_secs(20), |l| {
         session(l)["state"] == "Up" && l.peer.frr_bfd_peers().contains("Status: up")
     });
     let s = session(&lab);
@@ -77,13 +56,13 @@ fn bfd_with_frr_bfdd_negotiates_detects_a_cut_and_recovers() {
     assert_eq!(s["remote_timers"]["detect_mult"], 5, "{s}");
     assert_eq!(s["negotiated"]["tx_interval_ms"], 300.0, "{s}");
     assert_eq!(s["negotiated"]["detection_time_ms"], 1500.0, "{s}");
-    wait(&lab, "BGP Established", Duration::from_secs(30), |l| {
+    lab.wait("BGP Established", Duration::from_secs(30), |l| {
         l.neighbor(PEER4)["state"] == "Established"
     });
 
     // Cut the link at FRR's end: braid goes Down within its detection time and resets the BGP session.
     lab.b.ip(&["link", "set", "ul0", "down"]).unwrap();
-    let took = wait(&lab, "braid's BFD Down", Duration::from_secs(5), |l| {
+    let took = lab.wait("braid's BFD Down", Duration::from_secs(5), |l| {
         session(l)["state"] == "Down"
     });
     println!(
@@ -91,8 +70,7 @@ fn bfd_with_frr_bfdd_negotiates_detects_a_cut_and_recovers() {
         took.as_millis()
     );
     assert_eq!(session(&lab)["diag"], "Control Detection Time Expired");
-    wait(
-        &lab,
+    lab.wait(
         "the BGP session reset by BFD",
         Duration::from_secs(5),
         |l| {
@@ -106,7 +84,7 @@ fn bfd_with_frr_bfdd_negotiates_detects_a_cut_and_recovers() {
 
     // Restore: both sides Up again.
     lab.b.ip(&["link", "set", "ul0", "up"]).unwrap();
-    wait(&lab, "BFD Up again", Duration::from_secs(20), |l| {
+    lab.wait("BFD Up again", Duration::from_secs(20), |l| {
         session(l)["state"] == "Up" && l.peer.frr_bfd_peers().contains("Status: up")
     });
 }

@@ -5,36 +5,25 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use braid::lab::Side;
-use common::netns_ready;
+use common::{netns_ready, wait_until};
 use serde_json::Value;
 
 fn session(pair: &braid::lab::Pair, side: Side) -> Value {
     pair.show(side, "bfd").unwrap_or_default()["sessions"][0].clone()
 }
 
-fn wait_for(
-    pair: &braid::lab::Pair,
-    what: &str,
-    timeout: Duration,
-    mut cond: impl FnMut() -> bool,
-) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > timeout {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\nA bfd: {}\nB bfd: {}\nA log:\n{}\nB log:\n{}",
-                session(pair, Side::A),
-                session(pair, Side::B),
-                pair.log_tail(Side::A),
-                pair.log_tail(Side::B)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
+/// Both gateways' BFD sessions and logs, for a timeout's panic.
+fn diag(pair: &braid::lab::Pair) -> String {
+    format!(
+        "A bfd: {}\nB bfd: {}\nA log:\n{}\nB log:\n{}",
+        session(pair, Side::A),
+        session(pair, Side::B),
+        pair.log_tail(Side::A),
+        pair.log_tail(Side::B)
+    )
 }
 
 fn tunnel_live(pair: &braid::lab::Pair, side: Side) -> bool {
@@ -55,8 +44,7 @@ fn bfd_detects_a_cut_resets_bgp_and_recovers_and_sigterm_sends_admin_down() {
         o.hold_time = Some(30);
     });
     // Up on both sides, with the negotiated timers, and the tunnel live after the hold-down.
-    wait_for(
-        &pair,
+    wait_until(
         "BFD Up and the tunnel live",
         Duration::from_secs(15),
         || {
@@ -65,6 +53,7 @@ fn bfd_detects_a_cut_resets_bgp_and_recovers_and_sigterm_sends_admin_down() {
                 && tunnel_live(&pair, Side::A)
                 && tunnel_live(&pair, Side::B)
         },
+        || diag(&pair),
     );
     let a = session(&pair, Side::A);
     assert_eq!(a["negotiated"]["tx_interval_ms"], 100.0, "{a}");
@@ -72,23 +61,28 @@ fn bfd_detects_a_cut_resets_bgp_and_recovers_and_sigterm_sends_admin_down() {
     assert_eq!(a["remote_timers"]["detect_mult"], 3, "{a}");
     let bgp_up =
         |side| pair.show(side, "bgp").unwrap_or_default()["neighbors"][0]["state"] == "Established";
-    wait_for(&pair, "BGP Established", Duration::from_secs(20), || {
-        bgp_up(Side::A) && bgp_up(Side::B)
-    });
+    wait_until(
+        "BGP Established",
+        Duration::from_secs(20),
+        || bgp_up(Side::A) && bgp_up(Side::B),
+        || diag(&pair),
+    );
 
     // Cut the underlay: BFD Down well before the 30 s hold timer, the tunnel dead, BGP reset.
     pair.a.ip(&["link", "set", "ul0", "down"]).unwrap();
-    let detected = wait_for(&pair, "BFD Down at A", Duration::from_secs(5), || {
-        session(&pair, Side::A)["state"] == "Down"
-    });
+    let detected = wait_until(
+        "BFD Down at A",
+        Duration::from_secs(5),
+        || session(&pair, Side::A)["state"] == "Down",
+        || diag(&pair),
+    );
     println!("BFD detected the cut in {} ms", detected.as_millis());
     assert!(!tunnel_live(&pair, Side::A));
     assert_eq!(
         session(&pair, Side::A)["diag"],
         "Control Detection Time Expired"
     );
-    wait_for(
-        &pair,
+    wait_until(
         "the BGP session reset by BFD",
         Duration::from_secs(5),
         || {
@@ -98,31 +92,32 @@ fn bfd_detects_a_cut_resets_bgp_and_recovers_and_sigterm_sends_admin_down() {
                     .as_str()
                     .is_some_and(|e| e.contains("BFD Down"))
         },
+        || diag(&pair),
     );
 
     // Restore: Up again, live after the hold-down, BGP back.
     pair.a.ip(&["link", "set", "ul0", "up"]).unwrap();
-    wait_for(
-        &pair,
+    wait_until(
         "BFD Up again and the tunnel live",
         Duration::from_secs(15),
         || session(&pair, Side::A)["state"] == "Up" && tunnel_live(&pair, Side::A),
+        || diag(&pair),
     );
-    wait_for(
-        &pair,
+    wait_until(
         "BGP Established again",
         Duration::from_secs(30),
         || bgp_up(Side::A) && bgp_up(Side::B),
+        || diag(&pair),
     );
 
     // SIGTERM at B: A hears AdminDown and goes Down at once (neighbor signaled), not by detection.
     let downs_before = session(&pair, Side::A)["downs"].as_u64().unwrap();
     pair.stop(Side::B, Duration::from_secs(5)).unwrap();
-    wait_for(
-        &pair,
+    wait_until(
         "A Down after B's AdminDown",
         Duration::from_secs(2),
         || session(&pair, Side::A)["downs"].as_u64().unwrap_or(0) > downs_before,
+        || diag(&pair),
     );
     assert_eq!(
         session(&pair, Side::A)["diag"],

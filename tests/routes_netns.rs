@@ -8,12 +8,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use braid::lab::{Side, A_SITE4, B_SITE4};
 use braid::netns::Netns;
 use common::bgp::{BgpLab, Kind, Link, Peer, PeerSpec};
-use common::netns_ready;
+use common::{netns_ready, wait_until};
 use serde_json::Value;
 
 const LAN: Link = Link {
@@ -42,16 +42,6 @@ fn kernel_routes(ns: &Netns) -> String {
         .ip(&["route", "show", "dev", "braid0"])
         .expect("ip route");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool, diag: impl Fn() -> String) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", diag());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -98,7 +88,7 @@ fn bgp_routes_over_a_tunnel_forward_and_follow_withdrawals() {
     };
 
     // BIRD's prefixes reach A through B, over the tunnel's BGP session, into A's FIB and kernel table.
-    wait(
+    wait_until(
         "BIRD's prefixes in A's FIB and kernel table",
         Duration::from_secs(40),
         || {
@@ -122,7 +112,7 @@ fn bgp_routes_over_a_tunnel_forward_and_follow_withdrawals() {
 
     // Site to site on BGP-learned routes only (no static routes anywhere): A's FIB forwards, B's inbound
     // check accepts A's site as a source learned over that tunnel, and back.
-    wait(
+    wait_until(
         "site B's prefix at A",
         Duration::from_secs(20),
         || kernel_routes(&pair.a).contains("192.0.2.128/25"),
@@ -164,7 +154,7 @@ fn bgp_routes_over_a_tunnel_forward_and_follow_withdrawals() {
 
     // Withdrawal at BIRD: gone from A's FIB and kernel table; the other prefix stays.
     bird.withdraw(GOES);
-    wait(
+    wait_until(
         "the withdrawal to reach A's FIB and kernel table",
         Duration::from_secs(20),
         || {

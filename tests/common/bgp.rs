@@ -757,21 +757,20 @@ impl BgpLab {
         timeout: Duration,
         mut cond: impl FnMut(&BgpLab) -> bool,
     ) -> Duration {
-        let start = Instant::now();
-        loop {
-            if cond(self) {
-                return start.elapsed();
-            }
-            if start.elapsed() > timeout {
-                panic!(
-                    "timed out after {timeout:?} waiting for: {what}\n--- braid show bgp ---\n{}\n--- braid log (tail) ---\n{}\n--- peer log (tail) ---\n{}",
+        super::wait_until(
+            what,
+            timeout,
+            || cond(self),
+            || {
+                format!(
+                    "--- braid show bgp ---\n{}\n--- braid show bfd ---\n{}\n--- braid log (tail) ---\n{}\n--- peer log (tail) ---\n{}",
                     self.show("bgp"),
+                    self.show("bfd"),
                     tail(&self.braid_log(), 30),
                     tail(&self.peer.log(), 30)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                )
+            },
+        )
     }
 }
 

@@ -43,6 +43,27 @@ pub fn netns_ready(test: &str, tools: &[&str]) -> bool {
     false
 }
 
+/// Polls `cond` every 20 ms until it holds and returns how long that took; after `timeout`, panics with
+/// `what` and the `diag` text (logs, state).
+pub fn wait_until(
+    what: &str,
+    timeout: std::time::Duration,
+    mut cond: impl FnMut() -> bool,
+    diag: impl Fn() -> String,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            panic!(
+                "timed out after {timeout:?} waiting for: {what}\n{}",
+                diag()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
 /// A pair with default options.
 pub fn pair() -> Pair {
     Pair::build(&PairOptions::new(binary())).expect("building the namespace pair")
