@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 
-need_pkgs iproute2 iputils-ping iperf3 procps
+need_pkgs iproute2 iputils-ping iperf3 procps bird2 nftables
 need_rust
 cargo build --release --quiet
 exec $SUDO ./target/release/braid lab "$@"

@@ -3,7 +3,9 @@
 //! - **`active-active` (S1)**: on-prem gateways `onprem-1`, `onprem-2` (AS 65001) and cloud gateways `cloud-1`,
 //!   `cloud-2` (AS 65515); 4 tunnels (every on-prem x every cloud gateway), one eBGP session inside each. Each
 //!   side's gateways originate their site prefix (site A 192.0.2.0/25, site B 192.0.2.128/25). Behind each side a
-//!   core router spreads flows over its two gateways by kernel ECMP (L4 hash), and a host is the traffic endpoint.
+//!   core router (BIRD, AS 65100 / 65200) has an eBGP session (with BFD when the tunnels have it) to each gateway
+//!   of its side, learns the remote site from both and installs one ECMP route over them (L4 hash), so a gateway
+//!   that dies leaves the core's table by itself; a host behind the core is the traffic endpoint.
 //! - **`dual-isp` (S2)**: as S1, but each on-prem gateway has two uplinks: ISP1 (198.51.100.0/24, 1 Gbit/s) and
 //!   ISP2 (203.0.113.0/24, 250 Mbit/s), emulated with `tc tbf` on both ends of the underlay veths and capped by
 //!   braid itself (`cap`). 8 tunnels, 8 sessions; the ISP2 sessions prepend one AS on both sides, so ISP2 tunnels
@@ -43,6 +45,9 @@ use crate::netns::{self, Netns};
 
 pub const ONPREM_ASN: u32 = 65001;
 pub const CLOUD_ASN: u32 = 65515;
+/// The core routers' own ASes (BIRD; eBGP to each gateway of their side).
+pub const CORE_A_ASN: u32 = 65100;
+pub const CORE_B_ASN: u32 = 65200;
 /// Site A (on-prem), originated by the on-prem gateways.
 pub const SITE_A: &str = "192.0.2.0/25";
 /// Site B (cloud), originated by the cloud gateways.
@@ -182,11 +187,20 @@ pub struct Site {
     pub host: Netns,
 }
 
+impl Site {
+    /// The core's address on its link to gateway `index` of its side (`base`: 0 for site A, [`B`] for B).
+    fn core_addr(base: usize, index: usize) -> String {
+        format!("192.0.2.{}", base + 4 * index + 1)
+    }
+}
+
 /// A built scenario. See the module documentation.
 pub struct Topology {
     pub kind: Kind,
     pub opts: TopologyOptions,
     children: Vec<(usize, Child)>,
+    /// The cores' BIRD daemons.
+    routers: Vec<Child>,
     pub isps: Vec<Isp>,
     pub gateways: Vec<Gateway>,
     pub tunnels: Vec<TunnelSpec>,
@@ -452,6 +466,7 @@ impl Topology {
             kind,
             opts: opts.clone(),
             children: Vec::new(),
+            routers: Vec::new(),
             isps,
             gateways,
             tunnels,
@@ -462,6 +477,7 @@ impl Topology {
         };
         topo.wire()?;
         topo.write_configs(&rng)?;
+        topo.start_cores()?;
         for g in 0..topo.gateways.len() {
             topo.start(g)?;
         }
@@ -568,31 +584,26 @@ impl Topology {
         Ok(())
     }
 
-    /// Core: one /30 to each gateway of its side and the host network; ECMP over the gateways to the remote
-    /// site. Site links use MTU 1400, below the tunnels' 1438, so TCP never needs PMTU discovery.
+    /// Core: one /30 to each gateway of its side and the host network. The route to the remote site comes from
+    /// BGP: BIRD learns it from every gateway of its side and installs one ECMP route over them (L4 hash), so a
+    /// gateway that dies or withdraws leaves the core's table (by BFD, else the hold timer). Site links use MTU
+    /// 1400, below the tunnels' 1438, so TCP never needs PMTU discovery.
     fn wire_site(&self, site: &Site, role: Role) -> Result<()> {
         let base = if role == Role::OnPrem { 0 } else { B as usize };
-        let (own, remote) = if role == Role::OnPrem {
-            (SITE_A, SITE_B)
-        } else {
-            (SITE_B, SITE_A)
-        };
+        let own = if role == Role::OnPrem { SITE_A } else { SITE_B };
         let (core, host) = (&site.core, &site.host);
         core.sysctl("net.ipv4.ip_forward", "1")?;
         core.sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
-        let mut ecmp = format!("route add {remote}");
         for g in self.gateways.iter().filter(|g| g.role == role) {
             let core_dev = format!("gw{}", g.index + 1);
             netns::veth(core, &core_dev, &g.ns, "lan")?;
-            let core_addr = format!("192.0.2.{}", base + 4 * g.index + 1);
+            let core_addr = Site::core_addr(base, g.index);
             ip(core, &format!("link set {core_dev} mtu 1400"))?;
             ip(core, &format!("addr add {core_addr}/30 dev {core_dev}"))?;
             ip(&g.ns, "link set lan mtu 1400")?;
             ip(&g.ns, &format!("addr add {}/30 dev lan", g.router_id))?;
             ip(&g.ns, &format!("route add {own} via {core_addr}"))?;
-            ecmp += &format!(" nexthop via {}", g.router_id);
         }
-        ip(core, &ecmp)?;
         netns::veth(core, "host", host, "eth0")?;
         let core_addr = format!("192.0.2.{}", base + 65);
         ip(core, "link set host mtu 1400")?;
@@ -601,6 +612,98 @@ impl Topology {
         ip(host, &format!("addr add 192.0.2.{}/27 dev eth0", base + 66))?;
         ip(host, &format!("route add 192.0.2.0/24 via {core_addr}"))?;
         Ok(())
+    }
+
+    /// The BIRD configuration of the core of `role`'s site: one eBGP session to each gateway of that side
+    /// (with BFD when the tunnels have it), import everything, export nothing, and merge equal paths into one
+    /// ECMP kernel route.
+    fn core_config(&self, role: Role) -> String {
+        let (base, asn, gw_asn) = match role {
+            Role::OnPrem => (0, CORE_A_ASN, ONPREM_ASN),
+            Role::Cloud => (B as usize, CORE_B_ASN, CLOUD_ASN),
+        };
+        let mut s = format!(
+            "# written by `braid lab {}`\nrouter id 192.0.2.{};\nprotocol device {{ scan time 10; }}\n\
+             protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n",
+            self.kind.name(),
+            base + 65
+        );
+        if let Some((interval, mult)) = self.opts.bfd {
+            s += &format!(
+                "protocol bfd {{ interface \"gw*\" {{ interval {interval} ms; multiplier {mult}; }}; }}\n"
+            );
+        }
+        for g in self.gateways.iter().filter(|g| g.role == role) {
+            s += &format!(
+                "protocol bgp gw{n} {{ local {local} as {asn}; neighbor {peer} as {gw_asn}; hold time {hold}; \
+                 keepalive time {keep}; connect retry time 1; error wait time 1, 4;{bfd}\n  \
+                 ipv4 {{ import all; export none; }}; }}\n",
+                n = g.index + 1,
+                local = Site::core_addr(base, g.index),
+                peer = g.router_id,
+                hold = self.opts.hold_time,
+                keep = (self.opts.hold_time / 3).max(1),
+                bfd = if self.opts.bfd.is_some() { " bfd on;" } else { "" },
+            );
+        }
+        s
+    }
+
+    /// Starts BIRD in each core namespace.
+    fn start_cores(&mut self) -> Result<()> {
+        let Some((a, b)) = &self.sites else {
+            return Ok(());
+        };
+        if !netns::have("bird") {
+            bail!("`bird` is not installed (apt-get install bird2): the labs' core routers run it");
+        }
+        let mut routers = Vec::new();
+        for (site, role, tag) in [(a, Role::OnPrem, "core-a"), (b, Role::Cloud, "core-b")] {
+            let conf = self.dir.join(format!("{tag}.bird.conf"));
+            std::fs::write(&conf, self.core_config(role))?;
+            let sock = self.dir.join(format!("{tag}.bird.ctl"));
+            let log = std::fs::File::create(self.dir.join(format!("{tag}.bird.log")))?;
+            let child = site
+                .core
+                .command(
+                    "bird",
+                    &[
+                        "-f",
+                        "-c",
+                        conf.to_str().context("path is not UTF-8")?,
+                        "-s",
+                        sock.to_str().context("path is not UTF-8")?,
+                    ],
+                )
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("starting bird")?;
+            routers.push(child);
+        }
+        self.routers = routers;
+        Ok(())
+    }
+
+    /// The gateways the core of `role`'s site routes the remote site through now (its kernel ECMP route).
+    pub fn core_next_hops(&self, role: Role) -> Result<Vec<String>> {
+        let (a, b) = self.sites.as_ref().context("no sites")?;
+        let (core, remote) = match role {
+            Role::OnPrem => (&a.core, SITE_B),
+            Role::Cloud => (&b.core, SITE_A),
+        };
+        let out = core.ip(&["route", "show", "exact", remote])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut hops: Vec<String> = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_string())
+            .collect();
+        hops.sort();
+        Ok(hops)
     }
 
     /// The remote prefixes a gateway of `role` routes into its TUN device.
@@ -713,6 +816,25 @@ impl Topology {
                 "\n[[bgp.neighbor]]\ntunnel = \"{name}\"\nremote_asn = {remote_asn}\nhold_time = {}\nconnect_retry = 1\nprepend = {}\nimport = [\"{import}\"]\nexport = [\"{export}\"]\n",
                 self.opts.hold_time, self.isps[t.isp].prepend
             );
+        }
+        if self.sites.is_some() {
+            // The site's core learns the remote site from every gateway (its ECMP), and forgets a gateway that
+            // goes away (BFD, else the hold timer).
+            let (base, core_asn) = match g.role {
+                Role::OnPrem => (0, CORE_A_ASN),
+                Role::Cloud => (B as usize, CORE_B_ASN),
+            };
+            s += &format!(
+                "\n[[bgp.neighbor]]\naddress = \"{}\"\nremote_asn = {core_asn}\nhold_time = {}\nconnect_retry = 1\nimport = []\nexport = [{}]\n",
+                Site::core_addr(base, g.index),
+                self.opts.hold_time,
+                quoted(&self.remote_aggregates(g.role)),
+            );
+            if let Some((interval, mult)) = self.opts.bfd {
+                s += &format!(
+                    "bfd = {{ interval_ms = {interval}, multiplier = {mult}, hold_down_ms = 1000 }}\n"
+                );
+            }
         }
         s
     }
@@ -965,6 +1087,22 @@ impl Topology {
                 }
             }
         }
+        if self.sites.is_some() {
+            for role in [Role::OnPrem, Role::Cloud] {
+                let want: Vec<String> = self
+                    .gateways
+                    .iter()
+                    .filter(|g| g.role == role)
+                    .map(|g| g.router_id.clone())
+                    .collect();
+                let have = self.core_next_hops(role).map_err(|e| e.to_string())?;
+                if have.len() != want.len() {
+                    return Ok(Some(format!(
+                        "the {role:?} core routes via {have:?}, want all of {want:?}"
+                    )));
+                }
+            }
+        }
         Ok(None)
     }
 
@@ -1198,6 +1336,9 @@ impl Drop for Topology {
         for (_, c) in self.children.iter_mut() {
             netns::terminate(c, Duration::from_secs(3));
         }
+        for c in self.routers.iter_mut() {
+            netns::terminate(c, Duration::from_secs(3));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         // The namespaces (fields) are deleted after this, taking veths and TUN devices with them.
     }
@@ -1298,11 +1439,18 @@ fn session_check(topo: &Topology, say: &dyn Fn(&str)) -> Result<(Check, Value)> 
         }
         table.insert(name.clone(), json!(s));
     }
-    let sessions = topo.tunnels.len();
+    // One session per tunnel (two ends each), and one from every gateway to its site's core (BIRD's end is
+    // not counted here; the core's ECMP route is checked at convergence).
+    let tunnels = topo.tunnels.len();
+    let to_cores = if topo.sites.is_some() {
+        topo.gateways.len()
+    } else {
+        0
+    };
     Ok((
         Check {
-            name: format!("all {sessions} BGP sessions Established"),
-            ok: up == ends && ends == 2 * sessions,
+            name: format!("all {} BGP sessions Established", tunnels + to_cores),
+            ok: up == ends && ends == 2 * tunnels + to_cores,
             detail: if down.is_empty() {
                 format!("{up} of {ends} session ends")
             } else {
@@ -1389,7 +1537,7 @@ pub fn run(kind: Kind, opts: &LabOptions) -> Result<i32> {
         Kind::CappedPair => bail!("`capped-pair` is a test fixture, not a lab scenario"),
     }
     say(&format!(
-        "  site A {SITE_A} (AS {ONPREM_ASN}, host {HOST_A}) <-> site B {SITE_B} (AS {CLOUD_ASN}, host {HOST_B}); cores spread flows over their gateways by kernel ECMP"
+        "  site A {SITE_A} (AS {ONPREM_ASN}, host {HOST_A}) <-> site B {SITE_B} (AS {CLOUD_ASN}, host {HOST_B}); each site's core router (BIRD) learns the other site from both its gateways by eBGP (+ BFD) and spreads flows over them by ECMP"
     ));
     let mut topo_opts = TopologyOptions::new(std::env::current_exe()?);
     topo_opts.bfd = opts.bfd.then_some((100, 3));
