@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 failure (a bad configuration, a daemon error, a failed lab check), 2 usage error.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -86,15 +86,48 @@ enum Cmd {
         /// gateway process got more CPU).
         #[arg(long, default_value_t = 0.25)]
         mbit_per_flow: f64,
-        /// dual-isp: skip the informational failover drill (ISP1 down, traffic moves to ISP2).
+        /// Multipath scenarios: skip the failover drill's headline fault (dual-isp: ISP1 fails; active-active:
+        /// one tunnel is cut) and its repair.
         #[arg(long)]
         no_drill: bool,
+        /// Multipath scenarios: the whole failover drill: cut a tunnel, kill a gateway, fail ISP1 (dual-isp),
+        /// stop a gateway gracefully, and repair each; with BFD, then again on hold timers only.
+        #[arg(long, conflicts_with = "no_drill")]
+        drill: bool,
+        /// Drill probe flows in each direction.
+        #[arg(long, default_value_t = 32)]
+        probe_flows: usize,
+        /// Packets per second of each probe flow.
+        #[arg(long, default_value_t = 1000.0)]
+        probe_pps: f64,
         /// Multipath scenarios: no BFD on the tunnels (failures are then found by BGP hold timers only).
         #[arg(long)]
         no_bfd: bool,
         /// Only remove leftovers of killed lab runs and exit.
         #[arg(long)]
         cleanup: bool,
+    },
+    /// Which tunnel a flow takes (like `ip route get`): the route, the group's members and the pick for a new
+    /// flow with this tuple.
+    Path {
+        /// Destination address.
+        dst: IpAddr,
+        /// Source address (default: 0.0.0.0 or ::).
+        #[arg(long)]
+        src: Option<IpAddr>,
+        /// Protocol: tcp, udp, icmp or a number.
+        #[arg(long, default_value = "udp")]
+        proto: String,
+        #[arg(long, default_value_t = 0)]
+        sport: u16,
+        #[arg(long, default_value_t = 0)]
+        dport: u16,
+        #[arg(long)]
+        json: bool,
+        #[arg(short, long, conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        #[arg(short, long)]
+        socket: Option<PathBuf>,
     },
     /// BGP operations on a running gateway.
     #[command(subcommand)]
@@ -164,6 +197,9 @@ enum LabTool {
         pps: f64,
         #[arg(long)]
         secs: f64,
+        /// Flow i is sent from this port + i (0: ephemeral ports).
+        #[arg(long, default_value_t = 0)]
+        sport_base: u16,
     },
     /// Receives probe flows and prints, per flow, losses and outages as JSON.
     ProbeSink {
@@ -173,6 +209,9 @@ enum LabTool {
         flows: usize,
         #[arg(long)]
         secs: f64,
+        /// Exit once probes have arrived and then none for this many ms.
+        #[arg(long)]
+        idle_exit_ms: Option<u64>,
     },
     FlowSink {
         #[arg(long)]
@@ -266,6 +305,9 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             secs,
             mbit_per_flow,
             no_drill,
+            drill,
+            probe_flows,
+            probe_pps,
             no_bfd,
             cleanup,
         } => {
@@ -287,8 +329,55 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 secs,
                 mbit_per_flow,
                 drill: !no_drill,
+                full_drill: drill,
+                probe_flows,
+                probe_pps,
                 bfd: !no_bfd,
             })
+        }
+        Cmd::Path {
+            dst,
+            src,
+            proto,
+            sport,
+            dport,
+            json,
+            config,
+            socket,
+        } => {
+            let protocol = match proto.as_str() {
+                "tcp" => 6,
+                "udp" => 17,
+                "icmp" => 1,
+                "icmpv6" | "ipv6-icmp" => 58,
+                n => n.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--proto {n:?}: want tcp, udp, icmp, icmpv6 or a protocol number"
+                    )
+                })?,
+            };
+            let src = src.unwrap_or(match dst {
+                IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            });
+            let path = socket_path(config.as_deref(), socket.as_deref())?;
+            let req = Request {
+                path: Some(control::PathQuery {
+                    src,
+                    dst,
+                    protocol,
+                    sport,
+                    dport,
+                }),
+                ..Request::default()
+            };
+            let v = control::request(&path, &req).context("querying the gateway")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_path(&v);
+            }
+            Ok(0)
         }
         Cmd::Bgp(BgpCmd::Refresh {
             neighbor,
@@ -340,12 +429,19 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                     flows,
                     pps,
                     secs,
-                } => crate::probe::source(from, to, flows, pps, secs)?,
+                    sport_base,
+                } => crate::probe::source(from, to, flows, pps, secs, sport_base)?,
                 LabTool::ProbeSink {
                     listen,
                     flows,
                     secs,
-                } => crate::probe::sink(listen, flows, secs)?,
+                    idle_exit_ms,
+                } => crate::probe::sink(
+                    listen,
+                    flows,
+                    secs,
+                    idle_exit_ms.map(Duration::from_millis),
+                )?,
                 LabTool::UdpFlood {
                     from,
                     to,
@@ -443,6 +539,45 @@ fn show(what: ShowWhat, json: bool, config: Option<&Path>, socket: Option<&Path>
         ShowWhat::Bfd => print_bfd(&v),
     }
     Ok(0)
+}
+
+fn print_path(v: &Value) {
+    let Some(route) = v["route"].as_str() else {
+        println!(
+            "{}: no route to {}",
+            v["gateway"].as_str().unwrap_or("?"),
+            v["dst"].as_str().unwrap_or("?")
+        );
+        return;
+    };
+    println!(
+        "{} proto {} {}:{} -> {}:{} via {route}: tunnel {}",
+        v["gateway"].as_str().unwrap_or("?"),
+        v["protocol"],
+        v["src"].as_str().unwrap_or("?"),
+        v["sport"],
+        v["dst"].as_str().unwrap_or("?"),
+        v["dport"],
+        v["tunnel"].as_str().unwrap_or("-"),
+    );
+    for m in v["members"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<20} weight {:<6} {:<7} {:<5} {}",
+            m["tunnel"].as_str().unwrap_or("?"),
+            m["weight"],
+            if m["backup"] == true {
+                "backup"
+            } else {
+                "active"
+            },
+            if m["live"] == true { "live" } else { "dead" },
+            if m["candidate"] == true {
+                "carrying"
+            } else {
+                ""
+            },
+        );
+    }
 }
 
 fn print_bfd(v: &Value) {

@@ -77,6 +77,8 @@ pub struct GatewayState {
     pub liveness: Option<braid_dataplane::Liveness>,
     /// The BFD sessions, once started.
     pub bfd: std::sync::OnceLock<crate::bfd::BfdTable>,
+    /// The data path's flow-hash key (`braid path` replays its choice).
+    pub flow_seed: u64,
 }
 
 impl GatewayState {
@@ -104,6 +106,7 @@ impl GatewayState {
             neighbors: Vec::new(),
             liveness: None,
             bfd: std::sync::OnceLock::new(),
+            flow_seed: 0,
         }
     }
 
@@ -243,6 +246,77 @@ pub struct Request {
     pub show: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp_refresh: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathQuery>,
+}
+
+/// `braid path`: which tunnel a flow takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathQuery {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IP protocol number.
+    pub protocol: u8,
+    #[serde(default)]
+    pub sport: u16,
+    #[serde(default)]
+    pub dport: u16,
+}
+
+/// The answer to a [`PathQuery`]: the route, the group's members with their liveness, the members that carry
+/// traffic now, and the tunnel a new flow with this tuple is sent on (see `braid_dataplane::path`).
+fn path_json(state: &GatewayState, q: &PathQuery) -> Value {
+    let (Some(installer), Some(liveness)) = (&state.installer, &state.liveness) else {
+        return json!({ "error": "this gateway has no data path" });
+    };
+    let Some(hash) = braid_dataplane::flow::tuple_hash(
+        q.src,
+        q.dst,
+        q.protocol,
+        (q.sport, q.dport),
+        state.flow_seed,
+    ) else {
+        return json!({ "error": "src and dst must be of one address family" });
+    };
+    let fib = installer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .fib()
+        .snapshot();
+    let name = |t: u32| state.tunnels.get(t as usize).map(|t| t.name.clone());
+    let Some(path) = braid_dataplane::path::flow_path(&fib, liveness, q.dst, hash) else {
+        return json!({ "gateway": state.name, "dst": q.dst.to_string(), "route": Value::Null, "tunnel": Value::Null });
+    };
+    let prefix = fib
+        .iter()
+        .filter(|(p, _)| p.contains(q.dst))
+        .max_by_key(|(p, _)| p.len())
+        .map(|(p, _)| p.to_string());
+    let members: Vec<Value> = path
+        .group
+        .members()
+        .iter()
+        .map(|m| {
+            json!({
+                "tunnel": name(m.tunnel),
+                "weight": m.weight,
+                "backup": m.backup,
+                "live": liveness.is_live(m.tunnel),
+                "candidate": path.candidates.iter().any(|c| c.tunnel == m.tunnel),
+            })
+        })
+        .collect();
+    json!({
+        "gateway": state.name,
+        "src": q.src.to_string(),
+        "dst": q.dst.to_string(),
+        "protocol": q.protocol,
+        "sport": q.sport,
+        "dport": q.dport,
+        "route": prefix,
+        "members": members,
+        "tunnel": path.tunnel.and_then(name),
+    })
 }
 
 impl Request {
@@ -409,6 +483,7 @@ async fn answer(
                 Err(e) => json!({ "error": e }),
             },
         },
+        Ok(Request { path: Some(q), .. }) => path_json(&state, &q),
         Ok(_) => json!({ "error": "empty request" }),
         Err(e) => json!({ "error": format!("bad request: {e}") }),
     };

@@ -256,6 +256,9 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
 
     let installer = RouteInstaller::new(tunnel_routes, neighbor_tunnels);
     let liveness = braid_dataplane::Liveness::new(tunnel_infos.len());
+    let flow_seed = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     let dataplane = Dataplane::start(DataplaneSpec {
         tun: tun.into_file(),
         uplinks,
@@ -265,9 +268,7 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
         ike: None,
         spray: g.spray,
         liveness: liveness.clone(),
-        flow_seed: std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish(),
+        flow_seed,
     })
     .context("starting the data path")?;
     for t in &tunnel_infos {
@@ -287,6 +288,7 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
     state.neighbors = neighbor_names;
     state.installer = Some(Arc::new(Mutex::new(installer)));
     state.liveness = Some(liveness);
+    state.flow_seed = flow_seed;
     Ok((Arc::new(state), Some(dataplane)))
 }
 

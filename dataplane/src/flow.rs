@@ -75,6 +75,41 @@ pub fn flow_hash_inspected(pkt: &[u8], inner: &Inner, seed: u64) -> Option<u64> 
     Some(siphash::<1, 3>(seed, seed ^ KEY1_TWEAK, &tuple[..len]))
 }
 
+/// The hash [`flow_hash`] gives an unfragmented packet of this flow, from its tuple alone: for `braid path`,
+/// which answers "which tunnel does this flow take" without a packet. `ports` count only for protocols that
+/// carry them (TCP, UDP, UDP-Lite, SCTP, DCCP); the addresses must be of one family.
+pub fn tuple_hash(
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    protocol: u8,
+    ports: (u16, u16),
+    seed: u64,
+) -> Option<u64> {
+    use std::net::IpAddr;
+    let mut tuple = [0u8; TUPLE_MAX];
+    let mut len = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            tuple[..4].copy_from_slice(&s.octets());
+            tuple[4..8].copy_from_slice(&d.octets());
+            8
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            tuple[..16].copy_from_slice(&s.octets());
+            tuple[16..32].copy_from_slice(&d.octets());
+            32
+        }
+        _ => return None,
+    };
+    tuple[len] = protocol;
+    len += 1;
+    if has_ports(protocol) {
+        tuple[len..len + 2].copy_from_slice(&ports.0.to_be_bytes());
+        tuple[len + 2..len + 4].copy_from_slice(&ports.1.to_be_bytes());
+        len += 4;
+    }
+    Some(siphash::<1, 3>(seed, seed ^ KEY1_TWEAK, &tuple[..len]))
+}
+
 /// Writes an IPv4 packet's tuple into `tuple`, returning its length. `pkt` has passed [`inspect`].
 fn ipv4_tuple(pkt: &[u8], tuple: &mut [u8; TUPLE_MAX]) -> Option<usize> {
     let header_len = (pkt[0] & 0x0f) as usize * 4;
@@ -203,6 +238,45 @@ mod tests {
             .write(&mut out, &[0; 10])
             .unwrap();
         out
+    }
+
+    #[test]
+    fn tuple_hash_agrees_with_the_packet_hash() {
+        use std::net::IpAddr;
+        let v4 = v4_udp([192, 0, 2, 66], [192, 0, 2, 194], 40000, 5002, b"probe");
+        let (s, d): (IpAddr, IpAddr) = (
+            "192.0.2.66".parse().unwrap(),
+            "192.0.2.194".parse().unwrap(),
+        );
+        assert_eq!(
+            tuple_hash(s, d, 17, (40000, 5002), SEED),
+            flow_hash(&v4, SEED)
+        );
+        assert_ne!(
+            tuple_hash(s, d, 17, (40001, 5002), SEED),
+            flow_hash(&v4, SEED)
+        );
+        let tcp = v4_tcp(1234, 80);
+        let (s, d): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.1.1".parse().unwrap());
+        assert_eq!(tuple_hash(s, d, 6, (1234, 80), SEED), flow_hash(&tcp, SEED));
+        // ICMP: ports do not count.
+        let icmp = v4_raw(1, 7, false, 0, &[8, 0, 0, 0, 0, 0, 0, 0]);
+        let (s, d): (IpAddr, IpAddr) = (
+            "192.0.2.7".parse().unwrap(),
+            "198.51.100.8".parse().unwrap(),
+        );
+        assert_eq!(tuple_hash(s, d, 1, (9, 9), SEED), flow_hash(&icmp, SEED));
+        let mut v6 = Vec::new();
+        PacketBuilder::ipv6([0x20; 16], [0x30; 16], 64)
+            .udp(5, 6)
+            .write(&mut v6, &[1, 2, 3])
+            .unwrap();
+        let (s, d) = (IpAddr::from([0x20u8; 16]), IpAddr::from([0x30u8; 16]));
+        assert_eq!(tuple_hash(s, d, 17, (5, 6), SEED), flow_hash(&v6, SEED));
+        assert_eq!(
+            tuple_hash(s, "10.0.0.1".parse().unwrap(), 17, (5, 6), SEED),
+            None
+        );
     }
 
     /// A hand-made IPv4 header with the given fragment fields, protocol and payload.
