@@ -597,8 +597,15 @@ pub struct LabOptions {
     pub secs: f64,
     /// Pace each flow (0: unpaced).
     pub mbit_per_flow: f64,
-    /// `dual-isp`: run the informational failover drill.
+    /// Multipath scenarios: run the failover drill's headline fault (dual-isp: ISP1; active-active: one
+    /// tunnel) and its repair.
     pub drill: bool,
+    /// Run the whole drill (tunnel cut, gateway kill, ISP failure, graceful stop, each repaired), with BFD and
+    /// again on hold timers only.
+    pub full_drill: bool,
+    /// Drill probe flows per direction and their packet rate.
+    pub probe_flows: usize,
+    pub probe_pps: f64,
     /// Multipath scenarios: BFD (100 ms x 3) on every tunnel.
     pub bfd: bool,
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod drill;
 pub mod kroutes;
 pub mod lab;
 pub mod labtool;

@@ -11,9 +11,11 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"BRPB";
+/// The most schedule slots a probe flow sends at once after the source was descheduled; older ones are skipped.
+const MAX_CATCH_UP: u64 = 4;
 pub const PROBE_LEN: usize = 32;
 
 /// Builds probe `seq` of `flow`.
@@ -37,7 +39,7 @@ pub fn decode(d: &[u8]) -> Option<(u32, u64)> {
 }
 
 /// One outage of a flow.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Gap {
     /// When the last packet before the gap arrived, ms since the sink started.
     pub at_ms: f64,
@@ -48,7 +50,7 @@ pub struct Gap {
 }
 
 /// What the sink knows about one flow.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FlowTrack {
     pub flow: u32,
     pub received: u64,
@@ -106,7 +108,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The sink's summary.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProbeReport {
     pub flows: Vec<FlowTrack>,
     pub received: u64,
@@ -134,12 +136,34 @@ impl ProbeReport {
     }
 }
 
-/// `probe-source`: `flows` UDP flows from `from` to `to`, `pps` packets per second each, for `secs`.
-pub fn source(from: IpAddr, to: SocketAddr, flows: usize, pps: f64, secs: f64) -> Result<()> {
+/// `probe-source`: `flows` UDP flows from `from` to `to`, `pps` packets per second each, for at most `secs`
+/// or until SIGTERM/SIGINT. Flow `i` is sent from port `sport_base + i` (an ephemeral port each when
+/// `sport_base` is 0), so a drill can ask which path each flow takes. Prints one JSON line: totals and, per
+/// flow, the number of probes sent (`per_flow_sent`), which the sink's report is measured against.
+pub fn source(
+    from: IpAddr,
+    to: SocketAddr,
+    flows: usize,
+    pps: f64,
+    secs: f64,
+    sport_base: u16,
+) -> Result<()> {
+    if sport_base != 0 && sport_base as usize + flows > u16::MAX as usize {
+        anyhow::bail!("--sport-base {sport_base} + {flows} flows runs past port 65535");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
     let sockets: Vec<UdpSocket> = (0..flows)
-        .map(|_| {
-            let s = UdpSocket::bind(SocketAddr::new(from, 0))
-                .with_context(|| format!("binding {from}"))?;
+        .map(|i| {
+            let port = if sport_base == 0 {
+                0
+            } else {
+                sport_base + i as u16
+            };
+            let s = UdpSocket::bind(SocketAddr::new(from, port))
+                .with_context(|| format!("binding {from} port {port}"))?;
             s.connect(to)?;
             s.set_nonblocking(true)?;
             Ok(s)
@@ -147,32 +171,59 @@ pub fn source(from: IpAddr, to: SocketAddr, flows: usize, pps: f64, secs: f64) -
         .collect::<Result<_>>()?;
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
-    let (mut sent, mut errors) = (0u64, 0u64);
+    let (mut sent, mut errors, mut skipped) = (0u64, 0u64, 0u64);
+    // Per flow: the next sequence number (= probes handed to the kernel) and the schedule slots used up.
     let mut seq = vec![0u64; flows];
-    while Instant::now() < end {
-        // Every flow catches up to its schedule; flows are phase-shifted so the packets interleave.
+    let mut slots = vec![0u64; flows];
+    while Instant::now() < end && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // Every flow keeps to its schedule; flows are phase-shifted so the packets interleave. Sequence numbers
+        // count only probes the kernel took, so a gap at the sink is loss in the network, never here. A source
+        // that fell behind (descheduled) skips the missed slots rather than bursting them out.
         let t = start.elapsed().as_secs_f64();
         for (i, s) in sockets.iter().enumerate() {
             let due = (t * pps + i as f64 / flows as f64) as u64;
-            while seq[i] < due {
+            if due > slots[i] + MAX_CATCH_UP {
+                skipped += due - slots[i] - 1;
+                slots[i] = due - 1;
+            }
+            while slots[i] < due {
                 match s.send(&encode(i as u32, seq[i])) {
-                    Ok(_) => sent += 1,
-                    Err(_) => errors += 1,
+                    Ok(_) => {
+                        sent += 1;
+                        seq[i] += 1;
+                        slots[i] += 1;
+                    }
+                    Err(_) => {
+                        // Socket buffer full: try again next round, same sequence number.
+                        errors += 1;
+                        break;
+                    }
                 }
-                seq[i] += 1;
             }
         }
         std::thread::sleep(Duration::from_micros(200));
     }
     println!(
-        "{{\"sent\":{sent},\"send_errors\":{errors},\"secs\":{:.3}}}",
-        start.elapsed().as_secs_f64()
+        "{}",
+        serde_json::json!({
+            "sent": sent,
+            "send_errors": errors,
+            "skipped_slots": skipped,
+            "secs": start.elapsed().as_secs_f64(),
+            "per_flow_sent": seq,
+        })
     );
     Ok(())
 }
 
-/// `probe-sink`: receives probes on `listen` for `secs` and prints a [`ProbeReport`] as one JSON line.
-pub fn sink(listen: SocketAddr, flows: usize, secs: f64) -> Result<()> {
+/// `probe-sink`: receives probes on `listen` and prints a [`ProbeReport`] as one JSON line, after `secs` or,
+/// with `idle_exit`, once probes have arrived and then none for that long (the source has stopped).
+pub fn sink(
+    listen: SocketAddr,
+    flows: usize,
+    secs: f64,
+    idle_exit: Option<Duration>,
+) -> Result<()> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(listen),
         socket2::Type::DGRAM,
@@ -194,12 +245,19 @@ pub fn sink(listen: SocketAddr, flows: usize, secs: f64) -> Result<()> {
     let mut not_probes = 0u64;
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
+    let mut last_probe: Option<Instant> = None;
     let mut buf = [0u8; 2048];
     while Instant::now() < end {
+        if let (Some(idle), Some(last)) = (idle_exit, last_probe) {
+            if last.elapsed() >= idle {
+                break;
+            }
+        }
         match socket.recv(&mut buf) {
             Ok(n) => match decode(&buf[..n]) {
                 Some((flow, seq)) if (flow as usize) < flows => {
-                    tracks[flow as usize].arrive(seq, start.elapsed())
+                    tracks[flow as usize].arrive(seq, start.elapsed());
+                    last_probe = Some(Instant::now());
                 }
                 _ => not_probes += 1,
             },

@@ -1,0 +1,660 @@
+//! The failover drill: faults injected into a running multipath lab, one at a time, each measured by
+//! sequence-numbered probe flows in both directions between the site hosts.
+//!
+//! For every step the drill starts fresh probe flows (`braid lab-tool probe-source` / `probe-sink`; new source
+//! ports per step, so every flow is new to the gateways' flow tables), lets them settle, and attributes every
+//! flow to its path *before* the fault: the core's ECMP choice (`ip route get ... iif host ipproto udp sport
+//! dport`, the kernel's own L4 hash) gives the gateway, and that gateway's `braid path` gives the tunnel. Then it
+//! injects the fault (or its repair), waits for the network to settle, stops the probes and accounts per flow:
+//! packets sent, lost, the longest outage ("blip"), and whether the flow's last packets arrived (service
+//! restored by itself). A flow is *touched* when its path used the faulty element (the tunnel, the gateway at
+//! either end, the ISP); for repairs, also when the core moved it to another gateway. Every other flow is
+//! *untouched* and must lose nothing.
+//!
+//! Faults are what an operator would see, injected without touching braid: a tunnel cut is an nftables drop of
+//! that tunnel's UDP at one end, an ISP failure drops everything on that uplink at every on-prem gateway (a
+//! blackhole, not a link-down the gateway could notice), a gateway failure is SIGKILL, a maintenance stop is
+//! SIGTERM (braid's graceful exit). Repairs remove the rule or restart the gateway.
+
+use std::net::IpAddr;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::control::{self, PathQuery, Request};
+use crate::netns::Netns;
+use crate::probe::ProbeReport;
+use crate::scenario::{Kind, Role, Topology, HOST_A, HOST_B, SINK_PORT};
+
+/// How hard the drill probes.
+#[derive(Copy, Clone, Debug)]
+pub struct DrillOptions {
+    /// Probe flows in each direction (A -> B and B -> A).
+    pub flows_per_direction: usize,
+    /// Packets per second of each flow (the blip's resolution is 1 / pps).
+    pub pps: f64,
+}
+
+impl Default for DrillOptions {
+    fn default() -> DrillOptions {
+        DrillOptions {
+            flows_per_direction: 32,
+            pps: 1000.0,
+        }
+    }
+}
+
+/// What fails.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// One tunnel (index into `Topology::tunnels`), cut at its on-prem end.
+    Tunnel(usize),
+    /// A gateway killed with SIGKILL.
+    GatewayKill(usize),
+    /// A gateway stopped with SIGTERM (graceful exit).
+    GatewayStop(usize),
+    /// An ISP (index into `Topology::isps`) blackholed at every on-prem gateway.
+    Isp(usize),
+}
+
+/// One step of the drill.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing happens: the probes' own noise floor.
+    Baseline,
+    Break(Fault),
+    Repair(Fault),
+}
+
+/// The steps for a scenario: the full drill, or (`full = false`) the scenario's headline fault and its repair.
+pub fn steps(kind: Kind, full: bool) -> Vec<Step> {
+    // Tunnel 0 is onprem-1 <-> cloud-1 over ISP1 in both scenarios.
+    let headline = match kind {
+        Kind::DualIsp => Fault::Isp(0),
+        _ => Fault::Tunnel(0),
+    };
+    if !full {
+        return vec![Step::Break(headline), Step::Repair(headline)];
+    }
+    let mut v = vec![
+        Step::Baseline,
+        Step::Break(Fault::Tunnel(0)),
+        Step::Repair(Fault::Tunnel(0)),
+        Step::Break(Fault::GatewayKill(0)),
+        Step::Repair(Fault::GatewayKill(0)),
+    ];
+    if kind == Kind::DualIsp {
+        v.extend([Step::Break(Fault::Isp(0)), Step::Repair(Fault::Isp(0))]);
+    }
+    v.extend([
+        Step::Break(Fault::GatewayStop(1)),
+        Step::Repair(Fault::GatewayStop(1)),
+    ]);
+    v
+}
+
+impl Step {
+    /// A short description naming the element.
+    pub fn describe(&self, topo: &Topology) -> String {
+        let tunnel = |k: usize| {
+            let t = &topo.tunnels[k];
+            format!(
+                "tunnel {} <-> {} over {}",
+                topo.gateways[t.onprem].name, topo.gateways[t.cloud].name, topo.isps[t.isp].name
+            )
+        };
+        match *self {
+            Step::Baseline => "baseline (no fault)".into(),
+            Step::Break(Fault::Tunnel(k)) => format!("cut {}", tunnel(k)),
+            Step::Repair(Fault::Tunnel(k)) => format!("restore {}", tunnel(k)),
+            Step::Break(Fault::GatewayKill(g)) => {
+                format!("kill {} (SIGKILL)", topo.gateways[g].name)
+            }
+            Step::Repair(Fault::GatewayKill(g)) => {
+                format!("restart {} after the kill", topo.gateways[g].name)
+            }
+            Step::Break(Fault::GatewayStop(g)) => {
+                format!("stop {} gracefully (SIGTERM)", topo.gateways[g].name)
+            }
+            Step::Repair(Fault::GatewayStop(g)) => {
+                format!("restart {} after the stop", topo.gateways[g].name)
+            }
+            Step::Break(Fault::Isp(i)) => format!(
+                "fail {} at every on-prem gateway (blackhole)",
+                topo.isps[i].name
+            ),
+            Step::Repair(Fault::Isp(i)) => format!("restore {}", topo.isps[i].name),
+        }
+    }
+}
+
+/// Where one probe flow went: the gateway its core chose and that gateway's tunnel.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct Attribution {
+    gateway: usize,
+    /// Index into `Topology::tunnels`.
+    tunnel: Option<usize>,
+}
+
+/// One direction of probe traffic.
+struct Direction {
+    label: &'static str,
+    /// The sending side's role (its core and gateways carry the flow out).
+    role: Role,
+    src: &'static str,
+    dst: &'static str,
+    port: u16,
+}
+
+const DIRECTIONS: [Direction; 2] = [
+    Direction {
+        label: "A->B",
+        role: Role::OnPrem,
+        src: HOST_A,
+        dst: HOST_B,
+        port: SINK_PORT + 1,
+    },
+    Direction {
+        label: "B->A",
+        role: Role::Cloud,
+        src: HOST_B,
+        dst: HOST_A,
+        port: SINK_PORT + 2,
+    },
+];
+
+/// The result of one flow in one step.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowResult {
+    pub direction: &'static str,
+    pub flow: u32,
+    pub sport: u16,
+    pub gateway: Option<String>,
+    pub tunnel: Option<String>,
+    pub touched: bool,
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub worst_gap_ms: f64,
+    /// The flow's last packets arrived: it was carried again by the end of the step.
+    pub restored: bool,
+}
+
+/// The result of one step.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    pub step: String,
+    pub bfd: bool,
+    /// From the fault to the end of the probes, seconds.
+    pub window_s: f64,
+    pub flows: usize,
+    pub touched_flows: usize,
+    pub lost: u64,
+    pub flows_affected: usize,
+    pub worst_blip_ms: f64,
+    pub untouched_lost: u64,
+    pub untouched_flows_affected: usize,
+    /// Flows whose last packets did not arrive.
+    pub not_restored: usize,
+    pub per_flow: Vec<FlowResult>,
+}
+
+impl StepReport {
+    pub fn summary(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(m) = v.as_object_mut() {
+            m.remove("per_flow");
+        }
+        v
+    }
+}
+
+/// What a drill run measured, and the step it could not complete (the network did not settle), if any.
+pub struct Drill {
+    pub steps: Vec<StepReport>,
+    pub failed: Option<String>,
+}
+
+/// Runs `steps` on `topo`, reporting each as it completes; stops at the first step that cannot complete.
+pub fn run(topo: &mut Topology, steps: &[Step], opts: DrillOptions, say: &dyn Fn(&str)) -> Drill {
+    let mut out = Vec::new();
+    for (n, step) in steps.iter().enumerate() {
+        let r = match run_step(topo, *step, opts, 20000 + 100 * n as u16) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("{}: {e:#}", step.describe(topo));
+                say(&format!("    FAILED: {why}"));
+                return Drill {
+                    steps: out,
+                    failed: Some(why),
+                };
+            }
+        };
+        say(&format!(
+            "    {:<48} blip {:>6.0} ms  lost {:>6}  affected {:>2}/{:<2}  untouched lost {}{}",
+            step.describe(topo),
+            r.worst_blip_ms,
+            r.lost,
+            r.flows_affected,
+            r.flows,
+            r.untouched_lost,
+            if r.not_restored > 0 {
+                format!("  NOT RESTORED: {} flows", r.not_restored)
+            } else {
+                String::new()
+            }
+        ));
+        out.push(r);
+    }
+    Drill {
+        steps: out,
+        failed: None,
+    }
+}
+
+fn run_step(
+    topo: &mut Topology,
+    step: Step,
+    opts: DrillOptions,
+    sport_base: u16,
+) -> Result<StepReport> {
+    let bfd = topo.opts.bfd.is_some();
+    // Detection budget: BFD's detection time with margin, else the hold timer.
+    let detect = match topo.opts.bfd {
+        Some((interval, mult)) => Duration::from_millis(interval as u64 * mult as u64 + 700),
+        None => Duration::from_secs(topo.opts.hold_time as u64 + 2),
+    };
+    let probes = Probes::start(topo, opts, sport_base)?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = attribute_all(topo, opts, sport_base)?;
+    let at = Instant::now();
+    match step {
+        Step::Baseline => std::thread::sleep(Duration::from_secs(2)),
+        Step::Break(f) => {
+            inject(topo, f)?;
+            std::thread::sleep(detect);
+        }
+        Step::Repair(f) => {
+            repair(topo, f)?;
+            topo.wait_converged(Duration::from_secs(60))?;
+        }
+    }
+    // Let the last moves finish while the probes still run.
+    std::thread::sleep(Duration::from_millis(1500));
+    let window = at.elapsed().as_secs_f64();
+    let after = match step {
+        Step::Repair(Fault::GatewayKill(_) | Fault::GatewayStop(_)) => {
+            Some(core_hops_all(topo, opts, sport_base)?)
+        }
+        _ => None,
+    };
+    let reports = probes.stop()?;
+    let mut per_flow = Vec::new();
+    for (d, dir) in DIRECTIONS.iter().enumerate() {
+        let (report, sent) = &reports[d];
+        for i in 0..opts.flows_per_direction {
+            let track = report.flows.get(i);
+            let sent = sent.get(i).copied().unwrap_or(0);
+            let received = track.map_or(0, |t| t.received);
+            let attr = before[d][i];
+            let moved = after
+                .as_ref()
+                .is_some_and(|a| attr.map(|x| x.gateway) != a[d][i]);
+            let touched = moved || attr.is_none_or(|a| involves(topo, step, a));
+            per_flow.push(FlowResult {
+                direction: dir.label,
+                flow: i as u32,
+                sport: sport_base + i as u16,
+                gateway: attr.map(|a| topo.gateways[a.gateway].name.clone()),
+                tunnel: attr.and_then(|a| a.tunnel).map(|k| {
+                    let t = &topo.tunnels[k];
+                    format!(
+                        "{}<->{}/{}",
+                        topo.gateways[t.onprem].name,
+                        topo.gateways[t.cloud].name,
+                        topo.isps[t.isp].name
+                    )
+                }),
+                touched,
+                sent,
+                received,
+                lost: sent.saturating_sub(received),
+                worst_gap_ms: track.map_or(0.0, |t| t.worst_gap_ms()),
+                restored: sent == 0 || track.and_then(|t| t.last_seq) == Some(sent - 1),
+            });
+        }
+    }
+    let untouched = per_flow.iter().filter(|f| !f.touched);
+    Ok(StepReport {
+        step: step.describe(topo),
+        bfd,
+        window_s: window,
+        flows: per_flow.len(),
+        touched_flows: per_flow.iter().filter(|f| f.touched).count(),
+        lost: per_flow.iter().map(|f| f.lost).sum(),
+        flows_affected: per_flow.iter().filter(|f| f.lost > 0).count(),
+        worst_blip_ms: per_flow.iter().map(|f| f.worst_gap_ms).fold(0.0, f64::max),
+        untouched_lost: untouched.clone().map(|f| f.lost).sum(),
+        untouched_flows_affected: untouched.filter(|f| f.lost > 0).count(),
+        not_restored: per_flow.iter().filter(|f| !f.restored).count(),
+        per_flow,
+    })
+}
+
+/// Whether a flow that took `a` crosses the element `step` breaks or repairs.
+fn involves(topo: &Topology, step: Step, a: Attribution) -> bool {
+    let fault = match step {
+        Step::Baseline => return false,
+        Step::Break(f) | Step::Repair(f) => f,
+    };
+    let tunnel = a.tunnel.map(|k| &topo.tunnels[k]);
+    match fault {
+        Fault::Tunnel(k) => a.tunnel == Some(k),
+        Fault::GatewayKill(g) | Fault::GatewayStop(g) => {
+            a.gateway == g || tunnel.is_some_and(|t| t.onprem == g || t.cloud == g)
+        }
+        Fault::Isp(i) => tunnel.is_some_and(|t| t.isp == i),
+    }
+}
+
+/// The nftables table the drill's cuts live in.
+const NFT_TABLE: &str = "braid_drill";
+
+fn nft(ns: &Netns, script: &str) -> Result<()> {
+    let out = ns.exec("nft", &[script])?;
+    if !out.status.success() {
+        bail!(
+            "nft in {}: {}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A drop of everything matching `rule` in both directions (`rule_out` on output, `rule_in` on input).
+fn nft_block(ns: &Netns, rule_out: &str, rule_in: &str) -> Result<()> {
+    nft(
+        ns,
+        &format!(
+            "add table inet {NFT_TABLE}; \
+             add chain inet {NFT_TABLE} out {{ type filter hook output priority 0; }}; \
+             add chain inet {NFT_TABLE} in {{ type filter hook input priority 0; }}; \
+             add rule inet {NFT_TABLE} out {rule_out} drop; \
+             add rule inet {NFT_TABLE} in {rule_in} drop"
+        ),
+    )
+}
+
+fn inject(topo: &mut Topology, fault: Fault) -> Result<()> {
+    match fault {
+        Fault::Tunnel(k) => {
+            let t = topo.tunnels[k].clone();
+            let local = &topo.gateways[t.onprem].uplinks[t.isp];
+            let remote = &topo.gateways[t.cloud].uplinks[0];
+            nft_block(
+                &topo.gateways[t.onprem].ns,
+                &format!("ip saddr {local} ip daddr {remote} udp dport 4500"),
+                &format!("ip saddr {remote} ip daddr {local} udp sport 4500"),
+            )
+        }
+        Fault::Isp(i) => {
+            let dev = topo.isps[i].name.clone();
+            for g in topo.role(Role::OnPrem) {
+                nft_block(
+                    &topo.gateways[g].ns,
+                    &format!("oifname \"{dev}\""),
+                    &format!("iifname \"{dev}\""),
+                )?;
+            }
+            Ok(())
+        }
+        Fault::GatewayKill(g) => topo.stop_gateway(g, false),
+        Fault::GatewayStop(g) => topo.stop_gateway(g, true),
+    }
+}
+
+fn repair(topo: &mut Topology, fault: Fault) -> Result<()> {
+    let flush = |ns: &Netns| nft(ns, &format!("delete table inet {NFT_TABLE}"));
+    match fault {
+        Fault::Tunnel(k) => flush(&topo.gateways[topo.tunnels[k].onprem].ns),
+        Fault::Isp(_) => {
+            for g in topo.role(Role::OnPrem) {
+                flush(&topo.gateways[g].ns)?;
+            }
+            Ok(())
+        }
+        Fault::GatewayKill(g) | Fault::GatewayStop(g) => topo.restart_gateway(g),
+    }
+}
+
+/// Per direction, per flow: its attribution (`None` when the core or the gateway had no path for it).
+fn attribute_all(
+    topo: &Topology,
+    opts: DrillOptions,
+    sport_base: u16,
+) -> Result<Vec<Vec<Option<Attribution>>>> {
+    let hops = core_hops_all(topo, opts, sport_base)?;
+    let mut out = Vec::new();
+    for (d, dir) in DIRECTIONS.iter().enumerate() {
+        let mut v = Vec::new();
+        for (i, hop) in hops[d].iter().enumerate() {
+            v.push(match hop {
+                Some(g) => Some(Attribution {
+                    gateway: *g,
+                    tunnel: gateway_tunnel(topo, *g, dir, sport_base + i as u16)?,
+                }),
+                None => None,
+            });
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Per direction, per flow: the gateway the sending side's core hands it to.
+fn core_hops_all(
+    topo: &Topology,
+    opts: DrillOptions,
+    sport_base: u16,
+) -> Result<Vec<Vec<Option<usize>>>> {
+    let (a, b) = topo
+        .sites
+        .as_ref()
+        .context("the drill needs the site hosts")?;
+    let mut out = Vec::new();
+    for dir in &DIRECTIONS {
+        let core = if dir.role == Role::OnPrem {
+            &a.core
+        } else {
+            &b.core
+        };
+        let mut v = Vec::new();
+        for i in 0..opts.flows_per_direction {
+            let sport = (sport_base + i as u16).to_string();
+            let port = dir.port.to_string();
+            let out = core.ip(&[
+                "-j", "route", "get", dir.dst, "from", dir.src, "iif", "host", "ipproto", "udp",
+                "sport", &sport, "dport", &port,
+            ])?;
+            let routes: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            let via = routes[0]["gateway"].as_str().unwrap_or("");
+            v.push(topo.gateways.iter().position(|g| g.router_id == via));
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// The tunnel gateway `g` sends a new flow of `dir` from `sport` on, as an index into `Topology::tunnels`.
+fn gateway_tunnel(topo: &Topology, g: usize, dir: &Direction, sport: u16) -> Result<Option<usize>> {
+    let req = Request {
+        path: Some(PathQuery {
+            src: dir.src.parse::<IpAddr>()?,
+            dst: dir.dst.parse::<IpAddr>()?,
+            protocol: 17,
+            sport,
+            dport: dir.port,
+        }),
+        ..Request::default()
+    };
+    let v = control::request(&topo.socket(g), &req)?;
+    let Some(name) = v["tunnel"].as_str() else {
+        return Ok(None);
+    };
+    Ok(topo
+        .tunnels
+        .iter()
+        .position(|t| match topo.gateways[g].role {
+            Role::OnPrem => t.onprem == g && t.onprem_name == name,
+            Role::Cloud => t.cloud == g && t.cloud_name == name,
+        }))
+}
+
+/// Probe flows in both directions.
+struct Probes {
+    /// Per direction: (source, sink).
+    children: Vec<(Child, Child)>,
+}
+
+impl Probes {
+    fn start(topo: &Topology, opts: DrillOptions, sport_base: u16) -> Result<Probes> {
+        let (a, b) = topo
+            .sites
+            .as_ref()
+            .context("the drill needs the site hosts")?;
+        let mut children = Vec::new();
+        let flows = opts.flows_per_direction.to_string();
+        let pps = opts.pps.to_string();
+        let base = sport_base.to_string();
+        for dir in &DIRECTIONS {
+            let (from, to) = if dir.role == Role::OnPrem {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            let listen = format!("{}:{}", dir.dst, dir.port);
+            let sink = topo
+                .labtool(
+                    &to.host,
+                    &[
+                        "probe-sink",
+                        "--listen",
+                        &listen,
+                        "--flows",
+                        &flows,
+                        "--secs",
+                        "600",
+                        "--idle-exit-ms",
+                        "1000",
+                    ],
+                )?
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting probe-sink")?;
+            std::thread::sleep(Duration::from_millis(100));
+            let source = topo
+                .labtool(
+                    &from.host,
+                    &[
+                        "probe-source",
+                        "--from",
+                        dir.src,
+                        "--to",
+                        &listen,
+                        "--flows",
+                        &flows,
+                        "--pps",
+                        &pps,
+                        "--secs",
+                        "600",
+                        "--sport-base",
+                        &base,
+                    ],
+                )?
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting probe-source")?;
+            children.push((source, sink));
+        }
+        Ok(Probes { children })
+    }
+
+    /// Stops the sources (SIGTERM), waits for the sinks to drain, and returns per direction the sink's report
+    /// and the source's per-flow sent counts.
+    fn stop(mut self) -> Result<Vec<(ProbeReport, Vec<u64>)>> {
+        for (source, _) in &self.children {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &source.id().to_string()])
+                .status();
+        }
+        let mut out = Vec::new();
+        for (source, sink) in std::mem::take(&mut self.children) {
+            let src = source.wait_with_output()?;
+            let sent: Value = serde_json::from_slice(&src.stdout).with_context(|| {
+                format!(
+                    "probe-source report: {}",
+                    String::from_utf8_lossy(&src.stderr).trim()
+                )
+            })?;
+            let sent: Vec<u64> = sent["per_flow_sent"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            let snk = sink.wait_with_output()?;
+            let report: ProbeReport =
+                serde_json::from_slice(&snk.stdout).context("probe-sink report")?;
+            out.push((report, sent));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        for (a, b) in self.children.iter_mut() {
+            for c in [a, b] {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// The drill's comparison table: every step with BFD against the same step on hold timers only.
+pub fn comparison(with_bfd: &[StepReport], without: &[StepReport], say: &dyn Fn(&str)) -> Value {
+    say("  drill summary (worst blip ms / packets lost / flows affected; untouched flows' loss):");
+    say(&format!(
+        "    {:<48} {:>28}   {:>28}",
+        "step", "BFD 100 ms x 3", "hold timers only"
+    ));
+    let cell = |r: Option<&StepReport>| {
+        r.map_or("-".to_string(), |r| {
+            format!(
+                "{:>6.0} / {:>6} / {:>2}; {}",
+                r.worst_blip_ms, r.lost, r.flows_affected, r.untouched_lost
+            )
+        })
+    };
+    let mut rows = Vec::new();
+    for (i, r) in with_bfd.iter().enumerate() {
+        let other = without.get(i);
+        say(&format!(
+            "    {:<48} {:>28}   {:>28}",
+            r.step,
+            cell(Some(r)),
+            cell(other)
+        ));
+        rows.push(
+            json!({ "step": r.step, "bfd": r.summary(), "no_bfd": other.map(StepReport::summary) }),
+        );
+    }
+    Value::Array(rows)
+}
