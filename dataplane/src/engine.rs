@@ -16,8 +16,8 @@
 //!
 //! Routing: both threads read the control plane's current [`Fib`] snapshot from a [`FibCell`] (read-copy-update,
 //! no lock). A prefix maps to a [`NextHopGroup`]; the tunnel for a packet is chosen per flow (5-tuple, or 3-tuple
-//! for fragments and other protocols: [`flow_hash`]) by weighted rendezvous hashing ([`scheduler::pick`]), so a
-//! member leaving a group moves only its own flows. A flow table remembers each live flow's tunnel: a flow stays
+//! for fragments and other protocols: [`flow_hash`](crate::flow::flow_hash)) by weighted rendezvous hashing
+//! ([`scheduler::pick`]), so a member leaving a group moves only its own flows. A flow table remembers each live flow's tunnel: a flow stays
 //! on its tunnel while that tunnel is in the group (no reordering, even when members join), and a *new* flow
 //! whose hashed member's uplink is at its cap goes to a member whose uplink has headroom. Per-packet spraying
 //! ([`scheduler::pick_spray`]) is an option for links that tolerate reordering.

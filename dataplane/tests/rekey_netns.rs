@@ -811,5 +811,11 @@ fn no_sa_then_installed_remote_moves_and_ike_goes_out() {
         assert_eq!(rig.a.uplink.ike_sent.load(Ordering::Relaxed), 1);
         assert_eq!(rig.b.uplink.ike_received.load(Ordering::Relaxed), 1);
         assert!(ike.send(5, rig.b.addr, b"x").is_err(), "unknown uplink");
+        ike.send_keepalive(0, rig.b.addr).unwrap();
+        wait_for(
+            "a NAT keepalive at B",
+            || rig.b.uplink.nat_keepalives.load(Ordering::Relaxed) == 1,
+            String::new,
+        );
     });
 }
