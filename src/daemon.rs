@@ -167,8 +167,13 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
             name: t.name.clone(),
             uplink: t.uplink,
             remote: t.remote,
-            outbound: OutboundSa::new(Spi(keys.spi_out), &out_key, t.esn),
-            inbound: InboundSa::new(Spi(keys.spi_in), &in_key, t.esn, t.replay_window),
+            outbound: Some(OutboundSa::new(Spi(keys.spi_out), &out_key, t.esn)),
+            inbound: vec![InboundSa::new(
+                Spi(keys.spi_in),
+                &in_key,
+                t.esn,
+                t.replay_window,
+            )],
             allowed_sources: t.allowed_sources(),
             max_inner,
             icmp_source_v4: t.peer_inside.iter().find_map(|a| match a {

@@ -16,8 +16,8 @@
 //!
 //! Routing: both threads read the control plane's current [`Fib`] snapshot from a [`FibCell`] (read-copy-update,
 //! no lock). A prefix maps to a [`NextHopGroup`]; the tunnel for a packet is chosen per flow (5-tuple, or 3-tuple
-//! for fragments and other protocols: [`flow_hash`]) by weighted rendezvous hashing ([`scheduler::pick`]), so a
-//! member leaving a group moves only its own flows. A flow table remembers each live flow's tunnel: a flow stays
+//! for fragments and other protocols: [`flow_hash`](crate::flow::flow_hash)) by weighted rendezvous hashing
+//! ([`scheduler::pick`]), so a member leaving a group moves only its own flows. A flow table remembers each live flow's tunnel: a flow stays
 //! on its tunnel while that tunnel is in the group (no reordering, even when members join), and a *new* flow
 //! whose hashed member's uplink is at its cap goes to a member whose uplink has headroom. Per-packet spraying
 //! ([`scheduler::pick_spray`]) is an option for links that tolerate reordering.
@@ -33,10 +33,17 @@
 //! pooled buffer) until its tokens accrue, at most the bucket's queue delay, and sent in order; beyond that it
 //! is dropped and counted as `cap_exceeded` on the uplink. The cap counts outer IP bytes (IP + UDP + ESP).
 //!
+//! SAs change at run time (IKE creates, rekeys and deletes child SAs): the control plane sends commands through
+//! a [`SaControl`] to the thread that owns the SA's half, which applies them at its next wake-up or before its
+//! next packet (see [`crate::sa`]). A tunnel may have no outbound SA (before IKE's first child SA, or after
+//! [`SaControl::clear`]): its packets are dropped as `no_sa`. Inbound, each tunnel may have several SAs at once
+//! (old and new during a rekey), looked up by SPI. IKE messages go out through an [`IkeSender`] on the uplink
+//! sockets themselves, so they leave from the address and port the peer knows (RFC 7296 2.23).
+//!
 //! Left out here, on purpose: batching (`recvmmsg`/`sendmmsg`, GSO/GRO), offloads and multiple workers (the
-//! fast-path work), SA replacement at run time (IKE rekeying), and the liveness detection itself (BFD, DPD).
+//! fast-path work), and the liveness detection itself (BFD, DPD).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -46,7 +53,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use braid_crypto::{classify, InboundSa, NextHeader, OutboundSa, SealError, UdpPayload};
+use braid_crypto::udp_encap::NAT_KEEPALIVE;
+use braid_crypto::{
+    classify, InboundSa, NextHeader, OutboundSa, SealError, UdpPayload, NON_ESP_MARKER,
+};
+use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -54,6 +65,7 @@ use crate::buffer::{PacketBuf, HEADROOM, MAX_PACKET};
 use crate::fib::{FibCell, Member, NextHopGroup};
 use crate::flow::flow_hash_inspected;
 use crate::prefix::Prefix;
+use crate::sa::{Board, InboundSas, OutboundEntry, RxCommand, SaControl, SaError, TxCommand};
 use crate::scheduler;
 use crate::shaper::{Admit, TokenBucket};
 use crate::stats::{add, DropReason, TunStats, TunnelStats, UplinkStats};
@@ -104,14 +116,18 @@ impl Cap {
     }
 }
 
-/// One tunnel: a pair of SAs to one remote endpoint over one uplink.
+/// One tunnel: its SAs to one remote endpoint over one uplink.
 pub struct TunnelIo {
     pub name: String,
     /// Index into the uplinks.
     pub uplink: usize,
     pub remote: SocketAddr,
-    pub outbound: OutboundSa,
-    pub inbound: InboundSa,
+    /// The SA packets are sealed with; `None` (an IKE tunnel before its first child SA) drops them as `no_sa`
+    /// until [`SaControl::set_outbound`].
+    pub outbound: Option<OutboundSa>,
+    /// The SAs packets are accepted on (usually one; none before IKE's first child SA). Their SPIs must be
+    /// unique across all tunnels.
+    pub inbound: Vec<InboundSa>,
     /// Inner source prefixes accepted from this tunnel.
     pub allowed_sources: Vec<Prefix>,
     /// The largest inner packet that fits the uplink's MTU once sealed.
@@ -221,10 +237,16 @@ pub struct Dataplane {
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
     epoch: Instant,
+    control: SaControl,
+    ike: IkeSender,
 }
 
 impl Dataplane {
     /// Starts the outbound and inbound threads.
+    ///
+    /// # Errors
+    /// The poll and thread set-up errors, and `InvalidInput` if two inbound SAs share an SPI or one has a
+    /// reserved SPI.
     pub fn start(spec: DataplaneSpec) -> io::Result<Dataplane> {
         let epoch = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
@@ -242,15 +264,27 @@ impl Dataplane {
         }
         let sockets = Arc::new(sockets);
 
+        let board = Arc::new(Board::new(spec.tunnels.iter().map(|t| t.remote)));
         let mut outbound = Vec::with_capacity(spec.tunnels.len());
         let mut inbound = Vec::with_capacity(spec.tunnels.len());
-        let mut spis = HashMap::new();
+        let mut sas = InboundSas::default();
         for (i, t) in spec.tunnels.into_iter().enumerate() {
-            spis.insert(t.inbound.spi().0, i);
+            for sa in t.inbound {
+                let spi = sa.spi();
+                sas.install(i, sa).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("tunnel {:?}: inbound SPI {spi}: {e}", t.name),
+                    )
+                })?;
+            }
+            board.set_inbound(i, sas.counters(i));
+            let sa = t.outbound.map(OutboundEntry::new);
+            board.set_outbound(i, sa.as_ref().map(|e| e.counters.clone()));
             outbound.push(OutTunnel {
                 uplink: t.uplink,
                 remote: t.remote,
-                sa: t.outbound,
+                sa,
                 max_inner: t.max_inner,
                 icmp_source_v4: t.icmp_source_v4,
                 icmp_source_v6: t.icmp_source_v6,
@@ -258,7 +292,6 @@ impl Dataplane {
             });
             inbound.push(InTunnel {
                 index: i as u32,
-                sa: t.inbound,
                 allowed_sources: t.allowed_sources,
                 stats: t.stats,
             });
@@ -278,6 +311,11 @@ impl Dataplane {
                 Interest::READABLE,
             )?;
         }
+        let (control, queues) = SaControl::new(board.clone(), tx_waker.clone(), rx_waker.clone());
+        let ike = IkeSender {
+            sockets: sockets.clone(),
+            stats: uplink_stats.clone().into(),
+        };
 
         let tx = Outbound {
             poll: tx_poll,
@@ -286,6 +324,8 @@ impl Dataplane {
             sockets: sockets.clone(),
             uplink_stats: uplink_stats.clone(),
             tunnels: outbound,
+            commands: queues.tx,
+            board: board.clone(),
             fib: spec.fib.clone(),
             tun_stats: spec.tun_stats,
             last_warn: None,
@@ -308,7 +348,9 @@ impl Dataplane {
             uplink_stats,
             tunnels: inbound,
             fib: spec.fib,
-            spis,
+            sas,
+            commands: queues.rx,
+            board,
             ike: spec.ike,
             epoch,
             last_warn: None,
@@ -326,7 +368,19 @@ impl Dataplane {
             wakers: vec![tx_waker, rx_waker],
             threads,
             epoch,
+            control,
+            ike,
         })
+    }
+
+    /// The handle that installs, replaces and removes SAs while traffic flows (cheap to clone).
+    pub fn sa_control(&self) -> SaControl {
+        self.control.clone()
+    }
+
+    /// The handle that sends IKE messages from the uplink sockets (cheap to clone).
+    pub fn ike_sender(&self) -> IkeSender {
+        self.ike.clone()
     }
 
     /// When the data path started; `TunnelStats::last_rx_ms` counts from here.
@@ -356,10 +410,61 @@ impl Drop for Dataplane {
     }
 }
 
+/// Sends IKE messages (and NAT keepalives) for the control plane from the uplink sockets, so they leave from
+/// the address and port that carry the ESP traffic (port 4500: RFC 7296 2.23, RFC 3948). Cheap to clone; sends
+/// from the calling thread, on the same sockets the data path uses (a datagram send is atomic, no lock).
+#[derive(Clone)]
+pub struct IkeSender {
+    sockets: Arc<Vec<UdpSocket>>,
+    stats: Arc<[Arc<UplinkStats>]>,
+}
+
+impl IkeSender {
+    /// Sends one IKE `message` (header onwards) to `to` from uplink `uplink`, behind the non-ESP marker (RFC
+    /// 3948 2.2). Allocates (a control-plane path). Waits briefly (20 ms at most) if the socket buffer is full.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an unknown uplink; the socket's error otherwise.
+    pub fn send(&self, uplink: usize, to: SocketAddr, message: &[u8]) -> io::Result<()> {
+        let mut datagram = Vec::with_capacity(NON_ESP_MARKER.len() + message.len());
+        datagram.extend_from_slice(&NON_ESP_MARKER);
+        datagram.extend_from_slice(message);
+        self.send_raw(uplink, to, &datagram)?;
+        add(&self.stats[uplink].ike_sent, 1);
+        Ok(())
+    }
+
+    /// Sends a NAT keepalive (RFC 3948 2.3: one 0xFF octet) to `to` from uplink `uplink`.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub fn send_keepalive(&self, uplink: usize, to: SocketAddr) -> io::Result<()> {
+        self.send_raw(uplink, to, &NAT_KEEPALIVE)
+    }
+
+    /// The local address and port of uplink `uplink`'s socket.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an unknown uplink; the socket's error otherwise.
+    pub fn local_addr(&self, uplink: usize) -> io::Result<SocketAddr> {
+        self.socket(uplink)?.local_addr()
+    }
+
+    fn socket(&self, uplink: usize) -> io::Result<&UdpSocket> {
+        self.sockets.get(uplink).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("no uplink {uplink}"))
+        })
+    }
+
+    fn send_raw(&self, uplink: usize, to: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        send(self.socket(uplink)?, datagram, to)
+    }
+}
+
 struct OutTunnel {
     uplink: usize,
     remote: SocketAddr,
-    sa: OutboundSa,
+    sa: Option<OutboundEntry>,
     max_inner: usize,
     icmp_source_v4: Option<Ipv4Addr>,
     icmp_source_v6: Option<Ipv6Addr>,
@@ -369,7 +474,6 @@ struct OutTunnel {
 struct InTunnel {
     /// This tunnel's index, as FIB members name it.
     index: u32,
-    sa: InboundSa,
     allowed_sources: Vec<Prefix>,
     stats: Arc<TunnelStats>,
 }
@@ -390,6 +494,8 @@ struct Outbound {
     sockets: Arc<Vec<UdpSocket>>,
     uplink_stats: Vec<Arc<UplinkStats>>,
     tunnels: Vec<OutTunnel>,
+    commands: Receiver<TxCommand>,
+    board: Arc<Board>,
     fib: Arc<FibCell>,
     tun_stats: Arc<TunStats>,
     last_warn: Option<Instant>,
@@ -450,12 +556,17 @@ impl Outbound {
                 return;
             }
             self.tick();
+            self.apply_commands();
             self.release_due(Instant::now());
             // Edge-triggered: drain the device until it would block.
             let mut packets = 0u32;
             loop {
                 if self.stop.load(Ordering::Relaxed) {
                     return;
+                }
+                // Under load there is no wake-up between packets: look for SA changes before each one.
+                if !self.commands.is_empty() {
+                    self.apply_commands();
                 }
                 let n = match (&*self.tun).read(buf.payload_area()) {
                     Ok(n) => n,
@@ -479,6 +590,13 @@ impl Outbound {
                     self.release_due(Instant::now());
                 }
             }
+        }
+    }
+
+    /// Applies the control plane's SA and remote changes waiting in the queue.
+    fn apply_commands(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            apply_tx(&mut self.tunnels, &self.board, command);
         }
     }
 
@@ -605,6 +723,9 @@ impl Outbound {
         };
         drop(fib);
         let tunnel = &mut self.tunnels[t];
+        if tunnel.sa.is_none() {
+            return tunnel.stats.drops.count(DropReason::NoSa);
+        }
         if inner.len > tunnel.max_inner && inner.dont_fragment {
             // Too big and may not be fragmented: tell the sender the tunnel MTU (PMTUD through braid).
             tunnel.stats.drops.count(DropReason::TooBig);
@@ -633,11 +754,17 @@ impl Outbound {
         } else {
             NextHeader::Ipv6
         };
-        let esp = match tunnel
+        let Some(out) = &mut tunnel.sa else {
+            return tunnel.stats.drops.count(DropReason::NoSa);
+        };
+        let esp = match out
             .sa
             .seal(buf.as_mut_slice(), HEADROOM..HEADROOM + inner.len, next)
         {
-            Ok(r) => r,
+            Ok(r) => {
+                out.counters.publish_outbound(&out.sa);
+                r
+            }
             Err(SealError::SeqExhausted) => {
                 return tunnel.stats.drops.count(DropReason::SeqExhausted)
             }
@@ -682,6 +809,31 @@ impl Outbound {
             datagram.len(),
             &mut self.last_warn,
         );
+    }
+}
+
+/// Applies one command to the outbound thread's tunnels and answers it (the caller may have stopped waiting:
+/// that is fine).
+fn apply_tx(tunnels: &mut [OutTunnel], board: &Board, command: TxCommand) {
+    match command {
+        TxCommand::SetOutbound { tunnel, sa, done } => {
+            let applied = tunnels.get_mut(tunnel).map(|t| {
+                t.sa = sa.map(|sa| OutboundEntry::new(*sa));
+                board.set_outbound(tunnel, t.sa.as_ref().map(|e| e.counters.clone()));
+            });
+            let _ = done.send(applied.ok_or(SaError::UnknownTunnel(tunnel)));
+        }
+        TxCommand::SetRemote {
+            tunnel,
+            remote,
+            done,
+        } => {
+            let applied = tunnels.get_mut(tunnel).map(|t| {
+                t.remote = remote;
+                board.set_remote(tunnel, remote);
+            });
+            let _ = done.send(applied.ok_or(SaError::UnknownTunnel(tunnel)));
+        }
     }
 }
 
@@ -736,8 +888,10 @@ struct Inbound {
     uplink_stats: Vec<Arc<UplinkStats>>,
     tunnels: Vec<InTunnel>,
     fib: Arc<FibCell>,
-    /// Inbound SPI -> tunnel index, across all uplinks.
-    spis: HashMap<u32, usize>,
+    /// Every tunnel's inbound SAs by SPI, across all uplinks.
+    sas: InboundSas,
+    commands: Receiver<RxCommand>,
+    board: Arc<Board>,
     ike: Option<crossbeam_channel::Sender<IkeDatagram>>,
     epoch: Instant,
     last_warn: Option<Instant>,
@@ -757,6 +911,7 @@ impl Inbound {
             }
             // A coarse clock: once per wake-up, not per packet.
             let now_ms = (self.epoch.elapsed().as_millis() as u64).max(1);
+            self.apply_commands();
             for ev in events.iter() {
                 if ev.token() == WAKE {
                     continue;
@@ -765,6 +920,10 @@ impl Inbound {
                 loop {
                     if self.stop.load(Ordering::Relaxed) {
                         return;
+                    }
+                    // Under load there is no wake-up between packets: look for SA changes before each one.
+                    if !self.commands.is_empty() {
+                        self.apply_commands();
                     }
                     let (n, from) =
                         match self.sockets[u].recv_from(&mut buf.as_mut_slice()[..MAX_PACKET]) {
@@ -783,6 +942,13 @@ impl Inbound {
                     self.receive(u, &mut buf, n, from, now_ms);
                 }
             }
+        }
+    }
+
+    /// Applies the control plane's SA changes waiting in the queue.
+    fn apply_commands(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            self.sas.apply(&self.board, command);
         }
     }
 
@@ -807,14 +973,17 @@ impl Inbound {
             UdpPayload::NatKeepalive => return add(&us.nat_keepalives, 1),
             UdpPayload::Malformed => return us.drops.count(DropReason::Malformed),
         };
-        let Some(&t) = self.spis.get(&spi.0) else {
+        let Some(entry) = self.sas.get_mut(spi) else {
             return us.drops.count(DropReason::UnknownSpi);
         };
-        let tunnel = &mut self.tunnels[t];
-        let opened = match tunnel.sa.open(&mut buf.as_mut_slice()[..n]) {
+        let Some(tunnel) = self.tunnels.get(entry.tunnel) else {
+            return us.drops.count(DropReason::UnknownSpi);
+        };
+        let opened = match entry.sa.open(&mut buf.as_mut_slice()[..n]) {
             Ok(o) => o,
             Err(e) => return tunnel.stats.drops.count(e.into()),
         };
+        entry.counters.publish_inbound(&entry.sa);
         tunnel.stats.last_rx_ms.store(now_ms, Ordering::Relaxed);
         let payload = &buf.as_slice()[opened.inner];
         let inner = match check_inner(payload, opened.next_header) {
@@ -887,6 +1056,122 @@ mod tests {
             check_inner(&ok[..20], NextHeader::Ipv4),
             Err(DropReason::InnerMalformed)
         );
+    }
+
+    #[test]
+    fn outbound_commands_switch_sa_and_remote() {
+        use braid_crypto::Spi;
+        let first: SocketAddr = "192.0.2.1:4500".parse().unwrap();
+        let moved: SocketAddr = "192.0.2.1:61000".parse().unwrap();
+        let board = Board::new([first]);
+        let mut tunnels = vec![OutTunnel {
+            uplink: 0,
+            remote: first,
+            sa: None,
+            max_inner: 1400,
+            icmp_source_v4: None,
+            icmp_source_v6: None,
+            stats: Arc::default(),
+        }];
+        let apply = |tunnels: &mut Vec<OutTunnel>, command: fn(_) -> TxCommand| {
+            let (done, answer) = crossbeam_channel::bounded(1);
+            apply_tx(tunnels, &board, command(done));
+            answer.try_recv().expect("answered at once")
+        };
+        let seal = |t: &mut OutTunnel| {
+            let mut buf = PacketBuf::new();
+            buf.as_mut_slice()[HEADROOM] = 0x45;
+            let e = t.sa.as_mut().expect("an outbound SA");
+            let esp =
+                e.sa.seal(
+                    buf.as_mut_slice(),
+                    HEADROOM..HEADROOM + 60,
+                    NextHeader::Ipv4,
+                )
+                .unwrap();
+            e.counters.publish_outbound(&e.sa);
+            u32::from_be_bytes(buf.as_slice()[esp.start..esp.start + 4].try_into().unwrap())
+        };
+
+        assert!(tunnels[0].sa.is_none());
+        assert_eq!(board_sas(&board).outbound, None);
+        // (`fn` pointers cannot capture, so each SA is made inside.)
+        assert_eq!(
+            apply(&mut tunnels, |done| TxCommand::SetOutbound {
+                tunnel: 0,
+                sa: Some(Box::new(OutboundSa::new(
+                    Spi(0x100),
+                    &key_for_test(),
+                    false
+                ))),
+                done
+            }),
+            Ok(())
+        );
+        assert_eq!(seal(&mut tunnels[0]), 0x100);
+        assert_eq!(seal(&mut tunnels[0]), 0x100);
+        let out = board_sas(&board).outbound.unwrap();
+        assert_eq!(
+            (out.spi, out.packets, out.bytes, out.seq),
+            (Spi(0x100), 2, 120, 2)
+        );
+
+        // A rekey: the next packet goes out on the new SPI, starting at sequence number 1.
+        apply(&mut tunnels, |done| TxCommand::SetOutbound {
+            tunnel: 0,
+            sa: Some(Box::new(OutboundSa::new(
+                Spi(0x101),
+                &key_for_test(),
+                false,
+            ))),
+            done,
+        })
+        .unwrap();
+        assert_eq!(seal(&mut tunnels[0]), 0x101);
+        let out = board_sas(&board).outbound.unwrap();
+        assert_eq!((out.spi, out.packets, out.seq), (Spi(0x101), 1, 1));
+
+        apply(&mut tunnels, |done| TxCommand::SetRemote {
+            tunnel: 0,
+            remote: "192.0.2.1:61000".parse().unwrap(),
+            done,
+        })
+        .unwrap();
+        assert_eq!(tunnels[0].remote, moved);
+        assert_eq!(board_sas(&board).remote, moved);
+
+        assert_eq!(
+            apply(&mut tunnels, |done| TxCommand::SetOutbound {
+                tunnel: 0,
+                sa: None,
+                done
+            }),
+            Ok(())
+        );
+        assert!(tunnels[0].sa.is_none());
+        assert_eq!(board_sas(&board).outbound, None);
+
+        assert_eq!(
+            apply(&mut tunnels, |done| TxCommand::SetRemote {
+                tunnel: 3,
+                remote: "192.0.2.9:4500".parse().unwrap(),
+                done
+            }),
+            Err(SaError::UnknownTunnel(3))
+        );
+        assert_eq!(tunnels[0].remote, moved, "unknown tunnel: nothing changed");
+    }
+
+    fn key_for_test() -> braid_crypto::SaKey {
+        braid_crypto::SaKey::new(
+            braid_crypto::Cipher::Aes256Gcm16,
+            &[9; braid_crypto::KEYMAT_LEN],
+        )
+        .unwrap()
+    }
+
+    fn board_sas(board: &Board) -> crate::sa::TunnelSas {
+        board.snapshot(0).unwrap()
     }
 
     #[test]

@@ -44,6 +44,7 @@ drop_reasons! {
     InnerMalformed => "inner_malformed": "The inner packet's version or length is wrong.",
     InnerSource => "inner_source": "The inner source address is not allowed on the tunnel it came from.",
     NoRoute => "no_route": "A packet from the TUN device with a destination no tunnel serves.",
+    NoSa => "no_sa": "A packet routed to a tunnel that has no outbound SA (before IKE's first child SA, or after it was deleted).",
     TooBig => "too_big": "Larger than the tunnel MTU with DF set: an ICMP error was sent back instead.",
     SeqExhausted => "seq_exhausted": "The outbound SA's sequence numbers are used up; it must be rekeyed.",
     SendFailed => "send_failed": "The uplink socket refused the datagram (buffer full, no route, ...).",
@@ -121,6 +122,8 @@ pub struct UplinkStats {
     pub rx_bytes: AtomicU64,
     /// IKE messages (behind the non-ESP marker) handed to the control plane.
     pub ike_received: AtomicU64,
+    /// IKE messages the control plane sent from this uplink (`IkeSender`).
+    pub ike_sent: AtomicU64,
     /// RFC 3948 NAT keepalives received.
     pub nat_keepalives: AtomicU64,
     /// Datagrams the egress cap held back briefly before sending (not drops).
