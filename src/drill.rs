@@ -3,8 +3,9 @@
 //!
 //! For every step the drill starts fresh probe flows (`braid lab-tool probe-source` / `probe-sink`; new source
 //! ports per step, so every flow is new to the gateways' flow tables), lets them settle, and attributes every
-//! flow to its path *before* the fault: the core's ECMP choice (`ip route get ... iif host ipproto udp sport
-//! dport`, the kernel's own L4 hash) gives the gateway, and that gateway's `braid path` gives the tunnel. Then it
+//! flow to its path *before* the fault: the gateway is the one the sending side's core actually forwarded the
+//! flow to (recorded by the core's kernel in nftables sets of source ports, one per gateway link), and the
+//! tunnel is that gateway's `braid path` answer for a new flow with the flow's tuple. Then it
 //! injects the fault (or its repair), waits for the network to settle, stops the probes and accounts per flow:
 //! packets sent, lost, the longest outage ("blip"), and whether the flow's last packets arrived (service
 //! restored by itself). A flow is *touched* when its path used the faulty element (the tunnel, the gateway at
@@ -267,6 +268,7 @@ fn run_step(
         Some((interval, mult)) => Duration::from_millis(interval as u64 * mult as u64 + 700),
         None => Duration::from_secs(topo.opts.hold_time as u64 + 2),
     };
+    attr_install(topo)?;
     let probes = Probes::start(topo, opts, sport_base)?;
     std::thread::sleep(Duration::from_millis(1000));
     let before = attribute_all(topo, opts, sport_base)?;
@@ -282,8 +284,10 @@ fn run_step(
             topo.wait_converged(Duration::from_secs(60))?;
         }
     }
-    // Let the last moves finish while the probes still run.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Let the last moves finish while the probes still run, then record where the cores send each flow now.
+    std::thread::sleep(Duration::from_millis(1000));
+    core_hops_all(topo, opts, sport_base)?;
+    std::thread::sleep(Duration::from_millis(500));
     let window = at.elapsed().as_secs_f64();
     let after = match step {
         Step::Repair(Fault::GatewayKill(_) | Fault::GatewayStop(_)) => {
@@ -455,34 +459,76 @@ fn attribute_all(
     Ok(out)
 }
 
-/// Per direction, per flow: the gateway the sending side's core hands it to.
+/// The nftables table that records, on each core, which gateway every probe flow leaves through: one dynamic
+/// set of UDP source ports per gateway link, filled by the kernel's own forwarding (so the attribution is the
+/// ECMP choice actually made, not a prediction of it).
+const ATTR_TABLE: &str = "braid_drill_attr";
+
+/// Installs the recording sets and rules on both cores (replacing earlier ones).
+fn attr_install(topo: &Topology) -> Result<()> {
+    let (a, b) = topo.sites.as_ref().context("the drill needs the site hosts")?;
+    for (core, role) in [(&a.core, Role::OnPrem), (&b.core, Role::Cloud)] {
+        let _ = core.exec("nft", &[&format!("delete table inet {ATTR_TABLE}")]);
+        let mut script = format!(
+            "add table inet {ATTR_TABLE}; add chain inet {ATTR_TABLE} fwd {{ type filter hook forward priority 0; }}; "
+        );
+        for g in topo.gateways.iter().filter(|g| g.role == role) {
+            let n = g.index + 1;
+            script += &format!(
+                "add set inet {ATTR_TABLE} gw{n} {{ type inet_service; flags dynamic; }}; \
+                 add rule inet {ATTR_TABLE} fwd iifname \"host\" oifname \"gw{n}\" udp sport >= 1 update @gw{n} {{ udp sport }}; "
+            );
+        }
+        nft(core, &script)?;
+    }
+    Ok(())
+}
+
+/// Per direction, per flow: the gateway the sending side's core forwarded it to since the last call (which
+/// empties the record). `None`: not seen (or seen towards both gateways, which the drill treats alike).
 fn core_hops_all(
     topo: &Topology,
     opts: DrillOptions,
     sport_base: u16,
 ) -> Result<Vec<Vec<Option<usize>>>> {
-    let (a, b) = topo
-        .sites
-        .as_ref()
-        .context("the drill needs the site hosts")?;
+    let (a, b) = topo.sites.as_ref().context("the drill needs the site hosts")?;
     let mut out = Vec::new();
     for dir in &DIRECTIONS {
-        let core = if dir.role == Role::OnPrem {
-            &a.core
-        } else {
-            &b.core
-        };
-        let mut v = Vec::new();
-        for i in 0..opts.flows_per_direction {
-            let sport = (sport_base + i as u16).to_string();
-            let port = dir.port.to_string();
-            let out = core.ip(&[
-                "-j", "route", "get", dir.dst, "from", dir.src, "iif", "host", "ipproto", "udp",
-                "sport", &sport, "dport", &port,
-            ])?;
-            let routes: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-            let via = routes[0]["gateway"].as_str().unwrap_or("");
-            v.push(topo.gateways.iter().position(|g| g.router_id == via));
+        let core = if dir.role == Role::OnPrem { &a.core } else { &b.core };
+        let mut v: Vec<Option<usize>> = vec![None; opts.flows_per_direction];
+        let mut seen_twice = vec![false; opts.flows_per_direction];
+        for (gi, g) in topo.gateways.iter().enumerate() {
+            if g.role != dir.role {
+                continue;
+            }
+            let set = format!("gw{}", g.index + 1);
+            let listed = core.exec("nft", &["-j", "list", "set", "inet", ATTR_TABLE, &set])?;
+            let j: Value = serde_json::from_slice(&listed.stdout).unwrap_or(Value::Null);
+            let ports = j["nftables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o["set"]["elem"].as_array())
+                .flatten()
+                .filter_map(|e| e.as_u64().or_else(|| e["elem"]["val"].as_u64()));
+            for p in ports {
+                let Some(i) = (p as usize)
+                    .checked_sub(sport_base as usize)
+                    .filter(|&i| i < opts.flows_per_direction)
+                else {
+                    continue;
+                };
+                if v[i].is_some() {
+                    seen_twice[i] = true;
+                }
+                v[i] = Some(gi);
+            }
+            nft(core, &format!("flush set inet {ATTR_TABLE} {set}"))?;
+        }
+        for (i, twice) in seen_twice.into_iter().enumerate() {
+            if twice {
+                v[i] = None;
+            }
         }
         out.push(v);
     }
