@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod esp;
+pub mod ike;
 pub mod replay;
 pub mod udp_encap;
 
