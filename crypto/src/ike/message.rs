@@ -578,7 +578,7 @@ impl TrafficSelector {
         }
         let start_port = b.u16()?;
         let end_port = b.u16()?;
-        let mut addr = |b: &mut Reader<'_>| -> Result<IpAddr, DecodeError> {
+        let addr = |b: &mut Reader<'_>| -> Result<IpAddr, DecodeError> {
             let a = b.take(addr_len)?;
             Ok(if addr_len == 4 {
                 IpAddr::V4(

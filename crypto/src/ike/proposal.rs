@@ -851,7 +851,10 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(algs.group, DhGroup::Ecp256);
         let answer = ike_answer(n, algs, &[]);
-        assert_eq!(accept_ike(&offered, &[answer.clone()]), Some(algs));
+        assert_eq!(
+            accept_ike(&offered, std::slice::from_ref(&answer)),
+            Some(algs)
+        );
         // An answer naming a proposal number whose contents we did not offer is refused.
         let mut wrong = answer;
         wrong.number = 1;
