@@ -3085,3 +3085,7 @@ impl IkeSession {
         self.switch_ike(now, i, new, true);
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -46,8 +46,8 @@ impl std::error::Error for SkError {}
 /// One direction's SK_e: the AEAD key, the salt and the IV counter for sending.
 pub struct SkCipher {
     cipher: Cipher,
-    key: LessSafeKey,
-    salt: Zeroizing<[u8; SALT_LEN]>,
+    pub(crate) key: LessSafeKey,
+    pub(crate) salt: Zeroizing<[u8; SALT_LEN]>,
     next_iv: u64,
 }
 
