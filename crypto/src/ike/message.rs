@@ -327,9 +327,27 @@ pub struct Transform {
     pub id: u16,
     /// The Key Length attribute in bits, if present.
     pub key_len: Option<u16>,
-    /// The transform carried an attribute braid does not know: it must not be chosen
-    /// (RFC 7296 section 3.3.6). Such attributes are not re-encoded.
-    pub unknown_attr: bool,
+    /// Attributes other than one TV-format Key Length, exactly as received (re-encoded
+    /// after the Key Length). A transform with any must not be chosen (RFC 7296 section
+    /// 3.3.6).
+    pub other_attrs: Vec<u8>,
+}
+
+impl Transform {
+    /// A transform without attributes other than `key_len`.
+    pub fn new(kind: u8, id: u16, key_len: Option<u16>) -> Transform {
+        Transform {
+            kind,
+            id,
+            key_len,
+            other_attrs: Vec::new(),
+        }
+    }
+
+    /// Whether the transform carried attributes braid does not know.
+    pub fn has_unknown_attrs(&self) -> bool {
+        !self.other_attrs.is_empty()
+    }
 }
 
 /// One proposal of an SA payload (RFC 7296 section 3.3.1).
@@ -836,7 +854,8 @@ impl Payload {
                         list.push(ts);
                     }
                 }
-                if !r.is_empty() || n == 0 {
+                // Selectors of unknown types are skipped; none left is unusable.
+                if !r.is_empty() || list.is_empty() {
                     return Err(r.err());
                 }
                 if kind == t::TSI {
@@ -976,9 +995,10 @@ fn decode_proposal(b: &[u8]) -> Result<Proposal, DecodeError> {
             kind,
             id,
             key_len: None,
-            unknown_attr: false,
+            other_attrs: Vec::new(),
         };
         while !t.is_empty() {
+            let before = t.buf;
             let ty = t.u16()?;
             let value = if ty & 0x8000 != 0 {
                 Some(t.u16()?)
@@ -989,7 +1009,9 @@ fn decode_proposal(b: &[u8]) -> Result<Proposal, DecodeError> {
             };
             match (ty & 0x7fff, value) {
                 (ATTR_KEY_LENGTH_TYPE, Some(v)) if tr.key_len.is_none() => tr.key_len = Some(v),
-                _ => tr.unknown_attr = true,
+                _ => tr
+                    .other_attrs
+                    .extend_from_slice(&before[..before.len() - t.buf.len()]),
             }
         }
         transforms.push(tr);
@@ -1027,6 +1049,7 @@ fn encode_sa(props: &[Proposal], out: &mut Vec<u8>) {
                 put_u16(out, 0x8000 | ATTR_KEY_LENGTH_TYPE);
                 put_u16(out, k);
             }
+            out.extend_from_slice(&t.other_attrs);
             let tl = out.len() - ts;
             patch_u16(out, ts + 2, tl);
         }
@@ -1167,13 +1190,13 @@ mod tests {
                         kind: 1,
                         id: 20,
                         key_len: Some(256),
-                        unknown_attr: false,
+                        other_attrs: Vec::new(),
                     },
                     Transform {
                         kind: 2,
                         id: 5,
                         key_len: None,
-                        unknown_attr: false,
+                        other_attrs: Vec::new(),
                     },
                 ],
             }]),
@@ -1239,13 +1262,13 @@ mod tests {
                     kind: 1,
                     id: 20,
                     key_len: Some(256),
-                    unknown_attr: false,
+                    other_attrs: Vec::new(),
                 },
                 Transform {
                     kind: 4,
                     id: 19,
                     key_len: None,
-                    unknown_attr: false,
+                    other_attrs: Vec::new(),
                 },
             ],
         }]);

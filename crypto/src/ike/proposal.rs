@@ -57,20 +57,20 @@ fn cipher_transform(c: Cipher) -> Transform {
             kind: TRANSFORM_ENCR,
             id: ENCR_AES_GCM_16,
             key_len: Some(256),
-            unknown_attr: false,
+            other_attrs: Vec::new(),
         },
         Cipher::ChaCha20Poly1305 => Transform {
             kind: TRANSFORM_ENCR,
             id: ENCR_CHACHA20_POLY1305,
             key_len: None,
-            unknown_attr: false,
+            other_attrs: Vec::new(),
         },
     }
 }
 
 /// The cipher a transform names, if braid implements it with exactly these attributes.
 fn cipher_of(t: &Transform) -> Option<Cipher> {
-    if t.kind != TRANSFORM_ENCR || t.unknown_attr {
+    if t.kind != TRANSFORM_ENCR || t.has_unknown_attrs() {
         return None;
     }
     match (t.id, t.key_len) {
@@ -104,7 +104,7 @@ impl Prf {
 
     fn from_transform(t: &Transform) -> Option<Prf> {
         (t.kind == TRANSFORM_PRF
-            && !t.unknown_attr
+            && !t.has_unknown_attrs()
             && t.key_len.is_none()
             && t.id == PRF_HMAC_SHA2_256)
             .then_some(Prf::HmacSha256)
@@ -169,12 +169,12 @@ impl DhGroup {
             kind: TRANSFORM_DH,
             id: self.id(),
             key_len: None,
-            unknown_attr: false,
+            other_attrs: Vec::new(),
         }
     }
 
     fn from_transform(t: &Transform) -> Option<DhGroup> {
-        if t.kind != TRANSFORM_DH || t.unknown_attr || t.key_len.is_some() {
+        if t.kind != TRANSFORM_DH || t.has_unknown_attrs() || t.key_len.is_some() {
             return None;
         }
         DhGroup::from_id(t.id)
@@ -216,12 +216,12 @@ impl Esn {
             kind: TRANSFORM_ESN,
             id: self.id(),
             key_len: None,
-            unknown_attr: false,
+            other_attrs: Vec::new(),
         }
     }
 
     fn from_transform(t: &Transform) -> Option<Esn> {
-        if t.kind != TRANSFORM_ESN || t.unknown_attr || t.key_len.is_some() {
+        if t.kind != TRANSFORM_ESN || t.has_unknown_attrs() || t.key_len.is_some() {
             return None;
         }
         match t.id {
@@ -328,7 +328,7 @@ impl IkeProposal {
             kind: TRANSFORM_PRF,
             id: p.id(),
             key_len: None,
-            unknown_attr: false,
+            other_attrs: Vec::new(),
         }));
         transforms.extend(self.groups.iter().map(|g| g.transform()));
         Proposal {
