@@ -4,18 +4,21 @@
 //! ([`esp`], RFC 4303 with the AEAD transforms of RFC 4106 and RFC 7634, including extended
 //! sequence numbers), the anti-replay window ([`replay`], RFC 4303 section 3.4.3 and
 //! Appendix A) and the demultiplexing of UDP-encapsulated traffic on port 4500
-//! ([`udp_encap`], RFC 3948). IKEv2 (RFC 7296) will live here too, later.
+//! ([`udp_encap`], RFC 3948), and the IKEv2 key management that creates and rekeys those SAs
+//! ([`ike`], RFC 7296 with PSK authentication, DH groups 19 and 31, rekeying, DPD, cookies and
+//! NAT detection).
 //!
-//! Everything is a plain state machine over caller-owned buffers: no sockets, no clocks, no
-//! threads, no allocation per packet and no logging. Errors are small `Copy` enums that the
-//! data path counts as drop reasons. Deliberately left out: transport mode, non-AEAD
-//! transforms (CBC + HMAC, NULL), AH, SA lifetimes and rekeying policy (the counters they
-//! need are exposed), and SPI lookup (the data plane owns the SA table).
+//! Everything is a plain state machine: no sockets, no clocks, no threads and no logging; the
+//! ESP data path works over caller-owned buffers without allocating per packet, and its errors
+//! are small `Copy` enums that the data path counts as drop reasons. Deliberately left out:
+//! transport mode, non-AEAD transforms (CBC + HMAC, NULL), AH, and SPI lookup (the data plane
+//! owns the SA table; IKE tells it what to install and remove).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod esp;
+pub mod ike;
 pub mod replay;
 pub mod udp_encap;
 

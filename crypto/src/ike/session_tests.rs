@@ -1,0 +1,256 @@
+//! Tests that need the session's internals: every message the core emits is decrypted with
+//! the receiver's keys and must re-encode to the same octets, and authenticated but
+//! undecodable requests get INVALID_SYNTAX or UNSUPPORTED_CRITICAL_PAYLOAD.
+
+use super::*;
+use crate::ike::message::{decode, encode_payloads, payload_type, Header};
+
+fn cfg(initiator: bool, esp: &str) -> IkeConfig {
+    let mut c = IkeConfig::new(
+        initiator,
+        Psk::new(b"k".to_vec()),
+        "gw.example".parse().unwrap(),
+    );
+    c.esp_proposals = EspProposal::parse_list(esp).unwrap();
+    c.retransmit.base = Duration::from_millis(500);
+    c.dpd_interval = Some(Duration::from_secs(10));
+    c
+}
+
+struct Duo {
+    now: Instant,
+    s: [IkeSession; 2],
+    checked_plain: usize,
+    checked_sk: usize,
+}
+
+impl Duo {
+    fn new(esp: &str) -> Duo {
+        let now = Instant::now();
+        let a: SocketAddr = "198.51.100.1:4500".parse().unwrap();
+        let b: SocketAddr = "203.0.113.1:4500".parse().unwrap();
+        Duo {
+            now,
+            s: [
+                IkeSession::with_seed(cfg(true, esp), a, b, now, [1; 32]),
+                IkeSession::with_seed(cfg(false, esp), b, a, now, [2; 32]),
+            ],
+            checked_plain: 0,
+            checked_sk: 0,
+        }
+    }
+
+    /// Checks one message on its way to side `to`.
+    fn round_trip(&mut self, to: usize, msg: &[u8]) {
+        let (h, body) = decode(msg).expect("emitted messages decode");
+        match body {
+            Body::Plain(payloads) => {
+                assert_eq!(encode_plain(&h, &payloads), msg, "plain re-encode");
+                self.checked_plain += 1;
+            }
+            Body::Encrypted {
+                outer,
+                first_inner,
+                sk_at,
+            } => {
+                assert!(outer.is_empty());
+                let sa = self.s[to]
+                    .sas
+                    .iter()
+                    .find(|s| s.spi_i == h.spi_i && s.spi_r == h.spi_r)
+                    .expect("receiver has the SA");
+                let plain = sa.rx.open(msg, sk_at).expect("authentic");
+                let payloads = decode_payloads(first_inner, &plain).expect("inner decodes");
+                let (first, again) = encode_payloads(&payloads);
+                assert_eq!(
+                    (first, again.as_slice()),
+                    (first_inner, plain.as_slice()),
+                    "inner re-encode"
+                );
+                self.checked_sk += 1;
+            }
+        }
+    }
+
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        let from = [self.s[0].local, self.s[1].local];
+        loop {
+            let mut moved = false;
+            for (side, &sender) in from.iter().enumerate() {
+                while let Some(t) = self.s[side].poll_transmit() {
+                    moved = true;
+                    self.round_trip(1 - side, &t.payload);
+                    let now = self.now;
+                    self.s[1 - side].handle_message(now, sender, &t.payload);
+                }
+                while self.s[side].poll_event().is_some() {}
+            }
+            if moved {
+                continue;
+            }
+            let next = [self.s[0].poll_timeout(), self.s[1].poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for s in &mut self.s {
+                        if s.poll_timeout().is_some_and(|t| t <= now) {
+                            s.handle_timeout(now);
+                        }
+                    }
+                }
+                _ => {
+                    self.now = end;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_emitted_message_round_trips() {
+    for esp in [
+        "aes256gcm16-ecp256",
+        "chacha20poly1305-x25519-noesn",
+        "aes256gcm16",
+    ] {
+        let mut d = Duo::new(esp);
+        d.s[1].set_under_load(true);
+        let now = d.now;
+        d.s[0].start(now);
+        d.run(Duration::from_secs(1));
+        assert_eq!(d.s[0].state(), SessionState::Established);
+        let now = d.now;
+        d.s[0].rekey_child(now);
+        d.run(Duration::from_secs(1));
+        d.s[1].rekey_ike(d.now);
+        d.run(Duration::from_secs(1));
+        d.s[1].rekey_child(d.now);
+        d.run(Duration::from_secs(15)); // grace removals and a DPD exchange
+        d.s[0].close(d.now);
+        d.run(Duration::from_secs(1));
+        assert_eq!(d.s[1].state(), SessionState::Idle);
+        // COOKIE, 2x IKE_SA_INIT, IKE_AUTH x2, CREATE_CHILD_SA x6, deletes x6, DPD x2+, close x2.
+        assert_eq!(d.checked_plain, 4, "{esp}");
+        assert!(d.checked_sk >= 18, "{esp}: {}", d.checked_sk);
+    }
+}
+
+/// Sends `inner` (raw payload chain starting with type `first`) as an INFORMATIONAL request
+/// from side 0 to side 1 on the current SA; returns side 1's decrypted answer.
+fn send_raw(d: &mut Duo, first: u8, inner: &[u8]) -> Vec<Payload> {
+    let c = d.s[0].current().unwrap();
+    let sa = &mut d.s[0].sas[c];
+    let id = sa.next_id;
+    sa.next_id += 1;
+    let h = sa.header(exchange::INFORMATIONAL, id, false);
+    // Build the SK payload by hand around the raw chain.
+    let mut msg = Vec::new();
+    let mut hh = h;
+    hh.next_payload = payload_type::SK;
+    let sk_len = 4 + 8 + inner.len() + 1 + 16;
+    hh.length = (28 + sk_len) as u32;
+    hh.encode(&mut msg);
+    msg.extend_from_slice(&[first, 0]);
+    msg.extend_from_slice(&(sk_len as u16).to_be_bytes());
+    let iv = 0xdead_u64.to_be_bytes();
+    msg.extend_from_slice(&iv);
+    let mut pt = inner.to_vec();
+    pt.push(0);
+    let mut nonce = [0u8; 12];
+    nonce[..4].copy_from_slice(&sa.tx.salt[..]);
+    nonce[4..].copy_from_slice(&iv);
+    let tag = sa
+        .tx
+        .key
+        .seal_in_place_separate_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(&msg[..32]),
+            &mut pt,
+        )
+        .unwrap();
+    msg.extend_from_slice(&pt);
+    msg.extend_from_slice(tag.as_ref());
+    let now = d.now;
+    let from = d.s[0].local;
+    d.s[1].handle_message(now, from, &msg);
+    let t = d.s[1].poll_transmit().expect("an answer");
+    let (rh, body): (Header, Body) = decode(&t.payload).unwrap();
+    assert!(rh.is_response());
+    assert_eq!(rh.message_id, id);
+    let Body::Encrypted {
+        first_inner, sk_at, ..
+    } = body
+    else {
+        panic!()
+    };
+    let c = d.s[0].current().unwrap();
+    let plain = d.s[0].sas[c].rx.open(&t.payload, sk_at).unwrap();
+    decode_payloads(first_inner, &plain).unwrap()
+}
+
+#[test]
+fn undecodable_authenticated_requests_get_their_notify() {
+    let mut d = Duo::new("aes256gcm16");
+    let now = d.now;
+    d.s[0].start(now);
+    d.run(Duration::from_secs(1));
+    // A Nonce payload of 3 octets: INVALID_SYNTAX.
+    let answer = send_raw(&mut d, payload_type::NONCE, &[0, 0, 0, 7, 1, 2, 3]);
+    assert_eq!(
+        answer,
+        [Payload::Notify(Notify::new(
+            notify_type::INVALID_SYNTAX,
+            vec![]
+        ))]
+    );
+    assert_eq!(d.s[1].drops().invalid_syntax, 1);
+    // An unknown payload type 222 with the critical bit: UNSUPPORTED_CRITICAL_PAYLOAD(222).
+    let answer = send_raw(&mut d, 222, &[0, 0x80, 0, 5, 9]);
+    assert_eq!(
+        answer,
+        [Payload::Notify(Notify::new(
+            notify_type::UNSUPPORTED_CRITICAL_PAYLOAD,
+            vec![222]
+        ))]
+    );
+    // Without the critical bit it is skipped: an empty INFORMATIONAL, answered empty.
+    let answer = send_raw(&mut d, 222, &[0, 0, 0, 5, 9]);
+    assert!(answer.is_empty());
+    // Nothing of this took the SA down.
+    assert_eq!(d.s[1].state(), SessionState::Established);
+}
+
+#[test]
+fn retransmitted_request_gets_the_cached_response_once_authenticated() {
+    let mut d = Duo::new("aes256gcm16");
+    let now = d.now;
+    d.s[0].start(now);
+    d.run(Duration::from_secs(1));
+    let now = d.now;
+    d.s[0].rekey_child(now);
+    let req = d.s[0].poll_transmit().unwrap();
+    let from = d.s[0].local;
+    d.s[1].handle_message(now, from, &req.payload);
+    let first = d.s[1].poll_transmit().unwrap();
+    d.s[1].handle_message(now, from, &req.payload);
+    let again = d.s[1].poll_transmit().unwrap();
+    assert_eq!(first, again);
+    // A forged copy (bad ICV) of the same Message ID is not answered.
+    let mut forged = req.payload.clone();
+    let n = forged.len();
+    forged[n - 1] ^= 1;
+    d.s[1].handle_message(now, from, &forged);
+    assert!(d.s[1].poll_transmit().is_none());
+    assert_eq!(d.s[1].drops().decrypt_failed, 1);
+    // Only one child was created by the two copies.
+    let installs = std::iter::from_fn(|| d.s[1].poll_event())
+        .filter(|e| matches!(e, Event::ChildInstallInbound { .. }))
+        .count();
+    assert_eq!(installs, 1, "one new child for two copies of the request");
+}
