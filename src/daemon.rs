@@ -38,6 +38,9 @@ use crate::control::{self, GatewayState, NeighborName, TunnelInfo, UplinkInfo};
 /// Used when an uplink's MTU can be neither configured nor read from its interface.
 const FALLBACK_UPLINK_MTU: u32 = 1500;
 
+/// How long a stopping gateway keeps forwarding after its BGP Cease (and BFD AdminDown) went out.
+const SHUTDOWN_DRAIN: Duration = Duration::from_millis(300);
+
 /// Runs the gateway in the foreground until SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<()> {
     let (state, dataplane) = assemble(&config)?;
@@ -568,6 +571,10 @@ async fn control_plane(
     if let Some(s) = &speaker {
         // Tell every peer first (RFC 8203 message), so they move traffic away before we go.
         s.shutdown("braid gateway shutting down").await;
+        // Keep forwarding while they do: packets already on their way to us (and whatever a peer sends
+        // before it has processed the Cease) still get through. Only then do the data path and the kernel
+        // routes go.
+        tokio::time::sleep(SHUTDOWN_DRAIN).await;
     }
     server.abort();
     sampler.abort();

@@ -466,17 +466,20 @@ const ATTR_TABLE: &str = "braid_drill_attr";
 
 /// Installs the recording sets and rules on both cores (replacing earlier ones).
 fn attr_install(topo: &Topology) -> Result<()> {
-    let (a, b) = topo.sites.as_ref().context("the drill needs the site hosts")?;
+    let (a, b) = topo
+        .sites
+        .as_ref()
+        .context("the drill needs the site hosts")?;
     for (core, role) in [(&a.core, Role::OnPrem), (&b.core, Role::Cloud)] {
         let _ = core.exec("nft", &[&format!("delete table inet {ATTR_TABLE}")]);
         let mut script = format!(
-            "add table inet {ATTR_TABLE}; add chain inet {ATTR_TABLE} fwd {{ type filter hook forward priority 0; }}; "
+            "add table inet {ATTR_TABLE}; add chain inet {ATTR_TABLE} record {{ type filter hook forward priority 0; }}; "
         );
         for g in topo.gateways.iter().filter(|g| g.role == role) {
             let n = g.index + 1;
             script += &format!(
                 "add set inet {ATTR_TABLE} gw{n} {{ type inet_service; flags dynamic; }}; \
-                 add rule inet {ATTR_TABLE} fwd iifname \"host\" oifname \"gw{n}\" udp sport >= 1 update @gw{n} {{ udp sport }}; "
+                 add rule inet {ATTR_TABLE} record iifname \"host\" oifname \"gw{n}\" meta l4proto udp update @gw{n} {{ udp sport }}; "
             );
         }
         nft(core, &script)?;
@@ -491,10 +494,17 @@ fn core_hops_all(
     opts: DrillOptions,
     sport_base: u16,
 ) -> Result<Vec<Vec<Option<usize>>>> {
-    let (a, b) = topo.sites.as_ref().context("the drill needs the site hosts")?;
+    let (a, b) = topo
+        .sites
+        .as_ref()
+        .context("the drill needs the site hosts")?;
     let mut out = Vec::new();
     for dir in &DIRECTIONS {
-        let core = if dir.role == Role::OnPrem { &a.core } else { &b.core };
+        let core = if dir.role == Role::OnPrem {
+            &a.core
+        } else {
+            &b.core
+        };
         let mut v: Vec<Option<usize>> = vec![None; opts.flows_per_direction];
         let mut seen_twice = vec![false; opts.flows_per_direction];
         for (gi, g) in topo.gateways.iter().enumerate() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use braid::scenario::*;
 use common::*;
 
-const TOOLS: &[&str] = &["ip", "ping", "tc", "sysctl"];
+const TOOLS: &[&str] = &["ip", "ping", "tc", "sysctl", "bird"];
 
 /// One topology at a time: each loads the machine (4 gateways, hundreds of flows, or an overload), and the
 /// shares and rates are measured, so the tests of this file must not compete for the CPU.
@@ -56,7 +56,8 @@ fn s1_active_active_512_flows_spread_over_all_four_tunnels() {
     let topo = topology(Kind::ActiveActive, |_| {});
     for g in 0..topo.gateways.len() {
         let s = topo.sessions(g).unwrap();
-        assert_eq!(s.len(), 2, "{s:?}");
+        // One per tunnel, one to the site's core.
+        assert_eq!(s.len(), 3, "{s:?}");
         assert!(s.iter().all(|(_, st)| st == "Established"), "{s:?}");
     }
     // Each gateway's group holds both of its tunnels (site-wide: 4 ways).
@@ -92,7 +93,8 @@ fn s2_dual_isp_prepended_isp2_tunnels_are_idle_backups() {
     let topo = topology(Kind::DualIsp, |_| {});
     for g in 0..topo.gateways.len() {
         let s = topo.sessions(g).unwrap();
-        assert_eq!(s.len(), 4, "{s:?}");
+        // One per tunnel, one to the site's core.
+        assert_eq!(s.len(), 5, "{s:?}");
         assert!(s.iter().all(|(_, st)| st == "Established"), "{s:?}");
     }
     // ISP1 members active, ISP2 members backups, for every prefix at every gateway.
