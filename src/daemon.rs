@@ -48,6 +48,7 @@ pub fn run(config: Config) -> Result<()> {
     let (fib_tx, installer_thread) = match &state.installer {
         Some(installer) if config.bgp.is_some() => {
             let (tx, rx) = mpsc::channel();
+            let (installed_tx, installed_rx) = tokio::sync::watch::channel(0u64);
             let kernel = config
                 .gateway
                 .kernel_routes
@@ -55,9 +56,9 @@ pub fn run(config: Config) -> Result<()> {
             let installer = installer.clone();
             let thread = std::thread::Builder::new()
                 .name("braid-fib".into())
-                .spawn(move || install_routes(installer, rx, kernel))
+                .spawn(move || install_routes(installer, rx, kernel, installed_tx))
                 .context("starting the route installer")?;
-            (Some(tx), Some(thread))
+            (Some((tx, installed_rx)), Some(thread))
         }
         _ => (None, None),
     };
@@ -320,6 +321,7 @@ fn install_routes(
     installer: Arc<Mutex<RouteInstaller>>,
     rx: mpsc::Receiver<Vec<FibChange>>,
     kernel: Option<String>,
+    installed: tokio::sync::watch::Sender<u64>,
 ) {
     /// After a batch arrives, more are awaited this long before building, so a burst of UPDATEs (a full
     /// table) costs a few builds rather than one per UPDATE.
@@ -347,7 +349,12 @@ fn install_routes(
             }
             i.publish()
         };
-        let Some(p) = published else { continue };
+        let count = batches.len() as u64;
+        // Whatever happens below, these batches are in forwarding (and, next, the kernel) once we say so.
+        let Some(p) = published else {
+            installed.send_modify(|n| *n += count);
+            continue;
+        };
         tracing::debug!(
             routes = p.routes,
             build_ms = p.build_time.as_secs_f64() * 1e3,
@@ -358,6 +365,7 @@ fn install_routes(
         if let Some(k) = &mut kernel {
             k.apply(&p.added, &p.removed);
         }
+        installed.send_modify(|n| *n += count);
     }
     if let Some(k) = &mut kernel {
         k.remove_all();
@@ -495,6 +503,9 @@ fn speaker_config(config: &Config, bgp: &crate::config::Bgp) -> Result<SpeakerCo
                 prepend: n.prepend,
                 max_prefix: n.max_prefix,
             },
+            // A LAN router reaches the tunnels through the kernel table: tell it of a route only once the
+            // route is there.
+            wait_for_fib: n.tunnel.is_none() && config.gateway.kernel_routes,
         });
     }
     Ok(SpeakerConfig {
@@ -505,20 +516,27 @@ fn speaker_config(config: &Config, bgp: &crate::config::Bgp) -> Result<SpeakerCo
         networks: bgp.networks.clone(),
         neighbors,
         fib: None,
+        fib_installed: None,
     })
 }
 
 async fn control_plane(
     config: Config,
     state: Arc<GatewayState>,
-    fib: Option<mpsc::Sender<Vec<FibChange>>>,
+    fib: Option<(
+        mpsc::Sender<Vec<FibChange>>,
+        tokio::sync::watch::Receiver<u64>,
+    )>,
 ) -> Result<()> {
     let listener = control::bind(&config.gateway.control_socket).await?;
     tracing::info!(socket = %config.gateway.control_socket.display(), "control socket listening");
     let speaker = match &config.bgp {
         Some(b) => {
             let mut sc = speaker_config(&config, b)?;
-            sc.fib = fib;
+            if let Some((tx, installed)) = fib {
+                sc.fib = Some(tx);
+                sc.fib_installed = Some(installed);
+            }
             let neighbors = sc.neighbors.len();
             let h = braid_control::bgp::speaker::start(sc)
                 .await

@@ -200,6 +200,8 @@ pub struct StepReport {
     pub untouched_flows_affected: usize,
     /// Flows whose last packets did not arrive.
     pub not_restored: usize,
+    /// Packets the gateways dropped during the step, by gateway and reason (`show tunnels` counters).
+    pub gateway_drops: std::collections::BTreeMap<String, u64>,
     pub per_flow: Vec<FlowResult>,
 }
 
@@ -269,6 +271,7 @@ fn run_step(
         None => Duration::from_secs(topo.opts.hold_time as u64 + 2),
     };
     attr_install(topo)?;
+    let drops_before = gateway_drops(topo);
     let probes = Probes::start(topo, opts, sport_base)?;
     std::thread::sleep(Duration::from_millis(1000));
     let before = attribute_all(topo, opts, sport_base)?;
@@ -296,6 +299,13 @@ fn run_step(
         _ => None,
     };
     let reports = probes.stop()?;
+    let mut drops = gateway_drops(topo);
+    for (k, v) in drops.iter_mut() {
+        // A gateway that restarted counts from zero.
+        let was = drops_before.get(k).copied().unwrap_or(0);
+        *v = if *v >= was { *v - was } else { *v };
+    }
+    drops.retain(|_, v| *v > 0);
     let mut per_flow = Vec::new();
     for (d, dir) in DIRECTIONS.iter().enumerate() {
         let (report, sent) = &reports[d];
@@ -344,8 +354,31 @@ fn run_step(
         untouched_lost: untouched.clone().map(|f| f.lost).sum(),
         untouched_flows_affected: untouched.filter(|f| f.lost > 0).count(),
         not_restored: per_flow.iter().filter(|f| !f.restored).count(),
+        gateway_drops: drops,
         per_flow,
     })
+}
+
+/// Every running gateway's drop counters, `gateway/tunnel/reason` (and `gateway/tun/reason`) -> packets.
+fn gateway_drops(topo: &Topology) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for (g, gw) in topo.gateways.iter().enumerate() {
+        let Ok(v) = topo.show(g, "tunnels") else {
+            continue;
+        };
+        let mut add = |what: &str, drops: &Value| {
+            for (reason, n) in drops.as_object().into_iter().flatten() {
+                if let Some(n) = n.as_u64() {
+                    out.insert(format!("{}/{what}/{reason}", gw.name), n);
+                }
+            }
+        };
+        for t in v["tunnels"].as_array().into_iter().flatten() {
+            add(t["name"].as_str().unwrap_or("?"), &t["drops"]);
+        }
+        add("tun", &v["tun"]["drops"]);
+    }
+    out
 }
 
 /// Whether a flow that took `a` crosses the element `step` breaks or repairs.

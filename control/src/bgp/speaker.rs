@@ -55,6 +55,11 @@ pub struct NeighborConfig {
     pub passive: bool,
     pub connect_retry: Duration,
     pub policy: NeighborPolicy,
+    /// Advertise to this neighbour only once every forwarding change made so far is installed (see
+    /// [`SpeakerConfig::fib_installed`]): for a LAN router whose traffic reaches the tunnels through this host's
+    /// kernel table, so it never sends us traffic for a route we cannot forward yet (FRR calls this
+    /// "suppress-fib-pending").
+    pub wait_for_fib: bool,
 }
 
 /// The speaker's configuration.
@@ -69,6 +74,9 @@ pub struct SpeakerConfig {
     /// Where the RIB's forwarding changes go (batches; neighbours are named by their index in `neighbors`).
     /// `None`: the routes are not forwarded by this gateway, and no changes are kept.
     pub fib: Option<std::sync::mpsc::Sender<Vec<FibChange>>>,
+    /// How many batches sent on `fib` the installer has applied, forwarding table and kernel routes both;
+    /// neighbours with `wait_for_fib` hear of changes only after this catches up. `None`: nobody waits.
+    pub fib_installed: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// A neighbor's state for `braid show bgp`.
@@ -221,6 +229,9 @@ struct Speaker {
     events_tx: mpsc::Sender<ConnEvent>,
     next_conn: u64,
     fib: Option<std::sync::mpsc::Sender<Vec<FibChange>>>,
+    /// Batches sent on `fib`.
+    fib_sent: u64,
+    fib_installed: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// Binds the BGP listener and starts the speaker actor on the current tokio runtime.
@@ -273,6 +284,8 @@ pub async fn start(cfg: SpeakerConfig) -> io::Result<SpeakerHandle> {
         events_tx,
         next_conn: 1,
         fib: cfg.fib.clone(),
+        fib_sent: 0,
+        fib_installed: cfg.fib_installed.clone(),
     };
     let now = Instant::now().into_std();
     for p in &mut speaker.peers {
@@ -347,7 +360,19 @@ impl Speaker {
                     None => std::future::pending().await,
                 }
             };
+            let installed = async {
+                match &mut self.fib_installed {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                // The installer caught up: exports held back for `wait_for_fib` neighbours may go now.
+                _ = installed => {}
                 cmd = cmds.recv() => match cmd {
                     Some(Command::Shutdown(msg, done)) => {
                         self.shutdown(&msg).await;
@@ -625,8 +650,17 @@ impl Speaker {
                     self.session_event(i, ev, now);
                 }
             }
+            // Forwarding changes go to the installer before any export, so `fib_ready` covers them.
+            self.send_fib_changes();
+            let fib_ready = self
+                .fib_installed
+                .as_ref()
+                .is_none_or(|rx| *rx.borrow() >= self.fib_sent);
             for i in 0..self.peers.len() {
                 if self.peers[i].session.state() != State::Established {
+                    continue;
+                }
+                if self.peers[i].cfg.wait_for_fib && !fib_ready {
                     continue;
                 }
                 let rib_id = self.peers[i].rib_id;
@@ -674,13 +708,22 @@ impl Speaker {
         let mut batch = Vec::new();
         while let Some(c) = self.rib.poll_fib_change() {
             batch.push(c);
-            if batch.len() == BATCH && tx.send(std::mem::take(&mut batch)).is_err() {
-                break;
+            if batch.len() == BATCH {
+                if tx.send(std::mem::take(&mut batch)).is_err() {
+                    break;
+                }
+                self.fib_sent += 1;
             }
         }
-        if !batch.is_empty() && tx.send(batch).is_err() {
+        if batch.is_empty() {
+            return;
+        }
+        if tx.send(batch).is_ok() {
+            self.fib_sent += 1;
+        } else {
             tracing::warn!("route installer gone; forwarding changes are no longer applied");
             self.fib = None;
+            self.fib_installed = None;
             self.rib.track_fib(false);
         }
     }
