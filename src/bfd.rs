@@ -185,6 +185,8 @@ async fn run(
     cfg.jitter_seed ^= (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut session = Session::new(cfg, Instant::now());
     let mut live_at: Option<Instant> = None;
+    // When the session came Up, until its timers were compared with the peer's (once per Up).
+    let mut compare_at: Option<Instant> = None;
     let mut buf = [0u8; 128];
     tracing::info!(tunnel = %t.name, local = %t.local, peer = %t.peer,
         interval_ms = t.interval.as_millis() as u64, multiplier = t.multiplier, "BFD session started");
@@ -201,6 +203,9 @@ async fn run(
                 Event::Up => {
                     s.ups += 1;
                     live_at = Some(now + t.hold_down);
+                    // After Up both ends switch from the slow rate to their own timers (a Poll sequence each):
+                    // compare once that has settled.
+                    compare_at = Some(now + TIMER_SETTLE);
                     tracing::info!(tunnel = %t.name, hold_down_ms = t.hold_down.as_millis() as u64, "BFD Up");
                     // The path works: BGP need not wait out its connect-retry backoff.
                     if let (Some(sp), Some(n)) = (&speaker, t.neighbor) {
@@ -221,6 +226,22 @@ async fn run(
                 }
             }
         }
+        if compare_at.is_some_and(|at| at <= now) && session.state() == SessionState::Up {
+            let n = session.negotiated();
+            if !n.poll_in_progress {
+                compare_at = None;
+                if timers_match(&n) == Some(false) {
+                    let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
+                    tracing::warn!(tunnel = %t.name,
+                        local_ms = t.interval.as_millis() as u64, local_multiplier = t.multiplier,
+                        peer_desired_min_tx_ms = ms(n.remote_desired_min_tx),
+                        peer_multiplier = n.remote_detect_mult.unwrap_or(0),
+                        detection_here_ms = ms(n.detection_time),
+                        detection_at_peer_ms = ms(peer_detection_time(&n)),
+                        "BFD timers differ from the peer's: the two ends declare the path down after different times; keep removal timers the same on both sides");
+                }
+            }
+        }
         if live_at.is_some_and(|at| at <= now) && session.state() == SessionState::Up {
             live_at = None;
             if let (Some(tunnel), Some(l)) = (t.tunnel, liveness) {
@@ -238,7 +259,7 @@ async fn run(
             s.diag = session.local_diag().name();
             s.negotiated = Some(session.negotiated());
         }
-        let deadline = [session.poll_timeout(), live_at]
+        let deadline = [session.poll_timeout(), live_at, compare_at]
             .into_iter()
             .flatten()
             .min()
@@ -307,9 +328,28 @@ pub fn json(gateway: &str, table: Option<&BfdTable>) -> Value {
                 "remote_timers": n.map(|n| json!({ "desired_min_tx_ms": n.remote_desired_min_tx.map(ms),
                     "required_min_rx_ms": ms(n.remote_required_min_rx), "detect_mult": n.remote_detect_mult })),
                 "negotiated": n.map(|n| json!({ "tx_interval_ms": n.tx_interval.map(ms),
-                    "detection_time_ms": n.detection_time.map(ms) })),
+                    "detection_time_ms": n.detection_time.map(ms),
+                    "peer_detection_time_ms": peer_detection_time(&n).map(ms),
+                    "timers_match": timers_match(&n) })),
             })
         })
         .collect();
     json!({ "gateway": gateway, "sessions": sessions })
+}
+
+/// How long after Up the timers are compared with the peer's.
+const TIMER_SETTLE: Duration = Duration::from_secs(3);
+
+/// The peer's detection time (RFC 5880 6.8.4): our multiplier times the interval it receives at, the larger of
+/// its Required Min RX and our Desired Min TX.
+fn peer_detection_time(n: &Negotiated) -> Option<Duration> {
+    let interval = n.remote_required_min_rx.max(n.local_desired_min_tx);
+    Some(interval * n.local_detect_mult as u32).filter(|_| n.remote_desired_min_tx.is_some())
+}
+
+/// Whether both ends declare the session down after the same time (`None` until the peer has been heard).
+fn timers_match(n: &Negotiated) -> Option<bool> {
+    let here = n.detection_time?;
+    let there = peer_detection_time(n)?;
+    Some(here.abs_diff(there) < Duration::from_millis(1))
 }

@@ -40,10 +40,11 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
-    /// Validate and audit a configuration; non-zero exit on error.
+    /// Validate and audit a configuration; non-zero exit on error. With several (`-c A -c B`), also check
+    /// the two ends of every tunnel between them against each other (keys, addresses, removal timers).
     Check {
-        #[arg(short, long)]
-        config: PathBuf,
+        #[arg(short, long, required = true)]
+        config: Vec<PathBuf>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -456,44 +457,79 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
     }
 }
 
-fn check(path: &Path, json: bool) -> Result<i32> {
-    match Config::load(path) {
-        Ok(cfg) => {
-            let warnings = cfg.audit();
-            if json {
-                let v = serde_json::json!({
-                    "ok": true,
-                    "file": path.display().to_string(),
-                    "gateway": cfg.gateway.name,
-                    "uplinks": cfg.uplinks.len(),
-                    "tunnels": cfg.tunnels.len(),
-                    "warnings": warnings.iter().map(|w| serde_json::json!({"key": w.key, "message": w.message})).collect::<Vec<_>>(),
-                });
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "{}: ok (gateway {:?}, {} uplink(s), {} tunnel(s))",
-                    path.display(),
-                    cfg.gateway.name,
-                    cfg.uplinks.len(),
-                    cfg.tunnels.len()
-                );
-                for w in &warnings {
-                    println!("warning: {}: {}: {}", path.display(), w.key, w.message);
+fn check(paths: &[PathBuf], json: bool) -> Result<i32> {
+    let mut configs = Vec::new();
+    let mut files = Vec::new();
+    let mut failed = false;
+    for path in paths {
+        match Config::load(path) {
+            Ok(cfg) => {
+                let warnings = cfg.audit();
+                if json {
+                    files.push(serde_json::json!({
+                        "ok": true,
+                        "file": path.display().to_string(),
+                        "gateway": cfg.gateway.name,
+                        "uplinks": cfg.uplinks.len(),
+                        "tunnels": cfg.tunnels.len(),
+                        "warnings": warnings.iter().map(|w| serde_json::json!({"key": w.key, "message": w.message})).collect::<Vec<_>>(),
+                    }));
+                } else {
+                    println!(
+                        "{}: ok (gateway {:?}, {} uplink(s), {} tunnel(s))",
+                        path.display(),
+                        cfg.gateway.name,
+                        cfg.uplinks.len(),
+                        cfg.tunnels.len()
+                    );
+                    for w in &warnings {
+                        println!("warning: {}: {}: {}", path.display(), w.key, w.message);
+                    }
+                }
+                configs.push(cfg);
+            }
+            Err(e) => {
+                failed = true;
+                if json {
+                    files.push(serde_json::json!({"ok": false, "file": e.file.display().to_string(), "key": e.key, "problem": e.problem}));
+                } else {
+                    eprintln!("error: {e}");
                 }
             }
-            Ok(0)
-        }
-        Err(e) => {
-            if json {
-                let v = serde_json::json!({"ok": false, "file": e.file.display().to_string(), "key": e.key, "problem": e.problem});
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                eprintln!("error: {e}");
-            }
-            Ok(1)
         }
     }
+    let (pairs, findings) = crate::pairing::check(&configs);
+    let pair_errors = findings.iter().filter(|f| f.error).count();
+    if json {
+        let v = if paths.len() == 1 {
+            files.pop().unwrap_or_default()
+        } else {
+            serde_json::json!({
+                "ok": !failed && pair_errors == 0,
+                "files": files,
+                "tunnel_pairs": pairs,
+                "pair_findings": findings.iter().map(|f| serde_json::json!({
+                    "a": f.a, "b": f.b, "key": f.key, "message": f.message,
+                    "severity": if f.error { "error" } else { "warning" },
+                })).collect::<Vec<_>>(),
+            })
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        if paths.len() > 1 {
+            println!("{pairs} tunnel(s) with both ends in these files");
+        }
+        for f in &findings {
+            let what = if f.error { "error" } else { "warning" };
+            let line = format!("{what}: {} <-> {}: {}: {}", f.a, f.b, f.key, f.message);
+            if f.error {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(if failed || pair_errors > 0 { 1 } else { 0 })
 }
 
 fn socket_path(config: Option<&Path>, socket: Option<&Path>) -> Result<PathBuf> {

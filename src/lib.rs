@@ -15,5 +15,6 @@ pub mod lab;
 pub mod labtool;
 pub mod metrics;
 pub mod netns;
+pub mod pairing;
 pub mod probe;
 pub mod scenario;

@@ -24,8 +24,9 @@ fn drill_each_fault_heals_itself_and_untouched_flows_lose_nothing() {
     let mut topo = topology(Kind::ActiveActive, |o| o.bfd = Some((100, 3)));
     let steps = drill::steps(Kind::ActiveActive, true);
     let opts = DrillOptions {
+        // Light enough that a loaded 2-core CI box forwards every probe: loss then means a path broke.
         flows_per_direction: 16,
-        pps: 500.0,
+        pps: 250.0,
     };
     let d = drill::run(&mut topo, &steps, opts, &|s| eprintln!("{s}"));
     assert!(d.failed.is_none(), "drill stopped: {:?}", d.failed);
