@@ -307,13 +307,34 @@ fn ike_dpd_finds_a_killed_peer() {
     if !netns_ready("ike_dpd_finds_a_killed_peer", &["ip", "ping"]) {
         return;
     }
-    // DPD after 2 s of silence; a check is retransmitted 3 times: 0.5 + 0.75 + 1.125 + 1.69 = 4.06 s.
-    let p = ike_pair(|i| {
-        i.dpd_interval = "2s".into();
-        i.extra = "retransmit = { timeout = \"500ms\", factor = 1.5, tries = 3 }".into();
+    // DPD after 2 s of silence; a check is retransmitted 3 times: 0.5 + 0.75 + 1.125 + 1.69 = 4.06 s. BGP runs
+    // in the tunnel with a 60 s hold time: IKE's verdict must reset it long before that.
+    let mut ike = IkeLab {
+        dpd_interval: "2s".into(),
+        extra: "retransmit = { timeout = \"500ms\", factor = 1.5, tries = 3 }".into(),
+        ..IkeLab::default()
+    };
+    ike.esp_proposal = "aes256gcm16-noesn".into();
+    let p = pair_with(|o| {
+        o.ike = Some(ike);
+        o.bgp = true;
+        o.hold_time = Some(60);
     });
     wait_established(&p);
-    pings(&p);
+    let bgp_state = |side| p.show(side, "bgp").unwrap_or_default()["neighbors"][0]["state"].clone();
+    wait_until(
+        "BGP Established over the IKE tunnel",
+        Duration::from_secs(15),
+        || bgp_state(Side::A) == "Established" && bgp_state(Side::B) == "Established",
+        || diag(&p),
+    );
+    for (side, dst, src) in [
+        (Side::A, B_INSIDE4, A_INSIDE4),
+        (Side::B, A_INSIDE6, B_INSIDE6),
+    ] {
+        let (got, text) = p.ping(side, dst, 3, &["-I", src]).unwrap();
+        assert_eq!(got, 3, "{text}");
+    }
     // SIGKILL B's gateway: no Delete, no AdminDown; A must find out by itself.
     let pids = p.b.ip(&["netns", "pids", p.b.name()]).unwrap();
     let pids = String::from_utf8_lossy(&pids.stdout).to_string();
@@ -346,6 +367,20 @@ fn ike_dpd_finds_a_killed_peer() {
     assert!(killed.elapsed() >= Duration::from_secs(2));
     let t = p.tunnel(Side::A).unwrap();
     assert!(t["spi_out"].is_null(), "SAs cleared: {t}");
+    assert_eq!(t["down_votes"], serde_json::json!(["ike"]), "{t}");
+    // BGP was reset with the IKE SA, not 60 s later by its hold timer.
+    let n = &p.show(Side::A, "bgp").unwrap()["neighbors"][0];
+    assert_ne!(n["state"], "Established", "{n}");
+    let why = n["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("IKE SA down") || why.contains("Administrative Reset"),
+        "{n}"
+    );
+    let log = std::fs::read_to_string(p.log(Side::A)).unwrap();
+    assert!(
+        log.contains("path down: resetting the BGP session"),
+        "{log}"
+    );
     // A initiator keeps trying (backoff), and says so.
     wait_until(
         "A initiates again",

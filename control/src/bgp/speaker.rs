@@ -191,9 +191,9 @@ impl SpeakerHandle {
     }
 
     /// Another detector (IKE: the tunnel lost its SAs, or DPD declared the peer dead) says the path to
-    /// neighbour `index` is gone: the session is torn down at once without a NOTIFICATION (nothing could reach
-    /// the peer) and its routes go; it starts again after a second, with the usual connect-retry backoff.
-    /// `cause` is what `braid show bgp` gives as the last error.
+    /// neighbour `index` is gone: the session is torn down at once (Cease / Administrative Reset with `cause`
+    /// as its RFC 8203 message; the peer will rarely see it) and its routes go; it starts again after a
+    /// second, with the usual connect-retry backoff.
     pub fn path_down(&self, index: usize, cause: &'static str) {
         let _ = self.tx.send(Command::PathDown(index, cause));
     }
@@ -583,8 +583,11 @@ impl Speaker {
                         tracing::warn!(neighbor = %p.cfg.label, cause, "path down: resetting the BGP session");
                         p.last_error = Some(cause.into());
                     }
-                    p.session
-                        .handle_stop(now, None, Some(Duration::from_secs(1)));
+                    p.session.handle_stop(
+                        now,
+                        Some(Notification::shutdown(subcode::ADMINISTRATIVE_RESET, cause)),
+                        Some(Duration::from_secs(1)),
+                    );
                 }
             }
             Command::BfdUp(index) => {
