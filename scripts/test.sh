@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # braid's whole test suite: formatting, lints, unit tests, and the network-namespace integration tests with
 # real TUN devices and two real gateways. Installs what it needs. Namespace tests need root: as a normal user
-# the test binaries are run through sudo. Under CI=true a namespace test that cannot run FAILS.
+# the test binaries are run through sudo. Under CI=true a namespace test that cannot run FAILS. strongSwan
+# (charon-systemd + kernel-libipsec, swanctl; openssl/gcm from the standard plugins, chapoly/curve25519 from the
+# extra ones) is the IKEv2 interop peer of tests/ike_interop.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 
-need_pkgs iproute2 iputils-ping iperf3 nftables tcpdump procps ca-certificates bird2 frr gobgpd
+need_pkgs iproute2 iputils-ping iperf3 nftables tcpdump procps ca-certificates bird2 frr gobgpd \
+    strongswan-swanctl charon-systemd libcharon-extra-plugins libstrongswan-extra-plugins \
+    libstrongswan-standard-plugins util-linux
 need_rust
 
 echo "==> cargo fmt --check"

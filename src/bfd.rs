@@ -4,10 +4,11 @@
 //! neighbour (`address = ...`, e.g. the site's core router) can have one too: its Down resets that BGP session.
 //!
 //! What a session's verdict does:
-//! - **Down** (detection time expired, or the peer said so): the tunnel is marked dead in the data path's
-//!   [`Liveness`] at once, so its flows move to the other members of every group (or to the backups) with no FIB
-//!   rebuild, and the BGP session over the tunnel is reset (Cease / BFD Down), long before its hold timer.
-//! - **Up**: the tunnel is marked live again after `hold_down_ms` of uninterrupted Up (against flapping).
+//! - **Down** (detection time expired, or the peer said so): BFD votes the tunnel down at once ([`Health`]
+//!   ANDs its vote with IKE's into the data path's `Liveness`), so its flows move to the other members of
+//!   every group (or to the backups) with no FIB rebuild, and the BGP session over the tunnel is reset
+//!   (Cease / BFD Down), long before its hold timer.
+//! - **Up**: BFD votes the tunnel live again after `hold_down_ms` of uninterrupted Up (against flapping).
 //! - A tunnel with BFD starts dead and becomes live at its first Up (after the hold-down).
 //! - On SIGTERM every session sends AdminDown first (the peer moves traffic away without waiting for detection),
 //!   then BGP sends its Cease.
@@ -24,10 +25,11 @@ use anyhow::{Context, Result};
 use braid_control::bfd::packet::{ControlPacket, SessionState};
 use braid_control::bfd::session::{Event, Negotiated, Session, SessionConfig};
 use braid_control::bgp::speaker::SpeakerHandle;
-use braid_dataplane::Liveness;
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
+
+use crate::health::{Health, Source};
 
 /// RFC 5881 4: single-hop BFD Control packets go to this port.
 pub const CONTROL_PORT: u16 = 3784;
@@ -76,7 +78,7 @@ pub type BfdTable = Arc<Mutex<Vec<BfdStatus>>>;
 /// AdminDown and end; the returned handles finish after that.
 pub fn start(
     tunnels: Vec<BfdTunnel>,
-    liveness: Option<Liveness>,
+    liveness: Option<Health>,
     speaker: Option<SpeakerHandle>,
     stop: watch::Receiver<bool>,
 ) -> (BfdTable, Vec<tokio::task::JoinHandle<()>>) {
@@ -106,7 +108,7 @@ pub fn start(
     for (i, t) in tunnels.into_iter().enumerate() {
         // Not live until BFD says so.
         if let (Some(tunnel), Some(l)) = (t.tunnel, &liveness) {
-            l.set(tunnel, false);
+            l.vote(tunnel, Source::Bfd, false);
         }
         let (table, liveness, speaker, stop) = (
             table.clone(),
@@ -119,7 +121,7 @@ pub fn start(
                 tracing::error!(tunnel = %t.name, error = %format!("{e:#}"), "BFD session stopped");
                 // Without BFD the tunnel must not stay dead forever: fall back to BGP alone.
                 if let (Some(tunnel), Some(l)) = (t.tunnel, liveness) {
-                    l.set(tunnel, true);
+                    l.vote(tunnel, Source::Bfd, true);
                 }
                 if let Some(s) = lock(&table).get_mut(i) {
                     s.error = Some(format!("{e:#}"));
@@ -168,7 +170,7 @@ async fn run(
     i: usize,
     t: BfdTunnel,
     table: &BfdTable,
-    liveness: &Option<Liveness>,
+    liveness: &Option<Health>,
     speaker: Option<SpeakerHandle>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
@@ -217,7 +219,7 @@ async fn run(
                     live_at = None;
                     s.live = false;
                     if let (Some(tunnel), Some(l)) = (t.tunnel, liveness) {
-                        l.set(tunnel, false);
+                        l.vote(tunnel, Source::Bfd, false);
                     }
                     tracing::warn!(tunnel = %t.name, diag = diag.name(), "BFD Down: tunnel leaves its groups");
                     if let (Some(sp), Some(n)) = (&speaker, t.neighbor) {
@@ -245,7 +247,7 @@ async fn run(
         if live_at.is_some_and(|at| at <= now) && session.state() == SessionState::Up {
             live_at = None;
             if let (Some(tunnel), Some(l)) = (t.tunnel, liveness) {
-                l.set(tunnel, true);
+                l.vote(tunnel, Source::Bfd, true);
             }
             lock(table)[i].live = true;
             tracing::info!(tunnel = %t.name, "tunnel live (BFD Up past its hold-down)");

@@ -681,7 +681,7 @@ fn print_tunnels(v: &Value) {
             t["uplink"].as_str().unwrap_or("?"),
             t["remote"].as_str().unwrap_or("?"),
             t["state"].as_str().unwrap_or("?"),
-            t["cipher"].as_str().unwrap_or("?"),
+            t["cipher"].as_str().unwrap_or("-"),
             t["tx_packets"],
             t["tx_bytes"],
             t["rx_packets"],

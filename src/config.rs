@@ -4,16 +4,18 @@
 //! subnets, SPIs, key lengths and key-file permissions). Every error names the file, the key and the problem,
 //! e.g. `gw.toml: tunnel[0] "cloud1".static.key_out: expected 72 hex digits (32-byte key + 4-byte salt), got 64`.
 //!
-//! Keys of the contract that later work implements (`ike`) are recognised
-//! and refused with a clear "not supported by this version" error rather than silently ignored.
-//! Secrets (keys) are held in [`Secret`], which zeroizes on drop and never prints.
+//! A tunnel is keyed either manually (`static = {...}`) or by IKEv2 (`ike = {...}`, RFC 7296 with a
+//! pre-shared key), exactly one of the two. Secrets (keys, PSKs) are held in [`Secret`], which zeroizes on
+//! drop and never prints; key and PSK files readable by group or others are refused.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use braid_crypto::ike::{EspProposal, Identity, IkeProposal, Retransmit};
 use braid_crypto::{Cipher, KEYMAT_LEN};
 use braid_dataplane::{InsideAddr, Prefix};
 use serde::Deserialize;
@@ -182,6 +184,7 @@ pub struct Tunnel {
     pub routes: Vec<Prefix>,
     pub keying: Keying,
     pub replay_window: u32,
+    /// Static keying: extended sequence numbers. IKE negotiates ESN (`esp_proposal`) instead.
     pub esn: bool,
     /// Weight in a next-hop group; `None`: the uplink's.
     pub weight: Option<u32>,
@@ -249,6 +252,58 @@ impl Tunnel {
 #[derive(Debug, Clone)]
 pub enum Keying {
     Static(StaticKeys),
+    Ike(IkeSettings),
+}
+
+impl Keying {
+    /// `"static"` or `"ike"`, as `braid show tunnels` says.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Keying::Static(_) => "static",
+            Keying::Ike(_) => "ike",
+        }
+    }
+}
+
+/// IKE defaults, as in the IKEv2 core (`IkeConfig::new`) and strongSwan.
+pub const DEFAULT_IKE_PROPOSAL: &str =
+    "aes256gcm16-prfsha256-ecp256,chacha20poly1305-prfsha256-x25519";
+pub const DEFAULT_ESP_PROPOSAL: &str = "aes256gcm16,chacha20poly1305";
+pub const DEFAULT_IKE_LIFETIME: Duration = Duration::from_secs(4 * 3600);
+pub const DEFAULT_CHILD_LIFETIME: Duration = Duration::from_secs(3600);
+pub const DEFAULT_DPD_INTERVAL: Duration = Duration::from_secs(30);
+
+/// IKEv2 keying of one tunnel: `ike = { psk_file, proposal, esp_proposal, lifetime, child_lifetime,
+/// child_bytes, dpd_interval, local_id, remote_id, initiator, force_encap, retransmit = { timeout, factor,
+/// tries } }`.
+#[derive(Debug, Clone)]
+pub struct IkeSettings {
+    /// The pre-shared key (the file's contents, or the octets of its `0x...` hex form).
+    pub psk: Secret,
+    pub psk_file: PathBuf,
+    /// IKE SA proposals, preferred first (strongSwan syntax).
+    pub proposals: Vec<IkeProposal>,
+    /// Child SA (ESP) proposals, preferred first.
+    pub esp_proposals: Vec<EspProposal>,
+    /// The IKE SA is rekeyed at this age minus a random 0..10%.
+    pub lifetime: Duration,
+    /// A child SA is rekeyed at this age minus a random 0..10% (strongSwan's `rekey_time`); it expires
+    /// (hard) at 125% of it if the rekey never succeeds.
+    pub child_lifetime: Duration,
+    /// A child SA is rekeyed after protecting about this many octets (both directions), deleted at it.
+    pub child_bytes: Option<u64>,
+    /// A liveness check after this long without any IKE message or ESP packet from the peer (`None`: off).
+    pub dpd_interval: Option<Duration>,
+    /// Our identity (default: the uplink's address).
+    pub local_id: Identity,
+    /// The identity the peer must prove (default: the remote address; `"%any"`: not checked).
+    pub remote_id: Option<Identity>,
+    /// Whether we start the IKE SA (and restart it after it dies); a responder waits for the peer.
+    pub initiator: bool,
+    /// Pretend to be behind a NAT (strongSwan's `encap = yes`).
+    pub force_encap: bool,
+    /// Request retransmission: first timeout, growth factor, retransmissions.
+    pub retransmit: Retransmit,
 }
 
 /// Manual keying: one SA each way, keys given in the config or in files.
@@ -358,7 +413,7 @@ struct RawTunnel {
     routes: Vec<String>,
     #[serde(rename = "static")]
     static_keys: Option<RawStatic>,
-    ike: Option<toml::Value>,
+    ike: Option<RawIke>,
     bfd: Option<RawBfd>,
     replay_window: Option<u32>,
     esn: Option<bool>,
@@ -375,6 +430,65 @@ struct RawStatic {
     key_in: Option<String>,
     key_out_file: Option<PathBuf>,
     key_in_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIke {
+    psk_file: Option<PathBuf>,
+    proposal: Option<String>,
+    esp_proposal: Option<String>,
+    lifetime: Option<DurationValue>,
+    child_lifetime: Option<DurationValue>,
+    child_bytes: Option<u64>,
+    dpd_interval: Option<DurationValue>,
+    local_id: Option<String>,
+    remote_id: Option<String>,
+    initiator: Option<bool>,
+    force_encap: Option<bool>,
+    retransmit: Option<RawRetransmit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetransmit {
+    timeout: Option<DurationValue>,
+    factor: Option<f64>,
+    tries: Option<u32>,
+}
+
+/// A duration: seconds as an integer, or a number with a unit (`"500ms"`, `"30s"`, `"10m"`, `"4h"`, `"1d"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Secs(i64),
+    Text(String),
+}
+
+fn parse_duration(v: &DurationValue) -> Result<Duration, String> {
+    match v {
+        DurationValue::Secs(n) if *n >= 0 => Ok(Duration::from_secs(*n as u64)),
+        DurationValue::Secs(n) => Err(format!("{n} is negative")),
+        DurationValue::Text(t) => {
+            let s = t.trim();
+            let split = s
+                .find(|c: char| !c.is_ascii_digit() && c != '.')
+                .unwrap_or(s.len());
+            let (num, unit) = s.split_at(split);
+            let n: f64 = num.parse().map_err(|_| {
+                format!("{t:?} is not a duration (e.g. 30, \"30s\", \"500ms\", \"10m\", \"4h\")")
+            })?;
+            let scale = match unit.trim() {
+                "ms" => 1e-3,
+                "" | "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                "d" => 86400.0,
+                u => return Err(format!("{t:?}: unknown unit {u:?} (ms, s, m, h, d)")),
+            };
+            Duration::try_from_secs_f64(n * scale).map_err(|_| format!("{t:?} is out of range"))
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -423,13 +537,6 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
-}
-
-fn not_yet(cx: &Ctx, key: String, what: &str) -> ConfigError {
-    cx.err(
-        key,
-        format!("{what} is not supported by this version of braid yet; remove the key"),
-    )
 }
 
 fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -582,13 +689,6 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         if !names.insert(t.name.clone()) {
             return Err(cx.err(key("name"), "duplicate tunnel name"));
         }
-        if t.ike.is_some() {
-            return Err(not_yet(
-                cx,
-                key("ike"),
-                "IKEv2 keying (use `static` keys for now)",
-            ));
-        }
         let bfd = t
             .bfd
             .as_ref()
@@ -672,23 +772,41 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("{replay_window} is above the maximum {MAX_REPLAY_WINDOW}"),
             ));
         }
-        let esn = t.esn.unwrap_or(false);
-        let Some(s) = t.static_keys else {
-            return Err(cx.err(
-                key("static"),
-                "a tunnel needs keys: `static = { cipher, spi_out, spi_in, key_out, key_in }`",
-            ));
+        let keying = match (t.static_keys, t.ike) {
+            (Some(_), Some(_)) => {
+                return Err(cx.err(key("ike"), "give either `static` or `ike` keying, not both"))
+            }
+            (None, None) => {
+                return Err(cx.err(
+                    key("static"),
+                    "a tunnel needs keys: `ike = { psk_file = \"FILE\" }` (IKEv2) or \
+                     `static = { cipher, spi_out, spi_in, key_out, key_in }`",
+                ))
+            }
+            (Some(s), None) => {
+                let keys = static_keys(cx, &key, s)?;
+                if let Some(other) = spis_in.insert(keys.spi_in, t.name.clone()) {
+                    return Err(cx.err(
+                        key("static.spi_in"),
+                        format!(
+                            "{:#010x} is already the inbound SPI of tunnel {other:?}",
+                            keys.spi_in
+                        ),
+                    ));
+                }
+                Keying::Static(keys)
+            }
+            (None, Some(ike)) => {
+                if t.esn.is_some() {
+                    return Err(cx.err(
+                        key("esn"),
+                        "with `ike`, ESN is negotiated: add `-esn` or `-noesn` to `ike.esp_proposal`",
+                    ));
+                }
+                Keying::Ike(ike_settings(cx, &key, ike, &uplinks[uplink], remote)?)
+            }
         };
-        let keys = static_keys(cx, &key, s)?;
-        if let Some(other) = spis_in.insert(keys.spi_in, t.name.clone()) {
-            return Err(cx.err(
-                key("static.spi_in"),
-                format!(
-                    "{:#010x} is already the inbound SPI of tunnel {other:?}",
-                    keys.spi_in
-                ),
-            ));
-        }
+        let esn = t.esn.unwrap_or(false);
         tunnels.push(Tunnel {
             name: t.name,
             uplink,
@@ -696,7 +814,7 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             inside,
             peer_inside,
             routes,
-            keying: Keying::Static(keys),
+            keying,
             replay_window,
             esn,
             weight: t.weight,
@@ -1002,7 +1120,8 @@ fn parse_hex_key(text: &str) -> Result<Secret, String> {
     Ok(Secret(out))
 }
 
-fn read_key_file(cx: &Ctx, key: &str, path: &Path) -> Result<Secret, ConfigError> {
+/// Resolves `path` against the configuration's directory and refuses a file that group or others may read.
+fn private_file(cx: &Ctx, key: &str, path: &Path) -> Result<PathBuf, ConfigError> {
     let path = if path.is_relative() {
         cx.dir.join(path)
     } else {
@@ -1021,11 +1140,193 @@ fn read_key_file(cx: &Ctx, key: &str, path: &Path) -> Result<Secret, ConfigError
             ),
         ));
     }
+    Ok(path)
+}
+
+fn read_key_file(cx: &Ctx, key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let path = private_file(cx, key, path)?;
     let text = Zeroizing::new(
         std::fs::read_to_string(&path)
             .map_err(|e| cx.err(key, format!("{}: {e}", path.display())))?,
     );
     parse_hex_key(&text).map_err(|p| cx.err(key, format!("{}: {p}", path.display())))
+}
+
+/// A PSK file: its text without the trailing line break, or, written `0x...`, the octets of that hex string
+/// (as strongSwan's `secret = 0x...`).
+fn read_psk_file(cx: &Ctx, key: &str, path: &Path) -> Result<(Secret, PathBuf), ConfigError> {
+    let path = private_file(cx, key, path)?;
+    let raw = Zeroizing::new(
+        std::fs::read(&path).map_err(|e| cx.err(key, format!("{}: {e}", path.display())))?,
+    );
+    let mut text: &[u8] = &raw;
+    while let Some(rest) = text
+        .strip_suffix(b"\n")
+        .or_else(|| text.strip_suffix(b"\r"))
+    {
+        text = rest;
+    }
+    let psk = match text.strip_prefix(b"0x") {
+        Some(hex) => {
+            if hex.is_empty() || hex.len() % 2 != 0 {
+                return Err(cx.err(
+                    key,
+                    format!(
+                        "{}: 0x... needs an even number of hex digits",
+                        path.display()
+                    ),
+                ));
+            }
+            let mut out = Zeroizing::new(Vec::with_capacity(hex.len() / 2));
+            for pair in hex.chunks(2) {
+                let d = |c: u8| (c as char).to_digit(16);
+                match (d(pair[0]), d(pair[1])) {
+                    (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                    _ => {
+                        return Err(cx.err(
+                            key,
+                            format!("{}: 0x... is not a hex string", path.display()),
+                        ))
+                    }
+                }
+            }
+            Secret(out)
+        }
+        None => Secret(Zeroizing::new(text.to_vec())),
+    };
+    if psk.expose().is_empty() {
+        return Err(cx.err(key, format!("{}: the key is empty", path.display())));
+    }
+    Ok((psk, path))
+}
+
+/// Validates an `ike = {...}` table.
+fn ike_settings(
+    cx: &Ctx,
+    key: &dyn Fn(&str) -> String,
+    raw: RawIke,
+    uplink: &Uplink,
+    remote: SocketAddr,
+) -> Result<IkeSettings, ConfigError> {
+    let k = |name: &str| key(&format!("ike.{name}"));
+    let Some(psk_file) = &raw.psk_file else {
+        return Err(cx.err(
+            k("psk_file"),
+            "missing: IKEv2 authenticates with a pre-shared key; give `psk_file = \"FILE\"` (mode 0600)",
+        ));
+    };
+    let (psk, psk_file) = read_psk_file(cx, &k("psk_file"), psk_file)?;
+    let proposals =
+        IkeProposal::parse_list(raw.proposal.as_deref().unwrap_or(DEFAULT_IKE_PROPOSAL))
+            .map_err(|e| cx.err(k("proposal"), e.to_string()))?;
+    let esp_proposals =
+        EspProposal::parse_list(raw.esp_proposal.as_deref().unwrap_or(DEFAULT_ESP_PROPOSAL))
+            .map_err(|e| cx.err(k("esp_proposal"), e.to_string()))?;
+    let duration = |v: &Option<DurationValue>, name: &str, default: Duration, min: Duration| {
+        let d = v
+            .as_ref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|p| cx.err(k(name), p))?
+            .unwrap_or(default);
+        if d < min {
+            return Err(cx.err(k(name), format!("{d:?} is below the minimum {min:?}")));
+        }
+        Ok(d)
+    };
+    let lifetime = duration(
+        &raw.lifetime,
+        "lifetime",
+        DEFAULT_IKE_LIFETIME,
+        Duration::from_secs(10),
+    )?;
+    let child_lifetime = duration(
+        &raw.child_lifetime,
+        "child_lifetime",
+        DEFAULT_CHILD_LIFETIME,
+        Duration::from_secs(5),
+    )?;
+    for (name, d) in [("lifetime", lifetime), ("child_lifetime", child_lifetime)] {
+        if d > Duration::from_secs(30 * 86400) {
+            return Err(cx.err(k(name), "at most 30 days"));
+        }
+    }
+    let dpd_interval = duration(
+        &raw.dpd_interval,
+        "dpd_interval",
+        DEFAULT_DPD_INTERVAL,
+        Duration::ZERO,
+    )?;
+    let dpd_interval = (!dpd_interval.is_zero()).then_some(dpd_interval);
+    if dpd_interval.is_some_and(|d| d < Duration::from_secs(1)) {
+        return Err(cx.err(k("dpd_interval"), "at least 1 s (or 0 to turn DPD off)"));
+    }
+    if let Some(b) = raw.child_bytes {
+        if b < 1 << 20 {
+            return Err(cx.err(k("child_bytes"), format!("{b} is below 1 MiB (1048576)")));
+        }
+    }
+    let id = |v: &Option<String>, name: &str| -> Result<Option<Identity>, ConfigError> {
+        match v.as_deref().map(str::trim) {
+            None => Ok(None),
+            Some("") => Err(cx.err(k(name), "must not be empty")),
+            Some(s) => Ok(Some(
+                s.parse()
+                    .unwrap_or_else(|e: std::convert::Infallible| match e {}),
+            )),
+        }
+    };
+    let local_id = id(&raw.local_id, "local_id")?.unwrap_or(match uplink.local {
+        IpAddr::V4(a) => Identity::Ipv4(a),
+        IpAddr::V6(a) => Identity::Ipv6(a),
+    });
+    if raw.local_id.as_deref().map(str::trim) == Some("%any") {
+        return Err(cx.err(k("local_id"), "%any is for remote_id only"));
+    }
+    let remote_id = match raw.remote_id.as_deref().map(str::trim) {
+        Some("%any") => None,
+        Some(_) => id(&raw.remote_id, "remote_id")?,
+        None => Some(match remote.ip() {
+            IpAddr::V4(a) => Identity::Ipv4(a),
+            IpAddr::V6(a) => Identity::Ipv6(a),
+        }),
+    };
+    let mut retransmit = Retransmit::default();
+    if let Some(r) = &raw.retransmit {
+        if let Some(t) = &r.timeout {
+            retransmit.base = parse_duration(t).map_err(|p| cx.err(k("retransmit.timeout"), p))?;
+            if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&retransmit.base) {
+                return Err(cx.err(k("retransmit.timeout"), "must be 100ms..=60s"));
+            }
+        }
+        if let Some(f) = r.factor {
+            if !(1.0..=4.0).contains(&f) {
+                return Err(cx.err(k("retransmit.factor"), format!("{f} is outside 1.0..=4.0")));
+            }
+            retransmit.factor = f;
+        }
+        if let Some(n) = r.tries {
+            if !(1..=20).contains(&n) {
+                return Err(cx.err(k("retransmit.tries"), format!("{n} is outside 1..=20")));
+            }
+            retransmit.tries = n;
+        }
+    }
+    Ok(IkeSettings {
+        psk,
+        psk_file,
+        proposals,
+        esp_proposals,
+        lifetime,
+        child_lifetime,
+        child_bytes: raw.child_bytes,
+        dpd_interval,
+        local_id,
+        remote_id,
+        initiator: raw.initiator.unwrap_or(true),
+        force_encap: raw.force_encap.unwrap_or(false),
+        retransmit,
+    })
 }
 
 fn static_keys(
@@ -1130,7 +1431,42 @@ impl Config {
         }
         for (i, t) in self.tunnels.iter().enumerate() {
             let k = |s: &str| format!("tunnel[{i}] {:?}.{s}", t.name);
-            let Keying::Static(s) = &t.keying;
+            let s = match &t.keying {
+                Keying::Static(s) => s,
+                Keying::Ike(ike) => {
+                    if ike.psk.expose().len() < 16 {
+                        w.push(Warning {
+                            key: k("ike.psk_file"),
+                            message: format!(
+                                "the pre-shared key is only {} octets: use at least 16 random octets (e.g. \
+                                 `head -c 32 /dev/urandom | base64`)",
+                                ike.psk.expose().len()
+                            ),
+                        });
+                    }
+                    if ike.dpd_interval.is_none() {
+                        w.push(Warning {
+                            key: k("ike.dpd_interval"),
+                            message: "DPD is off: a dead peer without BFD is found only by BGP's hold timer"
+                                .into(),
+                        });
+                    }
+                    if ike.remote_id.is_none() {
+                        w.push(Warning {
+                            key: k("ike.remote_id"),
+                            message: "%any: any peer that knows the PSK is accepted as this tunnel's peer"
+                                .into(),
+                        });
+                    }
+                    if t.replay_window == 0 {
+                        w.push(Warning {
+                            key: k("replay_window"),
+                            message: "0 disables anti-replay protection".into(),
+                        });
+                    }
+                    continue;
+                }
+            };
             w.push(Warning {
                 key: k("static"),
                 message: "manual keys never rotate; fine for labs and benchmarks, use IKEv2 in production".into(),
@@ -1235,7 +1571,9 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
             ]
         );
         assert_eq!(t.replay_window, 1024);
-        let Keying::Static(s) = &t.keying;
+        let Keying::Static(s) = &t.keying else {
+            panic!("static keying expected")
+        };
         assert_eq!(s.spi_out, 0x1000);
         assert_eq!(s.key_out.expose()[0..2], [0, 1]);
         assert_eq!(t.allowed_sources().len(), 3);
@@ -1469,7 +1807,9 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
         );
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = Config::parse(&dir.join("gw.toml"), &text).unwrap();
-        let Keying::Static(s) = &c.tunnels[0].keying;
+        let Keying::Static(s) = &c.tunnels[0].keying else {
+            panic!("static keying expected")
+        };
         assert_eq!(s.key_out.expose().len(), 36);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -1507,5 +1847,309 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
         let caps: Vec<&Warning> = w.iter().filter(|w| w.key.ends_with(".cap")).collect();
         assert_eq!(caps.len(), 1, "{w:?}");
         assert!(caps[0].key.contains("isp1"));
+    }
+
+    /// A directory with a private PSK file and the base config keyed by IKE instead.
+    struct IkeDir(PathBuf);
+
+    impl IkeDir {
+        fn new(tag: &str, psk: &[u8], mode: u32) -> IkeDir {
+            let dir =
+                std::env::temp_dir().join(format!("braid-cfg-ike-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let f = dir.join("peer.psk");
+            std::fs::write(&f, psk).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            IkeDir(dir)
+        }
+
+        fn parse(&self, ike: &str) -> Result<Config, ConfigError> {
+            let text = base().replace(
+                &format!(
+                    "static = {{ cipher = \"aes256gcm16\", spi_out = \"0x1000\", spi_in = \"0x2000\", key_out = \"{K1}\", key_in = \"{K2}\" }}"
+                ),
+                &format!("ike = {{ {ike} }}"),
+            );
+            assert!(text.contains("ike = "), "{text}");
+            Config::parse(&self.0.join("gw.toml"), &text)
+        }
+    }
+
+    impl Drop for IkeDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn ike_of(c: &Config) -> &IkeSettings {
+        match &c.tunnels[0].keying {
+            Keying::Ike(i) => i,
+            Keying::Static(_) => panic!("IKE keying expected"),
+        }
+    }
+
+    #[test]
+    fn ike_defaults_are_production_ones() {
+        let d = IkeDir::new("defaults", b"a fine and long pre-shared key\n", 0o600);
+        let c = d.parse("psk_file = \"peer.psk\"").unwrap();
+        let ike = ike_of(&c);
+        assert_eq!(ike.psk.expose(), b"a fine and long pre-shared key");
+        assert_eq!(ike.lifetime, Duration::from_secs(4 * 3600));
+        assert_eq!(ike.child_lifetime, Duration::from_secs(3600));
+        assert_eq!(ike.dpd_interval, Some(Duration::from_secs(30)));
+        assert!(ike.initiator);
+        assert!(!ike.force_encap);
+        assert_eq!(ike.proposals.len(), 2);
+        assert_eq!(ike.esp_proposals.len(), 2);
+        assert_eq!(
+            ike.local_id,
+            Identity::Ipv4("198.51.100.1".parse().unwrap())
+        );
+        assert_eq!(
+            ike.remote_id,
+            Some(Identity::Ipv4("198.51.100.2".parse().unwrap()))
+        );
+        assert_eq!(ike.retransmit, Retransmit::default());
+        assert_eq!(c.tunnels[0].keying.kind(), "ike");
+        // The PSK never prints.
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("fine and long"), "{dbg}");
+        assert!(
+            !c.audit().iter().any(|w| w.key.contains("ike")),
+            "{:?}",
+            c.audit()
+        );
+    }
+
+    #[test]
+    fn ike_every_key() {
+        let d = IkeDir::new("every", b"0x00112233445566778899aabbccddeeff", 0o400);
+        let c = d
+            .parse(
+                "psk_file = \"peer.psk\", proposal = \"chacha20poly1305-prfsha256-x25519\", \
+                 esp_proposal = \"chacha20poly1305-noesn\", lifetime = \"2h\", child_lifetime = 600, \
+                 child_bytes = 1000000000, dpd_interval = \"10s\", local_id = \"gw1.example.net\", \
+                 remote_id = \"%any\", initiator = false, force_encap = true, \
+                 retransmit = { timeout = \"500ms\", factor = 2.0, tries = 3 }",
+            )
+            .unwrap();
+        let ike = ike_of(&c);
+        assert_eq!(ike.psk.expose().len(), 16);
+        assert_eq!(ike.psk.expose()[..2], [0x00, 0x11]);
+        assert_eq!(
+            ike.proposals[0].to_string(),
+            "chacha20poly1305-prfsha256-x25519"
+        );
+        assert_eq!(ike.esp_proposals[0].to_string(), "chacha20poly1305-noesn");
+        assert_eq!(ike.lifetime, Duration::from_secs(7200));
+        assert_eq!(ike.child_lifetime, Duration::from_secs(600));
+        assert_eq!(ike.child_bytes, Some(1_000_000_000));
+        assert_eq!(ike.dpd_interval, Some(Duration::from_secs(10)));
+        assert_eq!(ike.local_id, Identity::Fqdn("gw1.example.net".into()));
+        assert_eq!(ike.remote_id, None);
+        assert!(!ike.initiator);
+        assert!(ike.force_encap);
+        assert_eq!(ike.retransmit.base, Duration::from_millis(500));
+        assert_eq!(ike.retransmit.tries, 3);
+        let w = c.audit();
+        assert!(w.iter().any(|w| w.key.ends_with("ike.remote_id")), "{w:?}");
+        let off = d
+            .parse("psk_file = \"peer.psk\", dpd_interval = 0")
+            .unwrap();
+        assert_eq!(ike_of(&off).dpd_interval, None);
+        assert!(off
+            .audit()
+            .iter()
+            .any(|w| w.key.ends_with("ike.dpd_interval")));
+    }
+
+    fn ike_err(d: &IkeDir, ike: &str, key: &str, problem: &str) {
+        let e = d.parse(ike).unwrap_err();
+        assert!(
+            e.key.contains(key),
+            "key {:?} should contain {key:?} ({e})",
+            e.key
+        );
+        assert!(
+            e.problem.contains(problem),
+            "problem {:?} should contain {problem:?}",
+            e.problem
+        );
+    }
+
+    #[test]
+    fn ike_errors_name_the_key() {
+        let d = IkeDir::new("errors", b"a fine and long pre-shared key", 0o600);
+        let psk = "psk_file = \"peer.psk\"";
+        ike_err(
+            &d,
+            "proposal = \"aes256gcm16-prfsha256-ecp256\"",
+            "tunnel[0] \"t1\".ike.psk_file",
+            "missing",
+        );
+        ike_err(&d, "psk_file = \"nope.psk\"", "ike.psk_file", "nope.psk");
+        ike_err(
+            &d,
+            &format!("{psk}, proposal = \"aes128-sha1-modp2048\""),
+            "ike.proposal",
+            "aes128",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, proposal = \"aes256gcm16-prfsha256\""),
+            "ike.proposal",
+            "no Diffie-Hellman group",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, esp_proposal = \"aes256gcm16-prfsha256\""),
+            "ike.esp_proposal",
+            "PRF",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, lifetime = \"4 fortnights\""),
+            "ike.lifetime",
+            "unknown unit",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, lifetime = \"5s\""),
+            "ike.lifetime",
+            "minimum",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, child_lifetime = \"1s\""),
+            "ike.child_lifetime",
+            "minimum",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, child_lifetime = \"99d\""),
+            "ike.child_lifetime",
+            "30 days",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, dpd_interval = \"100ms\""),
+            "ike.dpd_interval",
+            "at least 1 s",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, dpd_interval = -3"),
+            "ike.dpd_interval",
+            "negative",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, child_bytes = 1000"),
+            "ike.child_bytes",
+            "1 MiB",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, local_id = \"%any\""),
+            "ike.local_id",
+            "remote_id only",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, remote_id = \"\""),
+            "ike.remote_id",
+            "empty",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, retransmit = {{ tries = 0 }}"),
+            "ike.retransmit.tries",
+            "1..=20",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, retransmit = {{ timeout = \"2m\" }}"),
+            "ike.retransmit.timeout",
+            "100ms",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}, retransmit = {{ factor = 0.5 }}"),
+            "ike.retransmit.factor",
+            "1.0..=4.0",
+        );
+        // Unknown keys are refused by the parser, with the line.
+        ike_err(
+            &d,
+            &format!("{psk}, psk = \"inline\""),
+            "line",
+            "unknown field `psk`",
+        );
+        // ESN is negotiated with IKE.
+        let e = Config::parse(
+            &d.0.join("gw.toml"),
+            &base()
+                .replace("routes = ", "esn = true\nroutes = ")
+                .replace(
+                    &format!("static = {{ cipher = \"aes256gcm16\", spi_out = \"0x1000\", spi_in = \"0x2000\", key_out = \"{K1}\", key_in = \"{K2}\" }}"),
+                    &format!("ike = {{ {psk} }}"),
+                ),
+        )
+        .unwrap_err();
+        assert!(
+            e.key.ends_with(".esn") && e.problem.contains("negotiated"),
+            "{e}"
+        );
+        // Exactly one of static and ike.
+        let both = base().replace("routes = ", &format!("ike = {{ {psk} }}\nroutes = "));
+        let e = Config::parse(&d.0.join("gw.toml"), &both).unwrap_err();
+        assert!(
+            e.key.ends_with(".ike") && e.problem.contains("not both"),
+            "{e}"
+        );
+        let neither = base().replace("static = {", "# static = {");
+        let e = Config::parse(&d.0.join("gw.toml"), &neither).unwrap_err();
+        assert!(e.problem.contains("`ike = {"), "{e}");
+    }
+
+    #[test]
+    fn psk_files_must_be_private_and_not_empty() {
+        let d = IkeDir::new("perm", b"a fine and long pre-shared key", 0o640);
+        ike_err(
+            &d,
+            "psk_file = \"peer.psk\"",
+            "ike.psk_file",
+            "readable by group or others (mode 0640)",
+        );
+        let d = IkeDir::new("world", b"a fine and long pre-shared key", 0o604);
+        ike_err(&d, "psk_file = \"peer.psk\"", "ike.psk_file", "mode 0604");
+        let d = IkeDir::new("empty", b"\n", 0o600);
+        ike_err(&d, "psk_file = \"peer.psk\"", "ike.psk_file", "empty");
+        let d = IkeDir::new("badhex", b"0x123", 0o600);
+        ike_err(&d, "psk_file = \"peer.psk\"", "ike.psk_file", "even number");
+        let d = IkeDir::new("short", b"short", 0o600);
+        let c = d.parse("psk_file = \"peer.psk\"").unwrap();
+        assert!(c
+            .audit()
+            .iter()
+            .any(|w| w.key.ends_with("ike.psk_file") && w.message.contains("only 5 octets")));
+    }
+
+    #[test]
+    fn durations() {
+        let p = |s: &str| parse_duration(&DurationValue::Text(s.into()));
+        assert_eq!(p("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(p("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(p("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(p("1.5m").unwrap(), Duration::from_secs(90));
+        assert_eq!(p("4h").unwrap(), Duration::from_secs(4 * 3600));
+        assert_eq!(p("1d").unwrap(), Duration::from_secs(86400));
+        assert!(p("h").is_err());
+        assert!(p("3 weeks").is_err());
+        assert_eq!(
+            parse_duration(&DurationValue::Secs(7)).unwrap(),
+            Duration::from_secs(7)
+        );
     }
 }

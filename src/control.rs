@@ -30,10 +30,11 @@ pub struct TunnelInfo {
     pub name: String,
     pub uplink: String,
     pub remote: SocketAddr,
-    pub cipher: Cipher,
-    pub spi_in: u32,
-    pub spi_out: u32,
-    pub esn: bool,
+    /// `"static"` or `"ike"`.
+    pub keying: &'static str,
+    /// Static keying's cipher and ESN (IKE negotiates them: see the IKE status).
+    pub cipher: Option<Cipher>,
+    pub esn: Option<bool>,
     pub replay_window: u32,
     /// Tunnel MTU: the largest inner packet carried without fragmentation.
     pub mtu: usize,
@@ -77,6 +78,12 @@ pub struct GatewayState {
     pub liveness: Option<braid_dataplane::Liveness>,
     /// The BFD sessions, once started.
     pub bfd: std::sync::OnceLock<crate::bfd::BfdTable>,
+    /// The IKE tunnels' status, once the driver started.
+    pub ike: std::sync::OnceLock<crate::ike::IkeTable>,
+    /// The data path's SAs as installed now (`None` without a data path).
+    pub sas: Option<braid_dataplane::SaControl>,
+    /// The liveness votes behind `liveness` (BFD, IKE).
+    pub health: Option<crate::health::Health>,
     /// The data path's flow-hash key (`braid path` replays its choice).
     pub flow_seed: u64,
 }
@@ -106,6 +113,9 @@ impl GatewayState {
             neighbors: Vec::new(),
             liveness: None,
             bfd: std::sync::OnceLock::new(),
+            ike: std::sync::OnceLock::new(),
+            sas: None,
+            health: None,
             flow_seed: 0,
         }
     }
@@ -158,6 +168,11 @@ impl GatewayState {
 
     pub fn tunnels_json(&self) -> Value {
         let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let ike: Vec<crate::ike::IkeStatus> = self
+            .ike
+            .get()
+            .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default();
         let tunnels: Vec<Value> = self
             .tunnels
             .iter()
@@ -166,24 +181,45 @@ impl GatewayState {
                 let s = &t.stats;
                 let last = s.last_rx_ms.load(Relaxed);
                 let ago = (last > 0).then(|| now_ms.saturating_sub(last));
-                let state = match ago {
-                    Some(a) if a <= UP_WINDOW.as_millis() as u64 => "up",
-                    _ => "installed",
+                let recent = ago.is_some_and(|a| a <= UP_WINDOW.as_millis() as u64);
+                let sas = self.sas.as_ref().and_then(|c| c.sas(i));
+                let spi = |x: Option<&braid_dataplane::SaInfo>| x.map(|x| format!("{:#010x}", x.spi.0));
+                let ike = ike.iter().find(|x| x.tunnel == i).map(|x| x.json());
+                let has_sa = sas.as_ref().is_some_and(|s| s.outbound.is_some());
+                // Static: "up" (authentic traffic in the last 30 s) or "installed". IKE: "up", "established"
+                // (SAs, but no recent traffic), "connecting" or "down".
+                let state = match &ike {
+                    None if recent => "up",
+                    None => "installed",
+                    Some(v) => match v["state"].as_str() {
+                        Some("established") if has_sa && recent => "up",
+                        Some("established") => "established",
+                        Some("connecting") => "connecting",
+                        _ => "down",
+                    },
                 };
+                let child_algs = ike.as_ref().and_then(|v| v["esp_algorithms"].as_str());
+                let cipher = t
+                    .cipher
+                    .map(|c| c.name().to_string())
+                    .or_else(|| child_algs.and_then(|a| a.split('-').next()).map(str::to_string));
+                let esn = t.esn.or_else(|| child_algs.map(|a| a.ends_with("-esn")));
                 json!({
                     "name": t.name,
                     "uplink": t.uplink,
-                    "remote": t.remote.to_string(),
+                    "remote": sas.as_ref().map_or(t.remote, |s| s.remote).to_string(),
                     "state": state,
-                    "keying": "static",
-                    "cipher": t.cipher.name(),
-                    "spi_in": format!("{:#010x}", t.spi_in),
-                    "spi_out": format!("{:#010x}", t.spi_out),
-                    "esn": t.esn,
+                    "keying": t.keying,
+                    "cipher": cipher,
+                    "spi_in": spi(sas.as_ref().and_then(|s| s.inbound.last())),
+                    "spi_out": spi(sas.as_ref().and_then(|s| s.outbound.as_ref())),
+                    "spis_in": sas.as_ref().map(|s| s.inbound.iter().map(|x| format!("{:#010x}", x.spi.0)).collect::<Vec<_>>()),
+                    "esn": esn,
                     "replay_window": t.replay_window,
                     "mtu": t.mtu,
                     "weight": t.weight,
                     "live": self.liveness.as_ref().is_none_or(|l| l.is_live(i as u32)),
+                    "down_votes": self.health.as_ref().map(|h| h.down_votes(i).iter().map(|s| s.name()).collect::<Vec<_>>()),
                     "tx_packets": ld(&s.tx_packets),
                     "rx_packets": ld(&s.rx_packets),
                     "tx_bytes": ld(&s.tx_bytes),
@@ -192,6 +228,7 @@ impl GatewayState {
                     "drops_total": s.drops.total(),
                     "icmp_too_big_sent": ld(&s.icmp_too_big),
                     "last_rx_ms_ago": ago,
+                    "ike": ike,
                 })
             })
             .collect();

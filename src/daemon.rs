@@ -34,6 +34,13 @@ use braid_control::bgp::types::Family;
 
 use crate::config::{Config, Keying};
 use crate::control::{self, GatewayState, NeighborName, TunnelInfo, UplinkInfo};
+use crate::ike::{IkeContext, IkeTunnel};
+
+/// The IKE tunnels and the data path's IKE channel, for the driver that starts with the control plane.
+struct IkeSetup {
+    tunnels: Vec<IkeTunnel>,
+    datagrams: crossbeam_channel::Receiver<braid_dataplane::IkeDatagram>,
+}
 
 /// Used when an uplink's MTU can be neither configured nor read from its interface.
 const FALLBACK_UPLINK_MTU: u32 = 1500;
@@ -43,7 +50,20 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_millis(300);
 
 /// Runs the gateway in the foreground until SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<()> {
-    let (state, dataplane) = assemble(&config)?;
+    let (state, dataplane, ike) = assemble(&config)?;
+    let ike = match (ike, &dataplane, &state.health) {
+        (Some(setup), Some(dp), Some(health)) => Some((
+            setup,
+            IkeContext {
+                sas: dp.sa_control(),
+                sender: dp.ike_sender(),
+                health: health.clone(),
+                speaker: None,
+                epoch: dp.epoch(),
+            },
+        )),
+        _ => None,
+    };
     // The speaker sends forwarding changes only when there is a data path to forward them.
     let (fib_tx, installer_thread) = match &state.installer {
         Some(installer) if config.bgp.is_some() => {
@@ -66,7 +86,7 @@ pub fn run(config: Config) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the control-plane runtime")?;
-    let result = rt.block_on(control_plane(config.clone(), state, fib_tx));
+    let result = rt.block_on(control_plane(config.clone(), state, fib_tx, ike));
     // Dropping the runtime drops the speaker and with it the installer's channel: the installer removes
     // the kernel routes it added and ends.
     drop(rt);
@@ -100,7 +120,9 @@ fn uplink_mtu(u: &crate::config::Uplink) -> u32 {
     FALLBACK_UPLINK_MTU
 }
 
-fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
+type Assembled = (Arc<GatewayState>, Option<Dataplane>, Option<IkeSetup>);
+
+fn assemble(config: &Config) -> Result<Assembled> {
     let g = &config.gateway;
     tracing::info!(gateway = %g.name, tunnels = config.tunnels.len(), uplinks = config.uplinks.len(), "starting");
 
@@ -146,10 +168,8 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
     let mut tunnel_infos = Vec::new();
     let mut tunnel_routes = Vec::new();
     let mut inside_addrs = Vec::new();
+    let mut ike_tunnels = Vec::new();
     for (i, t) in config.tunnels.iter().enumerate() {
-        let Keying::Static(keys) = &t.keying;
-        let out_key = SaKey::new(keys.cipher, keys.key_out.expose()).context("outbound key")?;
-        let in_key = SaKey::new(keys.cipher, keys.key_in.expose()).context("inbound key")?;
         let max_inner = tunnel_mtu(mtus[t.uplink] as usize, t.remote.is_ipv6());
         if max_inner < 576 {
             bail!(
@@ -159,6 +179,43 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
             );
         }
         let stats = Arc::new(TunnelStats::default());
+        // Static keys are installed now; an IKE tunnel starts without SAs (`no_sa` drops) until its first
+        // child SA.
+        let (outbound, inbound, cipher) = match &t.keying {
+            Keying::Static(keys) => {
+                let out_key =
+                    SaKey::new(keys.cipher, keys.key_out.expose()).context("outbound key")?;
+                let in_key =
+                    SaKey::new(keys.cipher, keys.key_in.expose()).context("inbound key")?;
+                (
+                    Some(OutboundSa::new(Spi(keys.spi_out), &out_key, t.esn)),
+                    vec![InboundSa::new(
+                        Spi(keys.spi_in),
+                        &in_key,
+                        t.esn,
+                        t.replay_window,
+                    )],
+                    Some(keys.cipher),
+                )
+            }
+            Keying::Ike(settings) => {
+                ike_tunnels.push(IkeTunnel {
+                    tunnel: i,
+                    name: t.name.clone(),
+                    uplink: t.uplink,
+                    local: config.uplinks[t.uplink].local_addr(),
+                    remote: t.remote,
+                    settings: settings.clone(),
+                    replay_window: t.replay_window,
+                    stats: stats.clone(),
+                    neighbor: config
+                        .bgp
+                        .as_ref()
+                        .and_then(|bgp| bgp.neighbors.iter().position(|n| n.tunnel == Some(i))),
+                });
+                (None, Vec::new(), None)
+            }
+        };
         let weight = tunnel_weight(config, i);
         tunnel_routes.push(TunnelRoutes {
             name: t.name.clone(),
@@ -171,13 +228,8 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
             name: t.name.clone(),
             uplink: t.uplink,
             remote: t.remote,
-            outbound: Some(OutboundSa::new(Spi(keys.spi_out), &out_key, t.esn)),
-            inbound: vec![InboundSa::new(
-                Spi(keys.spi_in),
-                &in_key,
-                t.esn,
-                t.replay_window,
-            )],
+            outbound,
+            inbound,
             allowed_sources: t.allowed_sources(),
             max_inner,
             icmp_source_v4: t.peer_inside.iter().find_map(|a| match a {
@@ -194,10 +246,9 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
             name: t.name.clone(),
             uplink: config.uplinks[t.uplink].name.clone(),
             remote: t.remote,
-            cipher: keys.cipher,
-            spi_in: keys.spi_in,
-            spi_out: keys.spi_out,
-            esn: t.esn,
+            keying: t.keying.kind(),
+            cipher,
+            esn: cipher.map(|_| t.esn),
             replay_window: t.replay_window,
             mtu: max_inner,
             weight,
@@ -236,7 +287,7 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
             tun_stats,
         );
         state.neighbors = neighbor_names;
-        return Ok((Arc::new(state), None));
+        return Ok((Arc::new(state), None, None));
     }
 
     // Tunnels exist here, so `smallest` is a real tunnel MTU.
@@ -265,6 +316,19 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
 
     let installer = RouteInstaller::new(tunnel_routes, neighbor_tunnels);
     let liveness = braid_dataplane::Liveness::new(tunnel_infos.len());
+    let health = crate::health::Health::new(liveness.clone(), tunnel_infos.len());
+    let (ike_tx, ike) = if ike_tunnels.is_empty() {
+        (None, None)
+    } else {
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        (
+            Some(tx),
+            Some(IkeSetup {
+                tunnels: ike_tunnels,
+                datagrams: rx,
+            }),
+        )
+    };
     let flow_seed = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
@@ -274,16 +338,26 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
         tunnels,
         fib: installer.fib(),
         tun_stats: tun_stats.clone(),
-        ike: None,
+        ike: ike_tx,
         spray: g.spray,
         liveness: liveness.clone(),
         flow_seed,
     })
     .context("starting the data path")?;
-    for t in &tunnel_infos {
-        tracing::info!(tunnel = %t.name, uplink = %t.uplink, remote = %t.remote, cipher = %t.cipher,
-            spi_in = format_args!("{:#010x}", t.spi_in), spi_out = format_args!("{:#010x}", t.spi_out),
-            mtu = t.mtu, "tunnel installed (static keys)");
+    let sas = dataplane.sa_control();
+    for (i, t) in tunnel_infos.iter().enumerate() {
+        match (t.cipher, sas.sas(i)) {
+            (Some(cipher), Some(s)) => {
+                tracing::info!(tunnel = %t.name, uplink = %t.uplink, remote = %t.remote, %cipher,
+                    spi_in = format_args!("{:#010x}", s.inbound.first().map_or(0, |x| x.spi.0)),
+                    spi_out = format_args!("{:#010x}", s.outbound.map_or(0, |x| x.spi.0)),
+                    mtu = t.mtu, "tunnel installed (static keys)")
+            }
+            _ => {
+                tracing::info!(tunnel = %t.name, uplink = %t.uplink, remote = %t.remote, mtu = t.mtu,
+                "tunnel installed (IKEv2: no SAs until the first child SA)")
+            }
+        }
     }
     let mut state = GatewayState::new(
         g.name.clone(),
@@ -297,8 +371,10 @@ fn assemble(config: &Config) -> Result<(Arc<GatewayState>, Option<Dataplane>)> {
     state.neighbors = neighbor_names;
     state.installer = Some(Arc::new(Mutex::new(installer)));
     state.liveness = Some(liveness);
+    state.health = Some(health);
+    state.sas = Some(sas);
     state.flow_seed = flow_seed;
-    Ok((Arc::new(state), Some(dataplane)))
+    Ok((Arc::new(state), Some(dataplane), ike))
 }
 
 /// A tunnel's weight in next-hop groups: its own `weight`, else its uplink's, else the uplink's cap in Mbit/s,
@@ -382,7 +458,7 @@ fn start_bfd(
     Vec<tokio::task::JoinHandle<()>>,
 ) {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let liveness = state.liveness.clone();
+    let liveness = state.health.clone();
     let mut tunnels = Vec::new();
     for (i, t) in config.tunnels.iter().enumerate() {
         let Some(b) = t.bfd else { continue };
@@ -527,6 +603,7 @@ async fn control_plane(
         mpsc::Sender<Vec<FibChange>>,
         tokio::sync::watch::Receiver<u64>,
     )>,
+    ike: Option<(IkeSetup, IkeContext)>,
 ) -> Result<()> {
     let listener = control::bind(&config.gateway.control_socket).await?;
     tracing::info!(socket = %config.gateway.control_socket.display(), "control socket listening");
@@ -561,6 +638,17 @@ async fn control_plane(
         None => None,
     };
     let (bfd_stop, bfd_tasks) = start_bfd(&config, &state, speaker.clone());
+    let ike = match ike {
+        Some((setup, mut cx)) => {
+            cx.speaker = speaker.clone();
+            let n = setup.tunnels.len();
+            let driver = crate::ike::start(setup.tunnels, setup.datagrams, cx)?;
+            let _ = state.ike.set(driver.table.clone());
+            tracing::info!(tunnels = n, "IKE driver started");
+            Some(driver)
+        }
+        None => None,
+    };
     let server = tokio::spawn(control::serve(listener, state.clone(), speaker.clone()));
     let sampler = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -593,6 +681,10 @@ async fn control_plane(
         // before it has processed the Cease) still get through. Only then do the data path and the kernel
         // routes go.
         tokio::time::sleep(SHUTDOWN_DRAIN).await;
+    }
+    // Last, IKE: the Cease above travelled through the tunnels. Every peer is told its SAs are gone.
+    if let Some(ike) = ike {
+        ike.close(Duration::from_secs(2)).await;
     }
     server.abort();
     sampler.abort();

@@ -66,6 +66,34 @@ pub struct PairOptions {
     pub bfd: Option<(u32, u8, u32)>,
     /// BGP hold time on both sides (with `bgp`).
     pub hold_time: Option<u16>,
+    /// Key the tunnel with IKEv2 (A initiates) instead of static keys (`cipher`, `esn`, `wrong_key_on_b` then
+    /// do not apply).
+    pub ike: Option<IkeLab>,
+}
+
+/// The `ike = {...}` of a pair's tunnel: both sides get these, with a fresh random PSK; A is the initiator.
+#[derive(Clone, Debug)]
+pub struct IkeLab {
+    pub proposal: String,
+    pub esp_proposal: String,
+    pub lifetime: String,
+    pub child_lifetime: String,
+    pub dpd_interval: String,
+    /// More `key = value` pairs for the table, e.g. `retransmit = { timeout = "500ms", tries = 3 }`.
+    pub extra: String,
+}
+
+impl Default for IkeLab {
+    fn default() -> IkeLab {
+        IkeLab {
+            proposal: "aes256gcm16-prfsha256-ecp256".into(),
+            esp_proposal: "aes256gcm16".into(),
+            lifetime: "4h".into(),
+            child_lifetime: "1h".into(),
+            dpd_interval: "30s".into(),
+            extra: String::new(),
+        }
+    }
 }
 
 impl PairOptions {
@@ -81,6 +109,7 @@ impl PairOptions {
             b_extra_neighbors: String::new(),
             bfd: None,
             hold_time: None,
+            ike: None,
         }
     }
 }
@@ -150,10 +179,12 @@ fn gateway_config(
     }
     s += &format!("\n[[uplink]]\nname = \"isp1\"\nlocal = \"{local}\"\n\n");
     s += &format!(
-        "[[tunnel]]\nname = \"{name}-to-peer\"\nuplink = \"isp1\"\nremote = \"{remote}:4500\"\ninside = [\"{inside4}/30\", \"{inside6}/127\"]\nroutes = [{}]\nesn = {}\n",
+        "[[tunnel]]\nname = \"{name}-to-peer\"\nuplink = \"isp1\"\nremote = \"{remote}:4500\"\ninside = [\"{inside4}/30\", \"{inside6}/127\"]\nroutes = [{}]\n",
         routes.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", "),
-        opts.esn
     );
+    if opts.ike.is_none() {
+        s += &format!("esn = {}\n", opts.esn);
+    }
     if let Some(w) = opts.replay_window {
         s += &format!("replay_window = {w}\n");
     }
@@ -162,10 +193,24 @@ fn gateway_config(
             "bfd = {{ interval_ms = {interval}, multiplier = {mult}, hold_down_ms = {hold_down} }}\n"
         );
     }
-    s += &format!(
-        "static = {{ cipher = \"{}\", spi_out = \"{spi_out:#010x}\", spi_in = \"{spi_in:#010x}\", key_out_file = \"{name}.out.key\", key_in_file = \"{name}.in.key\" }}\n",
-        opts.cipher.name()
-    );
+    if let Some(ike) = &opts.ike {
+        s += &format!(
+            "ike = {{ psk_file = \"pair.psk\", initiator = {}, proposal = \"{}\", esp_proposal = \"{}\", lifetime = \"{}\", child_lifetime = \"{}\", dpd_interval = \"{}\"{}{} }}\n",
+            name == "a",
+            ike.proposal,
+            ike.esp_proposal,
+            ike.lifetime,
+            ike.child_lifetime,
+            ike.dpd_interval,
+            if ike.extra.is_empty() { "" } else { ", " },
+            ike.extra
+        );
+    } else {
+        s += &format!(
+            "static = {{ cipher = \"{}\", spi_out = \"{spi_out:#010x}\", spi_in = \"{spi_in:#010x}\", key_out_file = \"{name}.out.key\", key_in_file = \"{name}.in.key\" }}\n",
+            opts.cipher.name()
+        );
+    }
     if opts.bgp {
         let (network4, network6, peer_asn) = if name == "a" {
             ("192.0.2.0/25", "2001:db8:a::/64", 65002)
@@ -242,6 +287,7 @@ impl Pair {
             k_ab.clone()
         };
         write_private(&self.dir.join("b.in.key"), &b_in)?;
+        write_private(&self.dir.join("pair.psk"), &random_hex(&rng, 32)?)?;
 
         let a_cfg = gateway_config(
             "a",

@@ -10,6 +10,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod drill;
+pub mod health;
+pub mod ike;
 pub mod kroutes;
 pub mod lab;
 pub mod labtool;

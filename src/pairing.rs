@@ -2,7 +2,9 @@
 //!
 //! Two tunnels face each other when each one's `remote` is the other's uplink address and port. For every such
 //! pair the check compares what both ends must agree on, and says which keys differ:
-//! - manual keys: the cipher, and each end's `spi_out` is the other's `spi_in` (errors: the tunnel cannot work);
+//! - keying: both manual or both IKEv2; manual keys: the cipher, and each end's `spi_out` is the other's `spi_in`;
+//!   IKEv2: the same pre-shared key, a common IKE and ESP proposal, one initiator (errors: the tunnel cannot
+//!   work; two initiators is a warning);
 //! - the inside addresses: each end's peer inside address is the other's own (error);
 //! - removal timers (the seed article: keep them the same on both sides): BFD on one end only, or a different
 //!   interval or multiplier (each end then declares the tunnel down after a different time), a different
@@ -71,34 +73,74 @@ fn compare(
             error,
         })
     };
-    let Keying::Static(ka) = &ta.keying;
-    let Keying::Static(kb) = &tb.keying;
-    if ka.cipher != kb.cipher {
-        say(
-            "static.cipher",
-            true,
-            format!("{} here, {} there", ka.cipher.name(), kb.cipher.name()),
-        );
-    }
-    if ka.spi_out != kb.spi_in {
-        say(
-            "static.spi_out",
+    match (&ta.keying, &tb.keying) {
+        (Keying::Static(ka), Keying::Static(kb)) => {
+            if ka.cipher != kb.cipher {
+                say(
+                    "static.cipher",
+                    true,
+                    format!("{} here, {} there", ka.cipher.name(), kb.cipher.name()),
+                );
+            }
+            if ka.spi_out != kb.spi_in {
+                say(
+                    "static.spi_out",
+                    true,
+                    format!(
+                        "this end sends SPI {:#010x}, the other end expects {:#010x}",
+                        ka.spi_out, kb.spi_in
+                    ),
+                );
+            }
+            if kb.spi_out != ka.spi_in {
+                say(
+                    "static.spi_in",
+                    true,
+                    format!(
+                        "this end expects SPI {:#010x}, the other end sends {:#010x}",
+                        ka.spi_in, kb.spi_out
+                    ),
+                );
+            }
+        }
+        (Keying::Ike(ia), Keying::Ike(ib)) => {
+            if ia.psk.expose() != ib.psk.expose() {
+                say("ike.psk_file", true, "the pre-shared keys differ".into());
+            }
+            match (ia.initiator, ib.initiator) {
+                (false, false) => say(
+                    "ike.initiator",
+                    true,
+                    "both ends are responders: nobody starts the IKE SA".into(),
+                ),
+                (true, true) => say(
+                    "ike.initiator",
+                    false,
+                    "both ends initiate: set `initiator = false` at one end so they do not race"
+                        .into(),
+                ),
+                _ => {}
+            }
+            if !ia.proposals.iter().any(|p| ib.proposals.contains(p)) {
+                say("ike.proposal", true, "no IKE proposal in common".into());
+            }
+            if !ia
+                .esp_proposals
+                .iter()
+                .any(|p| ib.esp_proposals.contains(p))
+            {
+                say("ike.esp_proposal", true, "no ESP proposal in common".into());
+            }
+        }
+        _ => say(
+            "static",
             true,
             format!(
-                "this end sends SPI {:#010x}, the other end expects {:#010x}",
-                ka.spi_out, kb.spi_in
+                "keyed by {} here and by {} there",
+                ta.keying.kind(),
+                tb.keying.kind()
             ),
-        );
-    }
-    if kb.spi_out != ka.spi_in {
-        say(
-            "static.spi_in",
-            true,
-            format!(
-                "this end expects SPI {:#010x}, the other end sends {:#010x}",
-                ka.spi_in, kb.spi_out
-            ),
-        );
+        ),
     }
     let own_a: Vec<_> = ta.inside.iter().map(|i| i.addr).collect();
     let own_b: Vec<_> = tb.inside.iter().map(|i| i.addr).collect();

@@ -449,6 +449,12 @@ impl SaControl {
         self.outbound(tunnel, Some(Box::new(sa)))
     }
 
+    /// Stops sealing for `tunnel`: its packets are dropped as `no_sa` until the next
+    /// [`set_outbound`](Self::set_outbound) (IKE deleted the child SA without a replacement). Inbound SAs stay.
+    pub fn remove_outbound(&self, tunnel: usize) -> Pending {
+        self.outbound(tunnel, None)
+    }
+
     fn outbound(&self, tunnel: usize, sa: Option<Box<OutboundSa>>) -> Pending {
         if let Err(e) = self.check(tunnel) {
             return Pending::ready(Err(e));

@@ -128,6 +128,7 @@ enum Command {
     Shutdown(String, oneshot::Sender<()>),
     BfdDown(usize),
     BfdUp(usize),
+    PathDown(usize, &'static str),
 }
 
 enum ConnEvent {
@@ -194,6 +195,20 @@ impl SpeakerHandle {
     /// Active, possibly deep in its connect-retry backoff) tries at once, with a fresh backoff. A session with a
     /// connection in progress or Established is left alone.
     pub fn bfd_up(&self, index: usize) {
+        let _ = self.tx.send(Command::BfdUp(index));
+    }
+
+    /// Another detector (IKE: the tunnel lost its SAs, or DPD declared the peer dead) says the path to
+    /// neighbour `index` is gone: the session is torn down at once (Cease / Administrative Reset with `cause`
+    /// as its RFC 8203 message; the peer will rarely see it) and its routes go; it starts again after a
+    /// second, with the usual connect-retry backoff.
+    pub fn path_down(&self, index: usize, cause: &'static str) {
+        let _ = self.tx.send(Command::PathDown(index, cause));
+    }
+
+    /// The path to neighbour `index` works again (as [`bfd_up`](Self::bfd_up)): a session waiting to reconnect
+    /// tries at once.
+    pub fn path_up(&self, index: usize) {
         let _ = self.tx.send(Command::BfdUp(index));
     }
 
@@ -582,6 +597,20 @@ impl Speaker {
                             subcode::BFD_DOWN,
                             Vec::new(),
                         )),
+                        Some(Duration::from_secs(1)),
+                    );
+                }
+            }
+            Command::PathDown(index, cause) => {
+                if let Some(p) = self.peers.get_mut(index) {
+                    let now = Instant::now().into_std();
+                    if p.session.state() != State::Idle {
+                        tracing::warn!(neighbor = %p.cfg.label, cause, "path down: resetting the BGP session");
+                        p.last_error = Some(cause.into());
+                    }
+                    p.session.handle_stop(
+                        now,
+                        Some(Notification::shutdown(subcode::ADMINISTRATIVE_RESET, cause)),
                         Some(Duration::from_secs(1)),
                     );
                 }

@@ -1,0 +1,820 @@
+//! The IKE driver: one [`IkeSession`] (braid-crypto's sans-IO IKEv2 core, RFC 7296) per tunnel with
+//! `ike = {...}`, driven on tokio, keying the data path's child SAs through [`SaControl`].
+//!
+//! ```text
+//!  braid-rx thread --crossbeam--> "braid-ike-rx" thread --mpsc--> router task --mpsc--> tunnel task (one per
+//!  (IKE behind the non-ESP marker)  (blocking recv, forwards)     (SPI / address)       IKE tunnel)
+//!                                                                                          |  events first:
+//!                                                     SaControl (install/switch/remove) <--+  applied + waited
+//!                                                     IkeSender (uplink socket, marker) <--+  then transmits
+//! ```
+//!
+//! - **Dispatch.** The router sends a received message to the tunnel whose IKE SA has the message's initiator
+//!   SPI (every tunnel registers the SPIs of the messages it sends and of its IKE SAs), else to the tunnel
+//!   configured with that (uplink, peer address and port), else with that (uplink, peer address) if only one
+//!   tunnel has it. A NAT'ed peer whose address or port changed is thus still found by its SPI.
+//! - **Ordering, for loss-free rekeys.** After every input (message, timer, tick), the task drains *all* the
+//!   session's events and applies them (installs the new inbound SA, switches the outbound SA, removes old
+//!   ones) and waits until the data-path threads have applied them ([`Pending::wait`] on a blocking thread);
+//!   only then does it send the session's transmits. So a CREATE_CHILD_SA response never leaves before the new
+//!   inbound SA is in place, and a Delete never before the new outbound SA is.
+//! - **Rekey timing.** `child_lifetime` is when a child SA is rekeyed (minus a random 0..10%, like strongSwan's
+//!   `rekey_time`): the driver asks the session for the rekey; the session's own (hard) lifetime is 125% of
+//!   it, so a rekey that needs retransmissions still finishes before the SA expires. The IKE SA is rekeyed
+//!   by the session at `lifetime` (minus 0..10%).
+//! - **Liveness.** A tunnel without an outbound child SA must not carry traffic: IKE votes it down in
+//!   [`Health`] (which ANDs IKE's vote with BFD's into the data path's `Liveness`) until its first child SA is
+//!   installed, and again when the IKE SA goes down. Every 500 ms the task tells the session when the tunnel
+//!   last authenticated an ESP packet ([`TunnelStats::last_rx_ms`]), so DPD only probes idle tunnels.
+//! - **IKE down** (DPD found the peer dead, the peer deleted the IKE SA, ...): the tunnel's SAs are cleared,
+//!   the tunnel is voted down, and the BGP session over it is reset at once ([`SpeakerHandle::path_down`]).
+//!   An initiator starts again after a backoff (1 s doubling to 30 s, jittered); a responder waits for the peer.
+//! - **Shutdown.** [`IkeDriver::close`] deletes every IKE SA (INFORMATIONAL Delete) and waits briefly for the
+//!   answers; the daemon calls it after BFD AdminDown and BGP's Cease.
+//!
+//! Secrets (the PSK, keying material) are never logged: the core's types redact them. State changes are
+//! logged at info with the tunnel's name, algorithms and SPIs.
+//!
+//! Left out: IKE fragmentation, MOBIKE, certificates (see the core's own list), several child SAs per tunnel
+//! (one route-based child SA carries everything the FIB routes into the tunnel), and the "under load" cookie
+//! mode (a gateway has a handful of peers).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use braid_control::bgp::speaker::SpeakerHandle;
+use braid_crypto::ike::{
+    DownReason, Event, IkeConfig, IkeSession, Psk, SessionState, Status as SessionStatus,
+};
+use braid_crypto::{InboundSa, OutboundSa, SaKey, Spi};
+use braid_dataplane::{IkeDatagram, IkeSender, Pending, SaControl, TunnelStats};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::IkeSettings;
+use crate::health::{Health, Source};
+
+/// How often a task reads the tunnel's last-inbound time and SA byte counters.
+const TICK: Duration = Duration::from_millis(500);
+/// How long a task waits for the data path to apply its SA changes.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// An initiator's restart backoff after its IKE SA went down: first and largest delay.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The session's hard child lifetime, relative to the configured rekey time (`child_lifetime`).
+const HARD_OVER_SOFT: f64 = 1.25;
+/// NAT keepalives (RFC 3948 2.3) while we are behind a NAT.
+const NAT_KEEPALIVE: Duration = Duration::from_secs(20);
+/// An SPI registration of a tunnel that has not been used this long is forgotten.
+const SPI_IDLE: Duration = Duration::from_secs(600);
+/// Received messages queued per tunnel before they are dropped.
+const QUEUE: usize = 256;
+
+/// One tunnel with IKE keying, as the daemon hands it over.
+#[derive(Clone)]
+pub struct IkeTunnel {
+    /// The data path's tunnel index.
+    pub tunnel: usize,
+    pub name: String,
+    /// The uplink's index and its socket's local address.
+    pub uplink: usize,
+    pub local: SocketAddr,
+    /// The peer's configured address.
+    pub remote: SocketAddr,
+    pub settings: IkeSettings,
+    pub replay_window: u32,
+    pub stats: Arc<TunnelStats>,
+    /// The BGP neighbour (its index) whose session runs in this tunnel.
+    pub neighbor: Option<usize>,
+}
+
+/// What `braid show tunnels` shows of one IKE tunnel.
+#[derive(Clone, Debug)]
+pub struct IkeStatus {
+    pub tunnel: usize,
+    pub initiator: bool,
+    /// The session's last snapshot (no keys).
+    pub session: Option<SessionStatus>,
+    /// The peer's authenticated identity.
+    pub remote_id: Option<String>,
+    /// IKE SAs established, and lost.
+    pub ups: u64,
+    pub downs: u64,
+    pub last_down: Option<String>,
+    /// When the state last changed.
+    pub since: Instant,
+    pub child_rekeys: u64,
+    pub ike_rekeys: u64,
+    pub rekey_failures: u64,
+    /// SA changes the data path refused or did not confirm.
+    pub apply_errors: u64,
+    /// When an initiator starts again after its IKE SA went down.
+    pub restart_at: Option<Instant>,
+}
+
+/// Every IKE tunnel's status, in the order of [`start`]'s tunnels.
+pub type IkeTable = Arc<Mutex<Vec<IkeStatus>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The router's tables: where a received message goes.
+#[derive(Default)]
+struct Routes {
+    /// Initiator SPI -> (task, last used).
+    spis: HashMap<u64, (usize, Instant)>,
+    /// (uplink, peer address) -> task: configured, then as the peer moves.
+    addrs: HashMap<(usize, SocketAddr), usize>,
+}
+
+impl Routes {
+    fn register_spi(&mut self, spi_i: u64, task: usize, now: Instant) {
+        if spi_i != 0 {
+            self.spis.insert(spi_i, (task, now));
+        }
+    }
+
+    fn route(&mut self, d: &IkeDatagram, now: Instant) -> Option<usize> {
+        if d.message.len() >= 8 {
+            let spi_i = u64::from_be_bytes(d.message[..8].try_into().ok()?);
+            if let Some((task, used)) = self.spis.get_mut(&spi_i) {
+                *used = now;
+                return Some(*task);
+            }
+        }
+        if let Some(&task) = self.addrs.get(&(d.uplink, d.from)) {
+            return Some(task);
+        }
+        let mut same_ip = self
+            .addrs
+            .iter()
+            .filter(|((u, a), _)| *u == d.uplink && a.ip() == d.from.ip())
+            .map(|(_, &t)| t);
+        match (same_ip.next(), same_ip.next()) {
+            (Some(t), None) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// The running driver.
+pub struct IkeDriver {
+    pub table: IkeTable,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    router: tokio::task::JoinHandle<()>,
+}
+
+/// What every tunnel task shares.
+#[derive(Clone)]
+pub struct IkeContext {
+    pub sas: SaControl,
+    pub sender: IkeSender,
+    pub health: Health,
+    pub speaker: Option<SpeakerHandle>,
+    /// The data path's start (the zero of `TunnelStats::last_rx_ms`).
+    pub epoch: Instant,
+}
+
+/// Starts the bridge thread, the router and one task per tunnel on the current runtime.
+pub fn start(
+    tunnels: Vec<IkeTunnel>,
+    datagrams: crossbeam_channel::Receiver<IkeDatagram>,
+    cx: IkeContext,
+) -> anyhow::Result<IkeDriver> {
+    let now = Instant::now();
+    let table: IkeTable = Arc::new(Mutex::new(
+        tunnels
+            .iter()
+            .map(|t| IkeStatus {
+                tunnel: t.tunnel,
+                initiator: t.settings.initiator,
+                session: None,
+                remote_id: None,
+                ups: 0,
+                downs: 0,
+                last_down: None,
+                since: now,
+                child_rekeys: 0,
+                ike_rekeys: 0,
+                rekey_failures: 0,
+                apply_errors: 0,
+                restart_at: None,
+            })
+            .collect(),
+    ));
+    let routes = Arc::new(Mutex::new(Routes::default()));
+    let (stop, stop_rx) = watch::channel(false);
+    let rng = SystemRandom::new();
+    let mut inboxes = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, t) in tunnels.into_iter().enumerate() {
+        lock(&routes).addrs.insert((t.uplink, t.remote), i);
+        let cfg = ike_config(&t.settings);
+        let session = IkeSession::new(cfg, t.local, t.remote, now, &rng)
+            .map_err(|e| anyhow::anyhow!("tunnel {:?}: {e}", t.name))?;
+        // Nothing is sent on the tunnel until its first child SA is in place.
+        cx.health.vote(t.tunnel, Source::Ike, false);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        inboxes.push(tx);
+        let task = Task {
+            i,
+            t,
+            session,
+            inbox: rx,
+            cx: cx.clone(),
+            routes: routes.clone(),
+            table: table.clone(),
+            rng: rng.clone(),
+            backoff: BACKOFF_FIRST,
+            outbound: None,
+            rekey_at: None,
+            last_rx_ms: 0,
+            next_keepalive: None,
+            behind_nat: false,
+            state: SessionState::Idle,
+            had_child: false,
+        };
+        let stop = stop_rx.clone();
+        tasks.push(tokio::spawn(task.run(stop)));
+    }
+    // The data path's blocking channel, into tokio.
+    let (bridge_tx, mut bridge_rx) = mpsc::channel::<IkeDatagram>(1024);
+    std::thread::Builder::new()
+        .name("braid-ike-rx".into())
+        .spawn(move || {
+            while let Ok(d) = datagrams.recv() {
+                if bridge_tx.blocking_send(d).is_err() {
+                    break;
+                }
+            }
+        })?;
+    let router = tokio::spawn(async move {
+        let mut unrouted = 0u64;
+        while let Some(d) = bridge_rx.recv().await {
+            let task = lock(&routes).route(&d, Instant::now());
+            match task.and_then(|t| inboxes.get(t)) {
+                Some(inbox) => {
+                    let _ = inbox.try_send((d.from, d.message));
+                }
+                None => {
+                    unrouted += 1;
+                    if unrouted.is_power_of_two() {
+                        tracing::warn!(from = %d.from, uplink = d.uplink, unrouted,
+                            "IKE message for no configured tunnel dropped");
+                    }
+                }
+            }
+        }
+    });
+    Ok(IkeDriver {
+        table,
+        stop,
+        tasks,
+        router,
+    })
+}
+
+impl IkeDriver {
+    /// Deletes every IKE SA (the peers are told) and stops the tasks, waiting at most `timeout`.
+    pub async fn close(self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        let all = futures_join(self.tasks);
+        let _ = tokio::time::timeout(timeout, all).await;
+        self.router.abort();
+    }
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// The core's configuration from a tunnel's validated `ike` table.
+fn ike_config(s: &IkeSettings) -> IkeConfig {
+    let mut cfg = IkeConfig::new(
+        s.initiator,
+        Psk::new(s.psk.expose().to_vec()),
+        s.local_id.clone(),
+    );
+    cfg.remote_id = s.remote_id.clone();
+    cfg.ike_proposals = s.proposals.clone();
+    cfg.esp_proposals = s.esp_proposals.clone();
+    cfg.ike_lifetime = s.lifetime;
+    cfg.child_lifetime = s.child_lifetime.mul_f64(HARD_OVER_SOFT);
+    cfg.child_bytes = s.child_bytes;
+    cfg.dpd_interval = s.dpd_interval;
+    cfg.retransmit = s.retransmit;
+    cfg.force_encap = s.force_encap;
+    cfg
+}
+
+/// One SA change sent to the data path, for the log if it fails.
+struct Change {
+    what: &'static str,
+    spi: Option<Spi>,
+    pending: Pending,
+}
+
+struct Task {
+    /// Position in the table and the router's inboxes.
+    i: usize,
+    t: IkeTunnel,
+    session: IkeSession,
+    inbox: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    cx: IkeContext,
+    routes: Arc<Mutex<Routes>>,
+    table: IkeTable,
+    rng: SystemRandom,
+    backoff: Duration,
+    /// The outbound SA's SPI as last set (the data path may not have applied it yet).
+    outbound: Option<Spi>,
+    /// When the driver asks for the next child rekey.
+    rekey_at: Option<Instant>,
+    last_rx_ms: u64,
+    next_keepalive: Option<Instant>,
+    behind_nat: bool,
+    state: SessionState,
+    /// Whether the current IKE SA has had a child SA (a later install is a rekey).
+    had_child: bool,
+}
+
+impl Task {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let now = Instant::now();
+        tracing::info!(tunnel = %self.t.name, remote = %self.t.remote, initiator = self.t.settings.initiator,
+            proposals = %list(&self.t.settings.proposals), esp_proposals = %list(&self.t.settings.esp_proposals),
+            "IKE tunnel configured");
+        self.session.start(now);
+        let mut next_tick = now + TICK;
+        loop {
+            self.flush().await;
+            self.publish();
+            let now = Instant::now();
+            let restart_at = lock(&self.table)[self.i].restart_at;
+            let deadline = [
+                self.session.poll_timeout(),
+                restart_at,
+                self.rekey_at,
+                self.next_keepalive,
+                Some(next_tick),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + TICK);
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {
+                    self.close().await;
+                    return;
+                }
+                m = self.inbox.recv() => {
+                    let Some((from, msg)) = m else { return };
+                    self.session.handle_message(Instant::now(), from, &msg);
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                    let now = Instant::now();
+                    if self.session.poll_timeout().is_some_and(|t| t <= now) {
+                        self.session.handle_timeout(now);
+                    }
+                    if restart_at.is_some_and(|t| t <= now) {
+                        lock(&self.table)[self.i].restart_at = None;
+                        tracing::info!(tunnel = %self.t.name, "IKE: initiating again");
+                        self.session.start(now);
+                    }
+                    if self.rekey_at.is_some_and(|t| t <= now) {
+                        self.rekey_at = None;
+                        if self.session.state() == SessionState::Established {
+                            tracing::debug!(tunnel = %self.t.name, "child SA rekey due");
+                            self.session.rekey_child(now);
+                        }
+                    }
+                    if self.next_keepalive.is_some_and(|t| t <= now) {
+                        self.next_keepalive = Some(now + NAT_KEEPALIVE);
+                        let remote = self.session.status().remote;
+                        let _ = self.cx.sender.send_keepalive(self.t.uplink, remote);
+                    }
+                    if now >= next_tick {
+                        next_tick = now + TICK;
+                        self.tick(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every 500 ms: ESP liveness and byte counts into the session; forget stale SPI registrations.
+    fn tick(&mut self, now: Instant) {
+        let ms = self
+            .t
+            .stats
+            .last_rx_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if ms != 0 && ms != self.last_rx_ms {
+            self.last_rx_ms = ms;
+            let at = (self.cx.epoch + Duration::from_millis(ms)).min(now);
+            self.session.note_inbound_esp(at);
+        }
+        if self.t.settings.child_bytes.is_some() {
+            if let Some(sas) = self.cx.sas.sas(self.t.tunnel) {
+                for c in self.session.status().children {
+                    let inbound = sas
+                        .inbound
+                        .iter()
+                        .filter(|s| s.spi == c.spi_in)
+                        .map(|s| s.bytes)
+                        .sum::<u64>();
+                    let outbound = sas
+                        .outbound
+                        .filter(|s| s.spi == c.spi_out)
+                        .map_or(0, |s| s.bytes);
+                    self.session
+                        .note_child_bytes(now, c.child, inbound + outbound);
+                }
+            }
+        }
+        let current = self.session.status().ike.map(|s| s.spi_i);
+        let i = self.i;
+        lock(&self.routes).spis.retain(|&spi, (task, used)| {
+            *task != i || Some(spi) == current || now.duration_since(*used) < SPI_IDLE
+        });
+    }
+
+    /// Applies every pending event (waiting for the data path), then sends every pending transmit.
+    async fn flush(&mut self) {
+        loop {
+            let mut changes = Vec::new();
+            while let Some(ev) = self.session.poll_event() {
+                self.apply(ev, &mut changes);
+            }
+            if changes.is_empty() {
+                break;
+            }
+            let results = tokio::task::spawn_blocking(move || {
+                changes
+                    .into_iter()
+                    .map(|c| (c.what, c.spi, c.pending.wait_timeout(APPLY_TIMEOUT)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let mut install_failed = false;
+            for (what, spi, r) in results {
+                let Err(e) = r else { continue };
+                // Removing what a clear already removed is not an error.
+                if what == "remove inbound SA" && matches!(e, braid_dataplane::SaError::NoSuchSa(_))
+                {
+                    continue;
+                }
+                lock(&self.table)[self.i].apply_errors += 1;
+                tracing::error!(tunnel = %self.t.name, what, spi = ?spi.map(|s| format!("{:#010x}", s.0)),
+                    error = %e, "the data path did not apply an SA change");
+                install_failed |= what == "install inbound SA";
+            }
+            if install_failed && self.session.state() == SessionState::Established {
+                // E.g. an SPI another tunnel uses: a rekey brings a fresh one.
+                self.session.rekey_child(Instant::now());
+            }
+        }
+        let live = self.outbound.is_some();
+        let was_live = self.cx.health.is_live(self.t.tunnel);
+        let now_live = self.cx.health.vote(self.t.tunnel, Source::Ike, live);
+        if now_live && !was_live {
+            if let (Some(sp), Some(n)) = (&self.cx.speaker, self.t.neighbor) {
+                sp.path_up(n);
+            }
+        }
+        while let Some(tx) = self.session.poll_transmit() {
+            if tx.payload.len() >= 8 {
+                let spi_i = u64::from_be_bytes(tx.payload[..8].try_into().unwrap_or_default());
+                lock(&self.routes).register_spi(spi_i, self.i, Instant::now());
+            }
+            if let Err(e) = self.cx.sender.send(self.t.uplink, tx.to, &tx.payload) {
+                tracing::warn!(tunnel = %self.t.name, to = %tx.to, error = %e, "sending an IKE message failed");
+            }
+        }
+    }
+
+    fn jitter(&self, d: Duration, fraction: f64) -> Duration {
+        let mut b = [0u8; 4];
+        let r = match self.rng.fill(&mut b) {
+            Ok(()) => f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX),
+            Err(_) => 0.5,
+        };
+        d.saturating_sub(d.mul_f64(fraction * r))
+    }
+
+    fn key(
+        &self,
+        cipher: braid_crypto::Cipher,
+        keymat: &braid_crypto::ike::Keymat,
+    ) -> Option<SaKey> {
+        match SaKey::new(cipher, keymat.as_bytes()) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::error!(tunnel = %self.t.name, error = ?e, "bad keying material length");
+                None
+            }
+        }
+    }
+
+    /// Maps one event onto the data path (and the logs, the table, BGP).
+    fn apply(&mut self, ev: Event, changes: &mut Vec<Change>) {
+        let now = Instant::now();
+        let tunnel = self.t.tunnel;
+        let name = self.t.name.clone();
+        match ev {
+            Event::IkeUp {
+                spi_i,
+                spi_r,
+                initiator,
+                algorithms,
+                nat,
+                remote_id,
+            } => {
+                tracing::info!(tunnel = %name, %algorithms, spi_i = format_args!("{spi_i:016x}"),
+                    spi_r = format_args!("{spi_r:016x}"), initiator, remote_id = %remote_id,
+                    nat_local = nat.local_behind_nat, nat_remote = nat.remote_behind_nat, "IKE SA established");
+                lock(&self.routes).register_spi(spi_i, self.i, now);
+                self.backoff = BACKOFF_FIRST;
+                self.had_child = false;
+                self.behind_nat = nat.local_behind_nat;
+                self.next_keepalive = self.behind_nat.then(|| now + NAT_KEEPALIVE);
+                let mut st = lock(&self.table);
+                let s = &mut st[self.i];
+                s.ups += 1;
+                s.restart_at = None;
+                s.remote_id = Some(remote_id.to_string());
+            }
+            Event::IkeRekeyed {
+                spi_i,
+                spi_r,
+                algorithms,
+            } => {
+                tracing::info!(tunnel = %name, %algorithms, spi_i = format_args!("{spi_i:016x}"),
+                    spi_r = format_args!("{spi_r:016x}"), "IKE SA rekeyed");
+                lock(&self.routes).register_spi(spi_i, self.i, now);
+                lock(&self.table)[self.i].ike_rekeys += 1;
+            }
+            Event::IkeDown { reason } => {
+                changes.push(Change {
+                    what: "clear SAs",
+                    spi: None,
+                    pending: self.cx.sas.clear(tunnel),
+                });
+                self.outbound = None;
+                self.rekey_at = None;
+                self.next_keepalive = None;
+                self.had_child = false;
+                let restart = self.t.settings.initiator
+                    && !matches!(reason, DownReason::Closed | DownReason::Replaced);
+                let delay = self.jitter(self.backoff, 0.25);
+                if restart {
+                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                }
+                if reason == DownReason::Closed {
+                    tracing::info!(tunnel = %name, "IKE SA closed");
+                } else {
+                    tracing::warn!(tunnel = %name, reason = ?reason,
+                        restart_in_ms = restart.then_some(delay.as_millis() as u64),
+                        "IKE SA down: tunnel has no SAs");
+                }
+                {
+                    let mut st = lock(&self.table);
+                    let s = &mut st[self.i];
+                    s.downs += 1;
+                    s.last_down = Some(format!("{reason:?}"));
+                    s.restart_at = restart.then(|| now + delay);
+                }
+                if reason != DownReason::Closed {
+                    if let (Some(sp), Some(n)) = (&self.cx.speaker, self.t.neighbor) {
+                        sp.path_down(n, "IKE SA down");
+                    }
+                }
+            }
+            Event::ChildInstallInbound {
+                child,
+                spi,
+                cipher,
+                esn,
+                keymat,
+            } => {
+                let Some(key) = self.key(cipher, &keymat) else {
+                    return;
+                };
+                let sa = InboundSa::new(spi, &key, esn, self.t.replay_window);
+                changes.push(Change {
+                    what: "install inbound SA",
+                    spi: Some(spi),
+                    pending: self.cx.sas.install_inbound(tunnel, sa),
+                });
+                if self.had_child {
+                    lock(&self.table)[self.i].child_rekeys += 1;
+                }
+                self.had_child = true;
+                self.rekey_at = Some(now + self.jitter(self.t.settings.child_lifetime, 0.1));
+                tracing::info!(tunnel = %name, %child, spi_in = format_args!("{:#010x}", spi.0),
+                    cipher = cipher.name(), esn, "child SA: inbound installed");
+            }
+            Event::ChildInstallOutbound {
+                child,
+                spi,
+                cipher,
+                esn,
+                keymat,
+            } => {
+                let Some(key) = self.key(cipher, &keymat) else {
+                    return;
+                };
+                changes.push(Change {
+                    what: "set outbound SA",
+                    spi: Some(spi),
+                    pending: self
+                        .cx
+                        .sas
+                        .set_outbound(tunnel, OutboundSa::new(spi, &key, esn)),
+                });
+                self.outbound = Some(spi);
+                tracing::info!(tunnel = %name, %child, spi_out = format_args!("{:#010x}", spi.0),
+                    cipher = cipher.name(), esn, "child SA: outbound switched");
+            }
+            Event::ChildRemoveInbound { child, spi } => {
+                changes.push(Change {
+                    what: "remove inbound SA",
+                    spi: Some(spi),
+                    pending: self.cx.sas.remove_inbound(tunnel, spi),
+                });
+                tracing::debug!(tunnel = %name, %child, spi_in = format_args!("{:#010x}", spi.0), "child SA: inbound removed");
+            }
+            Event::ChildRemoveOutbound { child, spi } => {
+                if self.outbound == Some(spi) {
+                    changes.push(Change {
+                        what: "remove outbound SA",
+                        spi: Some(spi),
+                        pending: self.cx.sas.remove_outbound(tunnel),
+                    });
+                    self.outbound = None;
+                    tracing::info!(tunnel = %name, %child, spi_out = format_args!("{:#010x}", spi.0),
+                        "child SA deleted without a replacement: tunnel has no outbound SA");
+                }
+            }
+            Event::ChildRekeyFailed { child, notify } => {
+                lock(&self.table)[self.i].rekey_failures += 1;
+                tracing::warn!(tunnel = %name, child = ?child, notify, "child SA rekey failed; retried later");
+            }
+            Event::RemoteAddressChanged { remote } => {
+                tracing::info!(tunnel = %name, %remote, "peer moved (NAT): sending there");
+                changes.push(Change {
+                    what: "set remote",
+                    spi: None,
+                    pending: self.cx.sas.set_remote(tunnel, remote),
+                });
+                lock(&self.routes)
+                    .addrs
+                    .insert((self.t.uplink, remote), self.i);
+            }
+            other => tracing::debug!(tunnel = %name, event = ?other, "IKE event ignored"),
+        }
+    }
+
+    fn publish(&mut self) {
+        let status = self.session.status();
+        let mut st = lock(&self.table);
+        let s = &mut st[self.i];
+        if status.state != self.state {
+            tracing::debug!(tunnel = %self.t.name, from = ?self.state, to = ?status.state, "IKE state");
+            self.state = status.state;
+            s.since = Instant::now();
+        }
+        s.session = Some(status);
+    }
+
+    /// SIGTERM: delete the IKE SA, send the Delete, and wait briefly for the answer.
+    async fn close(&mut self) {
+        let established = self.session.state() == SessionState::Established;
+        self.session.close(Instant::now());
+        self.flush().await;
+        self.publish();
+        if established {
+            tracing::info!(tunnel = %self.t.name, "IKE Delete sent");
+            if let Ok(Some((from, msg))) =
+                tokio::time::timeout(Duration::from_millis(500), self.inbox.recv()).await
+            {
+                self.session.handle_message(Instant::now(), from, &msg);
+                self.flush().await;
+            }
+        }
+    }
+}
+
+fn list<T: std::fmt::Display>(v: &[T]) -> String {
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn state_name(s: SessionState) -> &'static str {
+    match s {
+        SessionState::Idle => "down",
+        SessionState::Connecting => "connecting",
+        SessionState::Established => "established",
+    }
+}
+
+impl IkeStatus {
+    /// The tunnel's IKE state for `braid show tunnels --json` (no keys).
+    pub fn json(&self) -> Value {
+        let now = Instant::now();
+        let age = |t: Instant| now.saturating_duration_since(t).as_secs();
+        let Some(s) = &self.session else {
+            return json!({ "state": "down", "initiator": self.initiator });
+        };
+        let ike = s.ike.as_ref();
+        let current = s
+            .children
+            .iter()
+            .rev()
+            .find(|c| c.outbound)
+            .or(s.children.last());
+        json!({
+            "state": state_name(s.state),
+            "initiator": self.initiator,
+            "local": s.local.to_string(),
+            "remote": s.remote.to_string(),
+            "remote_id": self.remote_id,
+            "ike_algorithms": ike.map(|i| i.algorithms.to_string()),
+            "ike_spi_i": ike.map(|i| format!("{:016x}", i.spi_i)),
+            "ike_spi_r": ike.map(|i| format!("{:016x}", i.spi_r)),
+            "ike_age_s": ike.map(|i| age(i.since)),
+            "nat_detected": ike.map(|i| i.nat.detected()),
+            "nat_local": ike.map(|i| i.nat.local_behind_nat),
+            "nat_remote": ike.map(|i| i.nat.remote_behind_nat),
+            "esp_algorithms": current.map(|c| c.algorithms.to_string()),
+            "child_age_s": current.map(|c| age(c.since)),
+            "child_spi_in": current.map(|c| format!("{:#010x}", c.spi_in.0)),
+            "child_spi_out": current.map(|c| format!("{:#010x}", c.spi_out.0)),
+            "children": s.children.len(),
+            "child_rekeys": self.child_rekeys,
+            "ike_rekeys": self.ike_rekeys,
+            "rekey_failures": self.rekey_failures,
+            "ups": self.ups,
+            "downs": self.downs,
+            "last_down": self.last_down,
+            "state_age_s": age(self.since),
+            "restart_in_ms": self.restart_at.map(|t| t.saturating_duration_since(now).as_millis() as u64),
+            "apply_errors": self.apply_errors,
+            "drops": {
+                "malformed": s.drops.malformed,
+                "unknown_spi": s.drops.unknown_spi,
+                "bad_message_id": s.drops.bad_message_id,
+                "decrypt_failed": s.drops.decrypt_failed,
+                "unexpected": s.drops.unexpected,
+                "invalid_syntax": s.drops.invalid_syntax,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(uplink: usize, from: &str, spi_i: u64) -> IkeDatagram {
+        let mut message = spi_i.to_be_bytes().to_vec();
+        message.extend_from_slice(&[0u8; 20]);
+        IkeDatagram {
+            uplink,
+            from: from.parse().unwrap(),
+            message,
+        }
+    }
+
+    #[test]
+    fn routes_by_spi_then_address_then_unique_ip() {
+        let now = Instant::now();
+        let mut r = Routes::default();
+        r.addrs.insert((0, "198.51.100.2:4500".parse().unwrap()), 0);
+        r.addrs.insert((0, "198.51.100.3:4500".parse().unwrap()), 1);
+        r.addrs.insert((1, "198.51.100.3:4500".parse().unwrap()), 2);
+        // A new IKE_SA_INIT from a configured peer: by address (and uplink).
+        assert_eq!(r.route(&d(0, "198.51.100.2:4500", 7), now), Some(0));
+        assert_eq!(r.route(&d(1, "198.51.100.3:4500", 7), now), Some(2));
+        // The peer's port changed (NAT), no SPI known yet: its address alone is unique on that uplink.
+        assert_eq!(r.route(&d(0, "198.51.100.3:31000", 8), now), Some(1));
+        // Unknown peers go nowhere.
+        assert_eq!(r.route(&d(0, "203.0.113.9:4500", 9), now), None);
+        // Once the tunnel registered the SPI, the peer is found wherever it moves.
+        r.register_spi(0xabcd, 0, now);
+        assert_eq!(r.route(&d(0, "203.0.113.9:1024", 0xabcd), now), Some(0));
+        // SPI 0 is never registered.
+        r.register_spi(0, 1, now);
+        assert_eq!(r.route(&d(0, "203.0.113.9:4500", 0), now), None);
+    }
+}
