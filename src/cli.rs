@@ -98,8 +98,9 @@ enum Cmd {
         /// Drill probe flows in each direction.
         #[arg(long, default_value_t = 32)]
         probe_flows: usize,
-        /// Packets per second of each probe flow.
-        #[arg(long, default_value_t = 1000.0)]
+        /// Packets per second of each probe flow (the blip's resolution is 1 / rate). The default keeps the
+        /// total within what one gateway of the lab forwards on a 2-core box once its partner has failed.
+        #[arg(long, default_value_t = 500.0)]
         probe_pps: f64,
         /// Multipath scenarios: no BFD on the tunnels (failures are then found by BGP hold timers only).
         #[arg(long)]

@@ -43,7 +43,7 @@ impl Default for DrillOptions {
     fn default() -> DrillOptions {
         DrillOptions {
             flows_per_direction: 32,
-            pps: 1000.0,
+            pps: 500.0,
         }
     }
 }
@@ -377,6 +377,29 @@ fn gateway_drops(topo: &Topology) -> std::collections::BTreeMap<String, u64> {
             add(t["name"].as_str().unwrap_or("?"), &t["drops"]);
         }
         add("tun", &v["tun"]["drops"]);
+        // What the kernel dropped on the way to braid: the TUN device's queue (packets braid did not read in
+        // time) and UDP receive buffers (datagrams for braid's uplink sockets, BFD, probes).
+        let mut kernel = serde_json::Map::new();
+        if let Ok(o) = gw.ns.ip(&["-j", "-s", "link", "show", "braid0"]) {
+            let j: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+            if let Some(n) = j[0]["stats64"]["tx"]["dropped"].as_u64() {
+                kernel.insert("tun_queue_dropped".into(), n.into());
+            }
+        }
+        if let Ok(o) = gw.ns.exec("cat", &["/proc/net/snmp"]) {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let udp: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp:")).collect();
+            if let [names, values] = udp.as_slice() {
+                for (k, v) in names.split_whitespace().zip(values.split_whitespace()) {
+                    if k == "RcvbufErrors" || k == "SndbufErrors" {
+                        if let Ok(n) = v.parse::<u64>() {
+                            kernel.insert(format!("udp_{k}"), n.into());
+                        }
+                    }
+                }
+            }
+        }
+        add("kernel", &Value::Object(kernel));
     }
     out
 }
