@@ -660,8 +660,6 @@ impl Probes {
                         &flows,
                         "--secs",
                         "600",
-                        "--idle-exit-ms",
-                        "1000",
                     ],
                 )?
                 .stdin(Stdio::null())
@@ -699,13 +697,16 @@ impl Probes {
         Ok(Probes { children })
     }
 
-    /// Stops the sources (SIGTERM), waits for the sinks to drain, and returns per direction the sink's report
-    /// and the source's per-flow sent counts.
+    /// Stops the sources (SIGTERM), then the sinks (SIGTERM: they drain for half a second), and returns per
+    /// direction the sink's report and the source's per-flow sent counts.
     fn stop(mut self) -> Result<Vec<(ProbeReport, Vec<u64>)>> {
-        for (source, _) in &self.children {
+        let term = |c: &Child| {
             let _ = std::process::Command::new("kill")
-                .args(["-TERM", &source.id().to_string()])
+                .args(["-TERM", &c.id().to_string()])
                 .status();
+        };
+        for (source, _) in &self.children {
+            term(source);
         }
         let mut out = Vec::new();
         for (source, sink) in std::mem::take(&mut self.children) {
@@ -720,6 +721,7 @@ impl Probes {
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_u64).collect())
                 .unwrap_or_default();
+            term(&sink);
             let snk = sink.wait_with_output()?;
             let report: ProbeReport =
                 serde_json::from_slice(&snk.stdout).context("probe-sink report")?;

@@ -216,14 +216,20 @@ pub fn source(
     Ok(())
 }
 
-/// `probe-sink`: receives probes on `listen` and prints a [`ProbeReport`] as one JSON line, after `secs` or,
-/// with `idle_exit`, once probes have arrived and then none for that long (the source has stopped).
+/// `probe-sink`: receives probes on `listen` and prints a [`ProbeReport`] as one JSON line, after `secs`; or,
+/// with `idle_exit`, once probes have arrived and then none for that long; or half a second after SIGTERM
+/// (what the drill uses once its sources have stopped: the last probes in flight still count, and an outage
+/// of any length in between does not end the sink early).
 pub fn sink(
     listen: SocketAddr,
     flows: usize,
     secs: f64,
     idle_exit: Option<Duration>,
 ) -> Result<()> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(listen),
         socket2::Type::DGRAM,
@@ -244,10 +250,15 @@ pub fn sink(
         .collect();
     let mut not_probes = 0u64;
     let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs);
+    let mut end = start + Duration::from_secs_f64(secs);
     let mut last_probe: Option<Instant> = None;
     let mut buf = [0u8; 2048];
+    let mut stopping = false;
     while Instant::now() < end {
+        if !stopping && stop.load(std::sync::atomic::Ordering::Relaxed) {
+            stopping = true;
+            end = end.min(Instant::now() + Duration::from_millis(500));
+        }
         if let (Some(idle), Some(last)) = (idle_exit, last_probe) {
             if last.elapsed() >= idle {
                 break;
@@ -264,7 +275,9 @@ pub fn sink(
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => return Err(e).context("receiving probes"),
         }
