@@ -190,7 +190,13 @@ pub struct Tunnel {
     pub weight: Option<u32>,
     /// BFD over the tunnel's inside addresses.
     pub bfd: Option<BfdConfig>,
+    /// Inbound-silence liveness: the tunnel leaves its groups when nothing authentic has arrived for this long
+    /// while we were sending on it (`None`: off; the default without BFD is [`DEFAULT_SILENCE`]).
+    pub silence: Option<Duration>,
 }
+
+/// How long a tunnel without BFD may stay silent while we send on it before it is taken out of use.
+pub const DEFAULT_SILENCE: Duration = Duration::from_millis(1500);
 
 /// A tunnel's `bfd = { interval_ms, multiplier, hold_down_ms }`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,6 +424,7 @@ struct RawTunnel {
     replay_window: Option<u32>,
     esn: Option<bool>,
     weight: Option<u32>,
+    silence_ms: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -694,6 +701,19 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             .as_ref()
             .map(|b| bfd_config(cx, &key("bfd"), b))
             .transpose()?;
+        // Inbound silence: on by default where BFD is not (BFD already finds a dead path, faster); 0 = off.
+        let silence = match (t.silence_ms, &bfd) {
+            (Some(0), _) => None,
+            (Some(ms), _) if !(300..=60_000).contains(&ms) => {
+                return Err(cx.err(
+                    key("silence_ms"),
+                    format!("{ms} is outside 300..=60000 (0 turns inbound-silence liveness off)"),
+                ))
+            }
+            (Some(ms), _) => Some(Duration::from_millis(ms as u64)),
+            (None, Some(_)) => None,
+            (None, None) => Some(DEFAULT_SILENCE),
+        };
         if t.weight == Some(0) {
             return Err(cx.err(
                 key("weight"),
@@ -819,6 +839,7 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             esn,
             weight: t.weight,
             bfd,
+            silence,
         });
     }
     if !tunnels.is_empty() && uplinks.is_empty() {
@@ -1581,6 +1602,29 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("0102030405"), "{dbg}");
         assert!(!dbg.contains("[0, 1, 2"), "{dbg}");
+    }
+
+    #[test]
+    fn inbound_silence_defaults_on_without_bfd() {
+        let c = parse(&base()).unwrap();
+        assert_eq!(c.tunnels[0].silence, Some(DEFAULT_SILENCE));
+        let with_bfd = base().replace(
+            "routes = [",
+            "bfd = { interval_ms = 100, multiplier = 3 }\nroutes = [",
+        );
+        assert_eq!(parse(&with_bfd).unwrap().tunnels[0].silence, None);
+        let off = base().replace("routes = [", "silence_ms = 0\nroutes = [");
+        assert_eq!(parse(&off).unwrap().tunnels[0].silence, None);
+        let set = base().replace("routes = [", "silence_ms = 800\nroutes = [");
+        assert_eq!(
+            parse(&set).unwrap().tunnels[0].silence,
+            Some(Duration::from_millis(800))
+        );
+        expect_err(
+            &base().replace("routes = [", "silence_ms = 100\nroutes = ["),
+            "silence_ms",
+            "300..=60000",
+        );
     }
 
     fn expect_err(text: &str, key: &str, problem: &str) {

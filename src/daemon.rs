@@ -638,6 +638,7 @@ async fn control_plane(
         None => None,
     };
     let (bfd_stop, bfd_tasks) = start_bfd(&config, &state, speaker.clone());
+    let silence = crate::silence::start(&config, &state);
     let ike = match ike {
         Some((setup, mut cx)) => {
             cx.speaker = speaker.clone();
@@ -688,6 +689,9 @@ async fn control_plane(
     }
     server.abort();
     sampler.abort();
+    if let Some(s) = silence {
+        s.abort();
+    }
     if let Some(m) = metrics {
         m.abort();
     }

@@ -188,7 +188,8 @@ pub struct FlowResult {
 #[derive(Clone, Debug, Serialize)]
 pub struct StepReport {
     pub step: String,
-    pub bfd: bool,
+    /// How the topology finds dead paths (`TopologyOptions::liveness`).
+    pub liveness: String,
     /// From the fault to the end of the probes, seconds.
     pub window_s: f64,
     pub flows: usize,
@@ -264,11 +265,15 @@ fn run_step(
     opts: DrillOptions,
     sport_base: u16,
 ) -> Result<StepReport> {
-    let bfd = topo.opts.bfd.is_some();
-    // Detection budget: BFD's detection time with margin, else the hold timer.
-    let detect = match topo.opts.bfd {
-        Some((interval, mult)) => Duration::from_millis(interval as u64 * mult as u64 + 700),
-        None => Duration::from_secs(topo.opts.hold_time as u64 + 2),
+    let liveness = topo.opts.liveness();
+    // Detection budget: BFD's detection time with margin, else inbound silence's, else the hold timer.
+    let bfd_budget =
+        |(interval, mult): (u32, u8)| Duration::from_millis(interval as u64 * mult as u64 + 700);
+    let detect = match (topo.opts.bfd, topo.opts.silence_ms) {
+        (Some(b), _) => bfd_budget(b),
+        (None, Some(ms)) => Duration::from_millis(ms as u64 + 1000)
+            .max(topo.opts.core_bfd.map_or(Duration::ZERO, bfd_budget)),
+        (None, None) => Duration::from_secs(topo.opts.hold_time as u64 + 2),
     };
     attr_install(topo)?;
     let drops_before = gateway_drops(topo);
@@ -344,7 +349,7 @@ fn run_step(
     let untouched = per_flow.iter().filter(|f| !f.touched);
     Ok(StepReport {
         step: step.describe(topo),
-        bfd,
+        liveness,
         window_s: window,
         flows: per_flow.len(),
         touched_flows: per_flow.iter().filter(|f| f.touched).count(),
@@ -742,33 +747,36 @@ impl Drop for Probes {
     }
 }
 
-/// The drill's comparison table: every step with BFD against the same step on hold timers only.
-pub fn comparison(with_bfd: &[StepReport], without: &[StepReport], say: &dyn Fn(&str)) -> Value {
-    say("  drill summary (worst blip ms / packets lost / flows affected; untouched flows' loss):");
-    say(&format!(
-        "    {:<48} {:>28}   {:>28}",
-        "step", "BFD 100 ms x 3", "hold timers only"
-    ));
-    let cell = |r: Option<&StepReport>| {
-        r.map_or("-".to_string(), |r| {
-            format!(
-                "{:>6.0} / {:>6} / {:>2}; {}",
-                r.worst_blip_ms, r.lost, r.flows_affected, r.untouched_lost
-            )
-        })
-    };
+/// The drill's comparison table: every step under each liveness mode, side by side.
+pub fn comparison(runs: &[(String, Vec<StepReport>)], say: &dyn Fn(&str)) -> Value {
+    say("  drill summary: worst blip ms / packets lost / flows affected; untouched flows' loss");
+    for (i, (mode, _)) in runs.iter().enumerate() {
+        say(&format!("    [{}] {mode}", i + 1));
+    }
+    let mut header = format!("    {:<48}", "step");
+    for i in 0..runs.len() {
+        header += &format!(" {:>28}", format!("[{}]", i + 1));
+    }
+    say(&header);
     let mut rows = Vec::new();
-    for (i, r) in with_bfd.iter().enumerate() {
-        let other = without.get(i);
-        say(&format!(
-            "    {:<48} {:>28}   {:>28}",
-            r.step,
-            cell(Some(r)),
-            cell(other)
-        ));
-        rows.push(
-            json!({ "step": r.step, "bfd": r.summary(), "no_bfd": other.map(StepReport::summary) }),
-        );
+    let steps = runs.first().map_or(0, |(_, s)| s.len());
+    for n in 0..steps {
+        let name = &runs[0].1[n].step;
+        let mut line = format!("    {name:<48}");
+        let mut cells = Vec::new();
+        for (mode, r) in runs {
+            let r = r.get(n);
+            line += &format!(
+                " {:>28}",
+                r.map_or("-".to_string(), |r| format!(
+                    "{:>6.0} / {:>6} / {:>2}; {}",
+                    r.worst_blip_ms, r.lost, r.flows_affected, r.untouched_lost
+                ))
+            );
+            cells.push(json!({ "liveness": mode, "result": r.map(StepReport::summary) }));
+        }
+        say(&line);
+        rows.push(json!({ "step": name, "runs": cells }));
     }
     Value::Array(rows)
 }

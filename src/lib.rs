@@ -20,3 +20,4 @@ pub mod netns;
 pub mod pairing;
 pub mod probe;
 pub mod scenario;
+pub mod silence;

@@ -111,6 +111,24 @@ pub struct TopologyOptions {
     pub converge_timeout: Duration,
     /// BFD on every tunnel: (interval_ms, multiplier); `None` = hold timers only.
     pub bfd: Option<(u32, u8)>,
+    /// BFD between each core (BIRD) and its gateways; `None` = hold timers only.
+    pub core_bfd: Option<(u32, u8)>,
+    /// Inbound-silence liveness on every tunnel (`silence_ms`); `None` turns it off (`silence_ms = 0`).
+    pub silence_ms: Option<u32>,
+}
+
+impl TopologyOptions {
+    /// How this topology finds a dead path, in words.
+    pub fn liveness(&self) -> String {
+        match (self.bfd, self.silence_ms, self.core_bfd) {
+            (Some((i, m)), _, _) => format!("BFD {i} ms x {m}"),
+            (None, Some(ms), Some(_)) => {
+                format!("no BFD in the tunnels: inbound silence {ms} ms (BFD to the cores)")
+            }
+            (None, Some(ms), None) => format!("no BFD: inbound silence {ms} ms"),
+            (None, None, _) => format!("no BFD: BGP hold timer {} s", self.hold_time),
+        }
+    }
 }
 
 impl TopologyOptions {
@@ -124,6 +142,8 @@ impl TopologyOptions {
             line_rates: true,
             converge_timeout: Duration::from_secs(40),
             bfd: None,
+            core_bfd: None,
+            silence_ms: None,
         }
     }
 }
@@ -628,7 +648,7 @@ impl Topology {
             self.kind.name(),
             base + 65
         );
-        if let Some((interval, mult)) = self.opts.bfd {
+        if let Some((interval, mult)) = self.opts.core_bfd {
             s += &format!(
                 "protocol bfd {{ interface \"gw*\" {{ interval {interval} ms; multiplier {mult}; }}; }}\n"
             );
@@ -643,7 +663,7 @@ impl Topology {
                 peer = g.router_id,
                 hold = self.opts.hold_time,
                 keep = (self.opts.hold_time / 3).max(1),
-                bfd = if self.opts.bfd.is_some() { " bfd on;" } else { "" },
+                bfd = if self.opts.core_bfd.is_some() { " bfd on;" } else { "" },
             );
         }
         s
@@ -811,6 +831,7 @@ impl Topology {
                     "bfd = {{ interval_ms = {interval}, multiplier = {mult}, hold_down_ms = 1000 }}\n"
                 );
             }
+            s += &format!("silence_ms = {}\n", self.opts.silence_ms.unwrap_or(0));
             let export = match (self.kind, g.role) {
                 // One prefix per ISP, so each destination takes exactly one uplink.
                 (Kind::CappedPair, Role::Cloud) => networks[t.isp].to_string(),
@@ -834,7 +855,7 @@ impl Topology {
                 self.opts.hold_time,
                 quoted(&self.remote_aggregates(g.role)),
             );
-            if let Some((interval, mult)) = self.opts.bfd {
+            if let Some((interval, mult)) = self.opts.core_bfd {
                 s += &format!(
                     "bfd = {{ interval_ms = {interval}, multiplier = {mult}, hold_down_ms = 1000 }}\n"
                 );
@@ -1586,6 +1607,7 @@ pub fn run(kind: Kind, opts: &LabOptions) -> Result<i32> {
     ));
     let mut topo_opts = TopologyOptions::new(std::env::current_exe()?);
     topo_opts.bfd = opts.bfd.then_some((100, 3));
+    topo_opts.core_bfd = topo_opts.bfd;
     let topo = Topology::build(kind, &topo_opts)?;
     say(&format!(
         "  built {} gateways, {} tunnels; BGP converged in {:.1} s",
@@ -1674,33 +1696,35 @@ pub fn run(kind: Kind, opts: &LabOptions) -> Result<i32> {
         };
         say(&format!(
             "  failover drill ({}; {} probe flows each way at {} pkt/s):",
-            match topo.opts.bfd {
-                Some((i, m)) => format!("BFD {i} ms x {m}"),
-                None => format!("no BFD, BGP hold timer {} s", topo.opts.hold_time),
-            },
+            topo.opts.liveness(),
             probe.flows_per_direction,
             probe.pps
         ));
         let mut failures = Vec::new();
         let d = crate::drill::run(&mut topo, &steps, probe, &say);
         failures.extend(d.failed);
-        let first = d.steps;
+        let mut runs = vec![(topo.opts.liveness(), d.steps)];
         stop()?;
-        let mut second = Vec::new();
         if opts.full_drill && topo.opts.bfd.is_some() {
-            // The same drill on hold timers only, on a fresh build.
-            drop(topo);
-            let mut o = topo_opts.clone();
-            o.bfd = None;
-            topo = Topology::build(kind, &o)?;
-            say(&format!(
-                "  failover drill again without BFD (BGP hold timer {} s; rebuilt in {:.1} s):",
-                o.hold_time, topo.build_secs
-            ));
-            let d = crate::drill::run(&mut topo, &steps, probe, &say);
-            failures.extend(d.failed);
-            second = d.steps;
-            stop()?;
+            // The same drill on a fresh build: on hold timers only, then with inbound-silence liveness in the
+            // tunnels (a peer that speaks no BFD; the cores keep theirs).
+            let mut hold = topo_opts.clone();
+            (hold.bfd, hold.core_bfd, hold.silence_ms) = (None, None, None);
+            let mut silence = topo_opts.clone();
+            (silence.bfd, silence.silence_ms) = (None, Some(1500));
+            for o in [hold, silence] {
+                drop(topo);
+                topo = Topology::build(kind, &o)?;
+                say(&format!(
+                    "  failover drill again, {} (rebuilt in {:.1} s):",
+                    o.liveness(),
+                    topo.build_secs
+                ));
+                let d = crate::drill::run(&mut topo, &steps, probe, &say);
+                failures.extend(d.failed);
+                runs.push((o.liveness(), d.steps));
+                stop()?;
+            }
         }
         for f in &failures {
             checks.push(Check {
@@ -1709,29 +1733,33 @@ pub fn run(kind: Kind, opts: &LabOptions) -> Result<i32> {
                 detail: f.clone(),
             });
         }
-        for r in first.iter().chain(&second) {
-            let mode = if r.bfd { "BFD" } else { "no BFD" };
-            checks.push(Check {
-                name: format!("{} ({mode}): untouched flows lose nothing", r.step),
-                ok: r.untouched_lost == 0,
-                detail: format!(
-                    "{} untouched flows, {} packets lost",
-                    r.flows - r.touched_flows,
-                    r.untouched_lost
-                ),
-            });
-            checks.push(Check {
-                name: format!("{} ({mode}): service restored", r.step),
-                ok: r.not_restored == 0,
-                detail: format!(
-                    "{} of {} flows not carried at the end",
-                    r.not_restored, r.flows
-                ),
-            });
+        for (mode, steps) in &runs {
+            for r in steps {
+                checks.push(Check {
+                    name: format!("{} ({mode}): untouched flows lose nothing", r.step),
+                    ok: r.untouched_lost == 0,
+                    detail: format!(
+                        "{} untouched flows, {} packets lost",
+                        r.flows - r.touched_flows,
+                        r.untouched_lost
+                    ),
+                });
+                checks.push(Check {
+                    name: format!("{} ({mode}): service restored", r.step),
+                    ok: r.not_restored == 0,
+                    detail: format!(
+                        "{} of {} flows not carried at the end",
+                        r.not_restored, r.flows
+                    ),
+                });
+            }
         }
         drill = json!({
-            "steps": first.iter().chain(&second).map(|r| serde_json::to_value(r).unwrap_or(Value::Null)).collect::<Vec<_>>(),
-            "comparison": if second.is_empty() { Value::Null } else { crate::drill::comparison(&first, &second, &say) },
+            "runs": runs.iter().map(|(mode, steps)| json!({
+                "liveness": mode,
+                "steps": steps.iter().map(|r| serde_json::to_value(r).unwrap_or(Value::Null)).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "comparison": if runs.len() > 1 { crate::drill::comparison(&runs, &say) } else { Value::Null },
         });
     }
     say("  checks:");
