@@ -8,8 +8,8 @@
 //! dead. Once the silence reaches `silence_ms`, the tunnel's [`Source::Silence`] vote goes down: its flows move
 //! to the other members of their groups at once, as with BFD. The BGP session is left alone (a peer that drops
 //! ICMP must not lose its routes; its hold timer still runs). While the tunnel is down, an echo goes out every
-//! second (traffic to the peer's own inside address still uses the tunnel); the first authenticated packet
-//! from the peer brings the tunnel back.
+//! second (traffic to the peer's own inside address still uses the tunnel); once the peer has been heard again
+//! for a second (a hold-down, as BFD's), the tunnel is back in use.
 //!
 //! Left out: the echo replies are not matched (any authenticated inbound packet counts, which is the point),
 //! and a peer that answers neither echo nor anything else while alive is indistinguishable from a dead one:
@@ -30,6 +30,8 @@ use crate::health::{Health, Source};
 const TICK: Duration = Duration::from_millis(100);
 /// Echo interval while a tunnel is down.
 const PROBE_WHILE_DOWN: Duration = Duration::from_secs(1);
+/// How long the peer must have been heard again before a silent tunnel carries traffic again.
+const HOLD_DOWN: Duration = Duration::from_secs(1);
 
 /// One watched tunnel.
 struct Watch {
@@ -44,6 +46,8 @@ struct Watch {
     tx_at_rx: u64,
     last_probe: Option<Instant>,
     down_since: Option<Instant>,
+    /// While down: when the peer was first heard again.
+    heard_since: Option<Instant>,
     seq: u16,
 }
 
@@ -86,6 +90,7 @@ pub fn start(config: &Config, state: &Arc<GatewayState>) -> Option<tokio::task::
             tx_at_rx: 0,
             last_probe: None,
             down_since: None,
+            heard_since: None,
             seq: 0,
         });
     }
@@ -123,12 +128,26 @@ fn check(w: &mut Watch, state: &GatewayState, health: &Health, now: Instant, now
     if rx_ms != w.rx_ms {
         w.rx_ms = rx_ms;
         w.tx_at_rx = tx;
-        if let Some(since) = w.down_since.take() {
+        if w.down_since.is_some() && w.heard_since.is_none() {
+            w.heard_since = Some(now);
+        }
+    }
+    // Back in use once the peer has been heard again for the hold-down (a restarted peer needs its routes
+    // before it can take traffic; a flapping path must not pull flows back and forth).
+    if let (Some(since), Some(heard)) = (w.down_since, w.heard_since) {
+        if now.duration_since(heard) >= HOLD_DOWN
+            && Duration::from_millis(now_ms.saturating_sub(rx_ms)) < w.silence
+        {
+            w.down_since = None;
+            w.heard_since = None;
             health.vote(w.tunnel, Source::Silence, true);
             tracing::info!(tunnel = %w.name, down_ms = since.elapsed().as_millis() as u64,
                 "inbound traffic resumed: tunnel back in use");
         }
-        return;
+        if Duration::from_millis(now_ms.saturating_sub(rx_ms)) >= w.silence {
+            // Heard once, then silent again: start over.
+            w.heard_since = None;
+        }
     }
     let silent = Duration::from_millis(now_ms.saturating_sub(rx_ms));
     let sending = tx > w.tx_at_rx;
