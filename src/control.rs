@@ -380,6 +380,9 @@ fn bgp_json(gateway: &str, n: &[NeighborStatus]) -> Value {
                 "accepted": n.accepted,
                 "advertised": n.advertised,
                 "hold_time": n.hold_time,
+                "hold_time_local": n.hold_time_local,
+                // The peer proposed less than we did when the negotiated value is below ours.
+                "hold_time_peer": n.hold_time.filter(|h| *h < n.hold_time_local),
                 "peer_id": n.peer_id.map(|i| i.to_string()),
                 "last_error": n.last_error,
             })

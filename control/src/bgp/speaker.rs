@@ -91,7 +91,10 @@ pub struct NeighborStatus {
     pub received: u64,
     pub accepted: u64,
     pub advertised: u64,
+    /// The negotiated hold time (the smaller of both proposals), once Established.
     pub hold_time: Option<u16>,
+    /// The hold time this side proposes (configured).
+    pub hold_time_local: u16,
     pub peer_id: Option<Ipv4Addr>,
     pub last_error: Option<String>,
 }
@@ -763,6 +766,11 @@ impl Speaker {
             Event::Established(n) => {
                 tracing::info!(neighbor = %p.cfg.label, peer_asn = n.peer_asn, peer_id = %n.peer_id, hold = n.hold_time,
                     families = ?n.families, "BGP session Established");
+                if n.hold_time != p.cfg.hold_time {
+                    // The negotiated hold time is the smaller of both proposals: the peer proposed this one.
+                    tracing::warn!(neighbor = %p.cfg.label, configured = p.cfg.hold_time, peer = n.hold_time,
+                        "BGP hold time differs from the peer's: the session runs on the peer's; keep removal timers the same on both sides");
+                }
                 p.last_error = None;
                 // Next hop self: our end of the established connection (or the configured address).
                 let local = p
@@ -901,6 +909,7 @@ impl Speaker {
                     accepted: counts.accepted,
                     advertised: counts.advertised,
                     hold_time: n.map(|n| n.hold_time),
+                    hold_time_local: p.cfg.hold_time,
                     peer_id: n.map(|n| n.peer_id),
                     last_error: p
                         .last_error
