@@ -425,23 +425,20 @@ fn install_routes(
             }
             i.publish()
         };
-        let count = batches.len() as u64;
-        // Whatever happens below, these batches are in forwarding (and, next, the kernel) once we say so.
-        let Some(p) = published else {
-            installed.send_modify(|n| *n += count);
-            continue;
-        };
-        tracing::debug!(
-            routes = p.routes,
-            build_ms = p.build_time.as_secs_f64() * 1e3,
-            added = p.added.len(),
-            removed = p.removed.len(),
-            "FIB published"
-        );
-        if let Some(k) = &mut kernel {
-            k.apply(&p.added, &p.removed);
+        if let Some(p) = published {
+            tracing::debug!(
+                routes = p.routes,
+                build_ms = p.build_time.as_secs_f64() * 1e3,
+                added = p.added.len(),
+                removed = p.removed.len(),
+                "FIB published"
+            );
+            if let Some(k) = &mut kernel {
+                k.apply(&p.added, &p.removed);
+            }
         }
-        installed.send_modify(|n| *n += count);
+        // These batches are in the FIB and the kernel table now: neighbours waiting for that may hear of them.
+        installed.send_modify(|n| *n += batches.len() as u64);
     }
     if let Some(k) = &mut kernel {
         k.remove_all();

@@ -292,16 +292,22 @@ fn run_step(
             topo.wait_converged(Duration::from_secs(60))?;
         }
     }
-    // Let the last moves finish while the probes still run, then record where the cores send each flow now.
+    // Let the last moves finish while the probes still run. After a gateway comes back, record anew where the
+    // cores send each flow: the flows they moved to it are touched too.
     std::thread::sleep(Duration::from_millis(1000));
-    core_hops_all(topo, opts, sport_base)?;
+    let gateway_back = matches!(
+        step,
+        Step::Repair(Fault::GatewayKill(_) | Fault::GatewayStop(_))
+    );
+    if gateway_back {
+        core_hops_all(topo, opts, sport_base)?;
+    }
     std::thread::sleep(Duration::from_millis(500));
     let window = at.elapsed().as_secs_f64();
-    let after = match step {
-        Step::Repair(Fault::GatewayKill(_) | Fault::GatewayStop(_)) => {
-            Some(core_hops_all(topo, opts, sport_base)?)
-        }
-        _ => None,
+    let after = if gateway_back {
+        Some(core_hops_all(topo, opts, sport_base)?)
+    } else {
+        None
     };
     let reports = probes.stop()?;
     let mut drops = gateway_drops(topo);
@@ -705,13 +711,8 @@ impl Probes {
     /// Stops the sources (SIGTERM), then the sinks (SIGTERM: they drain for half a second), and returns per
     /// direction the sink's report and the source's per-flow sent counts.
     fn stop(mut self) -> Result<Vec<(ProbeReport, Vec<u64>)>> {
-        let term = |c: &Child| {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-        };
         for (source, _) in &self.children {
-            term(source);
+            crate::netns::sigterm(source);
         }
         let mut out = Vec::new();
         for (source, sink) in std::mem::take(&mut self.children) {
@@ -726,7 +727,7 @@ impl Probes {
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_u64).collect())
                 .unwrap_or_default();
-            term(&sink);
+            crate::netns::sigterm(&sink);
             let snk = sink.wait_with_output()?;
             let report: ProbeReport =
                 serde_json::from_slice(&snk.stdout).context("probe-sink report")?;

@@ -154,15 +154,20 @@ pub fn cleanup_all() -> Result<Vec<String>> {
     Ok(removed)
 }
 
+/// Sends SIGTERM to `child` (best effort; it may have exited).
+pub fn sigterm(child: &std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
 /// Sends SIGTERM to `child` and waits up to `timeout` for it to exit; kills it after that.
 /// Returns its exit status if it exited by itself.
 pub fn terminate(
     child: &mut std::process::Child,
     timeout: std::time::Duration,
 ) -> Option<std::process::ExitStatus> {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    sigterm(child);
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         if let Ok(Some(st)) = child.try_wait() {
