@@ -35,9 +35,10 @@ impl PacketBuf {
         &mut self.data
     }
 
-    /// The area an inner packet is read into: everything after the headroom, less the tailroom.
-    pub fn payload_area(&mut self) -> &mut [u8] {
-        &mut self.data[HEADROOM..HEADROOM + MAX_PACKET]
+    /// The area a TUN read goes into: the virtio-net header just before the headroom's end, then the packet
+    /// at [`HEADROOM`].
+    pub fn vnet_payload_area(&mut self) -> &mut [u8] {
+        &mut self.data[HEADROOM - crate::vnet::VNET_HDR_LEN..HEADROOM + MAX_PACKET]
     }
 }
 
@@ -54,7 +55,11 @@ mod tests {
     #[test]
     fn largest_packet_fits_with_esp_overhead() {
         let mut b = PacketBuf::new();
-        assert_eq!(b.payload_area().len(), MAX_PACKET);
+        assert_eq!(
+            b.vnet_payload_area().len(),
+            crate::vnet::VNET_HDR_LEN + MAX_PACKET
+        );
         const { assert!(BUF_LEN >= HEADROOM + MAX_PACKET + braid_crypto::MAX_TAILROOM) };
+        const { assert!(HEADROOM >= crate::vnet::VNET_HDR_LEN) };
     }
 }

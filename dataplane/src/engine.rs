@@ -69,6 +69,7 @@ use crate::sa::{Board, InboundSas, OutboundEntry, RxCommand, SaControl, SaError,
 use crate::scheduler;
 use crate::shaper::{Admit, TokenBucket};
 use crate::stats::{add, DropReason, TunStats, TunnelStats, UplinkStats};
+use crate::vnet::{VnetHdr, VNET_HDR_LEN};
 use crate::wire::{self, Inner};
 
 #[cfg(doc)]
@@ -568,7 +569,7 @@ impl Outbound {
                 if !self.commands.is_empty() {
                     self.apply_commands();
                 }
-                let n = match (&*self.tun).read(buf.payload_area()) {
+                let n = match (&*self.tun).read(buf.vnet_payload_area()) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -581,6 +582,14 @@ impl Outbound {
                     }
                 };
                 add(&self.tun_stats.rx_packets, 1);
+                let Some(n) = n.checked_sub(VNET_HDR_LEN).filter(|_| {
+                    VnetHdr::parse(&buf.as_slice()[HEADROOM - VNET_HDR_LEN..])
+                        .is_some_and(|h| h.is_plain())
+                }) else {
+                    // No offloads are enabled, so the kernel never asks for segmentation or checksums.
+                    self.tun_stats.drops.count(DropReason::InnerMalformed);
+                    continue;
+                };
                 self.forward(&mut buf, n, &mut icmp);
                 packets = packets.wrapping_add(1);
                 if packets % 256 == 0 {
@@ -734,14 +743,15 @@ impl Outbound {
                 _ => tunnel.icmp_source_v6.map(IpAddr::V6),
             };
             if let Some(from) = from {
-                if let Some(len) = wire::icmp_too_big(
-                    pkt,
-                    &inner,
-                    from,
-                    tunnel.max_inner as u32,
-                    icmp.as_mut_slice(),
-                ) {
-                    if (&*self.tun).write(&icmp.as_slice()[..len]).is_ok() {
+                let (hdr, out) = icmp.as_mut_slice().split_at_mut(VNET_HDR_LEN);
+                VnetHdr::default().write(hdr);
+                if let Some(len) =
+                    wire::icmp_too_big(pkt, &inner, from, tunnel.max_inner as u32, out)
+                {
+                    if (&*self.tun)
+                        .write(&icmp.as_slice()[..VNET_HDR_LEN + len])
+                        .is_ok()
+                    {
                         add(&tunnel.stats.icmp_too_big, 1);
                     }
                 }
@@ -985,7 +995,7 @@ impl Inbound {
         };
         entry.counters.publish_inbound(&entry.sa);
         tunnel.stats.last_rx_ms.store(now_ms, Ordering::Relaxed);
-        let payload = &buf.as_slice()[opened.inner];
+        let payload = &buf.as_slice()[opened.inner.clone()];
         let inner = match check_inner(payload, opened.next_header) {
             Ok(i) => i,
             Err(reason) => return tunnel.stats.drops.count(reason),
@@ -993,9 +1003,13 @@ impl Inbound {
         if !source_allowed(inner.src, tunnel.index, &tunnel.allowed_sources, &self.fib) {
             return tunnel.stats.drops.count(DropReason::InnerSource);
         }
+        // The virtio-net header goes where the ESP header was: the packet is written from where it lies.
+        let start = opened.inner.start - VNET_HDR_LEN;
+        VnetHdr::default().write(&mut buf.as_mut_slice()[start..]);
+        let frame = &buf.as_slice()[start..opened.inner.start + inner.len];
         // One packet per write on a TUN device: it is taken whole or refused.
-        match (&*self.tun).write(&payload[..inner.len]) {
-            Ok(n) if n == inner.len => {
+        match (&*self.tun).write(frame) {
+            Ok(n) if n == frame.len() => {
                 add(&tunnel.stats.rx_packets, 1);
                 add(&tunnel.stats.rx_bytes, inner.len as u64);
             }

@@ -22,6 +22,7 @@ pub mod stats;
 pub mod sys;
 pub mod tun;
 pub mod uplink;
+pub mod vnet;
 pub mod wire;
 
 pub use engine::{Dataplane, DataplaneSpec, IkeDatagram, IkeSender, Liveness, TunnelIo, UplinkIo};

@@ -1,7 +1,8 @@
 //! The operating-system layer: every `unsafe` block of braid lives here.
 //!
 //! What it wraps, and nothing more:
-//! - the Linux TUN device (`/dev/net/tun`, `TUNSETIFF` with `IFF_TUN | IFF_NO_PI`), and the classic interface
+//! - the Linux TUN device (`/dev/net/tun`, `TUNSETIFF` with `IFF_TUN | IFF_NO_PI | IFF_VNET_HDR`, the offloads
+//!   it accepts with `TUNSETOFFLOAD`), and the classic interface
 //!   ioctls for MTU, flags and index (`SIOCSIFMTU`, `SIOCGIFFLAGS`/`SIOCSIFFLAGS`, `SIOCGIFINDEX`);
 //! - a minimal rtnetlink client that adds interface addresses (`RTM_NEWADDR`), because the ioctl interface can
 //!   hold only one IPv4 address per device and braid puts one inside address per tunnel on the same device;
@@ -11,8 +12,7 @@
 //! - `getifaddrs(3)` to find which interface owns an uplink's local address (for its MTU);
 //! - `poll(2)` on one descriptor, for the rare wait on a full socket send buffer.
 //!
-//! Deliberately left out: `IFF_VNET_HDR`/`TUNSETOFFLOAD` and multi-queue TUN (the fast-path work adds them
-//! here); routes with gateways, multipath routes and tables other than main (braid's routes point straight
+//! Deliberately left out: routes with gateways, multipath routes and tables other than main (braid's routes point straight
 //! at its point-to-point TUN device); netlink extended acks and multicast groups.
 
 use std::ffi::CStr;
@@ -27,6 +27,20 @@ use std::time::Duration;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUNSETOFFLOAD` flags: the checksum may be left partial (`NEEDS_CSUM`).
+pub const TUN_F_CSUM: u32 = 0x01;
+/// `TUNSETOFFLOAD` flags: IPv4 TCP super-packets.
+pub const TUN_F_TSO4: u32 = 0x02;
+/// `TUNSETOFFLOAD` flags: IPv6 TCP super-packets.
+pub const TUN_F_TSO6: u32 = 0x04;
+/// `TUNSETOFFLOAD` flags: TCP super-packets with ECN.
+pub const TUN_F_TSO_ECN: u32 = 0x08;
+/// `TUNSETOFFLOAD` flags: IPv4 UDP super-packets (USO, kernel 6.2+).
+pub const TUN_F_USO4: u32 = 0x20;
+/// `TUNSETOFFLOAD` flags: IPv6 UDP super-packets (USO, kernel 6.2+).
+pub const TUN_F_USO6: u32 = 0x40;
 
 /// `struct ifreq` with the union members braid uses.
 #[repr(C)]
@@ -76,7 +90,8 @@ pub fn check_ifname(name: &str) -> io::Result<()> {
     }
 }
 
-/// Opens (creating if needed) the TUN device `name`, without packet information, non-blocking.
+/// Opens (creating if needed) the TUN device `name`, without packet information, with a virtio-net header in
+/// front of every packet (`crate::vnet`), non-blocking. No offloads are enabled yet ([`tun_set_offload`]).
 /// Returns the device file and the name the kernel gave it.
 pub fn tun_open(name: &str) -> io::Result<(File, String)> {
     let file = OpenOptions::new()
@@ -85,7 +100,7 @@ pub fn tun_open(name: &str) -> io::Result<(File, String)> {
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open("/dev/net/tun")?;
     let mut req = IfReq::new(name)?;
-    req.data.flags = IFF_TUN | IFF_NO_PI;
+    req.data.flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR;
     // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is a properly sized, initialised ifreq that
     // outlives the call.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
@@ -97,6 +112,18 @@ pub fn tun_open(name: &str) -> io::Result<(File, String)> {
         .to_string_lossy()
         .into_owned();
     Ok((file, actual))
+}
+
+/// Tells the TUN device which offloads braid takes on its reads (`TUN_F_*`); the kernel refuses flags it does
+/// not know with `EINVAL`. 0 turns them all off: every read is then a finished packet.
+pub fn tun_set_offload(tun: &File, flags: u32) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned int of flags); no memory is passed.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETOFFLOAD as _, flags as libc::c_ulong) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn ioctl_socket() -> io::Result<OwnedFd> {
