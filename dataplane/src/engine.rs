@@ -40,8 +40,20 @@
 //! (old and new during a rekey), looked up by SPI. IKE messages go out through an [`IkeSender`] on the uplink
 //! sockets themselves, so they leave from the address and port the peer knows (RFC 7296 2.23).
 //!
-//! Left out here, on purpose: batching (`recvmmsg`/`sendmmsg`, GSO/GRO), offloads and multiple workers (the
-//! fast-path work), and the liveness detection itself (BFD, DPD).
+//! Inbound fast path: the inbound thread takes up to 32 messages per `recvmmsg` into receive slots it
+//! allocated once ([`RecvBatch`](crate::sys::RecvBatch), 64 KiB each). The uplink sockets have UDP GRO on, so
+//! one message may be several ESP datagrams of one sender back to back (the `UDP_GRO` control message gives
+//! their size); each datagram is classified, looked up, checked against the replay window and opened in place
+//! exactly as if it had come alone. The inner packets of the whole batch then go through [`Gro`]
+//! ([`crate::gro`]): consecutive TCP segments (and equal-size UDP datagrams) of one flow become one
+//! super-packet written with one `writev` (a virtio-net header with the GSO type, and the payloads where they
+//! lie: no copy); everything else is written one packet per write, as before, in order per flow. Counters move
+//! once per batch: uplink rx counters, each SA's published counters, each tunnel's `last_rx_ms` and rx
+//! counters. A TUN device that refuses a kind of super-packet (`EINVAL`) gets that kind packet by packet from
+//! then on (logged once, counted in `gro_fallbacks`).
+//!
+//! Left out here, on purpose: outbound batching and offloads (TSO reads, `sendmmsg`, UDP GSO), multiple
+//! workers, and the liveness detection itself (BFD, DPD).
 
 use std::collections::VecDeque;
 use std::fs::File;
