@@ -235,6 +235,7 @@ impl GatewayState {
         json!({
             "gateway": self.name,
             "tun": { "name": self.tun, "mtu": self.tun_mtu, "rx_packets": ld(&self.tun_stats.rx_packets),
+                     "gro_writes": ld(&self.tun_stats.gro_writes), "gro_packets": ld(&self.tun_stats.gro_packets), "gro_fallbacks": ld(&self.tun_stats.gro_fallbacks),
                      "drops": Self::drops_json(&self.tun_stats.drops) },
             "tunnels": tunnels,
         })
@@ -263,6 +264,7 @@ impl GatewayState {
                     "cap_delayed": ld(&s.cap_delayed),
                     "ike_received": ld(&s.ike_received),
                     "nat_keepalives": ld(&s.nat_keepalives),
+                    "rx_batches": ld(&s.rx_batches), "gro_receives": ld(&s.gro_receives),
                     "drops": Self::drops_json(&s.drops),
                 })
             })

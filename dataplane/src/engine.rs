@@ -40,12 +40,24 @@
 //! (old and new during a rekey), looked up by SPI. IKE messages go out through an [`IkeSender`] on the uplink
 //! sockets themselves, so they leave from the address and port the peer knows (RFC 7296 2.23).
 //!
-//! Left out here, on purpose: batching (`recvmmsg`/`sendmmsg`, GSO/GRO), offloads and multiple workers (the
-//! fast-path work), and the liveness detection itself (BFD, DPD).
+//! Inbound fast path: the inbound thread takes up to 32 messages per `recvmmsg` into receive slots it
+//! allocated once ([`RecvBatch`](crate::sys::RecvBatch), 64 KiB each). The uplink sockets have UDP GRO on, so
+//! one message may be several ESP datagrams of one sender back to back (the `UDP_GRO` control message gives
+//! their size); each datagram is classified, looked up, checked against the replay window and opened in place
+//! exactly as if it had come alone. The inner packets of the whole batch then go through [`Gro`]
+//! ([`crate::gro`]): consecutive TCP segments (and equal-size UDP datagrams) of one flow become one
+//! super-packet written with one `writev` (a virtio-net header with the GSO type, and the payloads where they
+//! lie: no copy); everything else is written one packet per write, as before, in order per flow. Counters move
+//! once per batch: uplink rx counters, each SA's published counters, each tunnel's `last_rx_ms` and rx
+//! counters. A TUN device that refuses a kind of super-packet (`EINVAL`) gets that kind packet by packet from
+//! then on (logged once, counted in `gro_fallbacks`).
+//!
+//! Left out here, on purpose: outbound batching and offloads (TSO reads, `sendmmsg`, UDP GSO), multiple
+//! workers, and the liveness detection itself (BFD, DPD).
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,20 +67,22 @@ use std::time::{Duration, Instant};
 
 use braid_crypto::udp_encap::NAT_KEEPALIVE;
 use braid_crypto::{
-    classify, InboundSa, NextHeader, OutboundSa, SealError, UdpPayload, NON_ESP_MARKER,
+    classify, InboundSa, NextHeader, OutboundSa, SealError, Spi, UdpPayload, NON_ESP_MARKER,
 };
 use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::buffer::{PacketBuf, HEADROOM, MAX_PACKET};
+use crate::buffer::{PacketBuf, HEADROOM};
 use crate::fib::{FibCell, Member, NextHopGroup};
 use crate::flow::flow_hash_inspected;
+use crate::gro::{self, Gro, Output};
 use crate::prefix::Prefix;
 use crate::sa::{Board, InboundSas, OutboundEntry, RxCommand, SaControl, SaError, TxCommand};
 use crate::scheduler;
 use crate::shaper::{Admit, TokenBucket};
 use crate::stats::{add, DropReason, TunStats, TunnelStats, UplinkStats};
+use crate::sys::RecvBatch;
 use crate::vnet::{VnetHdr, VNET_HDR_LEN};
 use crate::wire::{self, Inner};
 
@@ -318,6 +332,7 @@ impl Dataplane {
             stats: uplink_stats.clone().into(),
         };
 
+        let (rx_tun_stats, inbound_tunnels) = (spec.tun_stats.clone(), inbound.len());
         let tx = Outbound {
             poll: tx_poll,
             stop: stop.clone(),
@@ -355,6 +370,13 @@ impl Dataplane {
             ike: spec.ike,
             epoch,
             last_warn: None,
+            tun_stats: rx_tun_stats,
+            batch: RecvBatch::new(RX_BATCH, RX_SLOT),
+            packets: Vec::with_capacity(RX_DATAGRAMS),
+            gro: Gro::new(),
+            delivered: vec![(0, 0); inbound_tunnels],
+            touched_tunnels: Vec::new(),
+            touched_sas: Vec::new(),
         };
         let threads = vec![
             std::thread::Builder::new()
@@ -890,6 +912,24 @@ fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
     }
 }
 
+/// Messages one `recvmmsg` takes from an uplink socket.
+const RX_BATCH: usize = 32;
+/// Octets of one receive slot: a UDP GRO message carries up to 64 KiB of datagrams.
+const RX_SLOT: usize = 1 << 16;
+/// Datagrams a batch usually holds at most (the kernel puts at most 64 in one GRO message); more only grows
+/// the list once.
+const RX_DATAGRAMS: usize = RX_BATCH * 64;
+
+/// An inner packet opened in place in a receive slot, waiting for the TUN write.
+#[derive(Copy, Clone, Debug)]
+struct RxPacket {
+    slot: u16,
+    /// Where the inner packet starts in the slot; a zero virtio-net header lies just before it.
+    start: u32,
+    len: u32,
+    tunnel: u32,
+}
+
 struct Inbound {
     poll: Poll,
     stop: Arc<AtomicBool>,
@@ -905,12 +945,23 @@ struct Inbound {
     ike: Option<crossbeam_channel::Sender<IkeDatagram>>,
     epoch: Instant,
     last_warn: Option<Instant>,
+    tun_stats: Arc<TunStats>,
+    /// The receive buffers, allocated once: ESP is opened in place in them and written to the TUN from there.
+    batch: RecvBatch,
+    /// The inner packets of the current batch, in arrival order.
+    packets: Vec<RxPacket>,
+    gro: Gro,
+    /// Per tunnel, what the current batch delivered to the TUN device: packets, octets.
+    delivered: Vec<(u64, u64)>,
+    /// Tunnels and SAs that authenticated a packet in the current batch (their counters are published once
+    /// per batch).
+    touched_tunnels: Vec<u32>,
+    touched_sas: Vec<Spi>,
 }
 
 impl Inbound {
     fn run(mut self) {
         let mut events = Events::with_capacity(16);
-        let mut buf = PacketBuf::new();
         while !self.stop.load(Ordering::Relaxed) {
             if let Err(e) = self.poll.poll(&mut events, None) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -919,8 +970,6 @@ impl Inbound {
                 tracing::error!(error = %e, "inbound poll failed; data path stopping");
                 return;
             }
-            // A coarse clock: once per wake-up, not per packet.
-            let now_ms = (self.epoch.elapsed().as_millis() as u64).max(1);
             self.apply_commands();
             for ev in events.iter() {
                 if ev.token() == WAKE {
@@ -931,25 +980,23 @@ impl Inbound {
                     if self.stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    // Under load there is no wake-up between packets: look for SA changes before each one.
+                    // Under load there is no wake-up between batches: look for SA changes before each one.
                     if !self.commands.is_empty() {
                         self.apply_commands();
                     }
-                    let (n, from) =
-                        match self.sockets[u].recv_from(&mut buf.as_mut_slice()[..MAX_PACKET]) {
-                            Ok(r) => r,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                            Err(e) => {
-                                // E.g. ECONNREFUSED from an ICMP port unreachable: not fatal for a UDP socket.
-                                warn_limited(
-                                    &mut self.last_warn,
-                                    || tracing::debug!(error = %e, "uplink receive error"),
-                                );
-                                continue;
-                            }
-                        };
-                    self.receive(u, &mut buf, n, from, now_ms);
+                    match self.batch.recv(self.sockets[u].as_raw_fd()) {
+                        Ok(n) => self.receive_batch(u, n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            // E.g. ECONNREFUSED from an ICMP port unreachable: not fatal for a UDP socket.
+                            warn_limited(
+                                &mut self.last_warn,
+                                || tracing::debug!(error = %e, "uplink receive error"),
+                            );
+                            continue;
+                        }
+                    }
                 }
             }
         }
@@ -962,12 +1009,82 @@ impl Inbound {
         }
     }
 
-    /// Handles one datagram received on uplink `u` at `buf[..n]`.
-    fn receive(&mut self, u: usize, buf: &mut PacketBuf, n: usize, from: SocketAddr, now_ms: u64) {
+    /// Handles the `n` messages just received on uplink `u`: splits GRO messages into their datagrams, opens
+    /// each in place, writes the inner packets to the TUN device (coalesced where they can be), then updates
+    /// the counters once.
+    fn receive_batch(&mut self, u: usize, n: usize) {
+        // A coarse clock: once per batch, not per packet.
+        let now_ms = (self.epoch.elapsed().as_millis() as u64).max(1);
+        self.packets.clear();
+        let (mut datagrams, mut octets, mut coalesced) = (0u64, 0u64, 0u64);
+        for m in 0..n {
+            let meta = self.batch.meta(m);
+            let (Some(from), false) = (meta.from, meta.truncated) else {
+                // Larger than a slot (no UDP datagram is), or from an address family braid does not use.
+                datagrams += 1;
+                octets += meta.len as u64;
+                self.uplink_stats[u].drops.count(DropReason::Malformed);
+                continue;
+            };
+            // With UDP GRO the message is several datagrams of `segment` octets back to back, the last maybe
+            // shorter; each is handled exactly as if it had come alone.
+            let segment = if meta.segment > 0 && meta.segment < meta.len {
+                coalesced += 1;
+                meta.segment
+            } else {
+                meta.len.max(1)
+            };
+            let mut start = 0;
+            loop {
+                let end = (start + segment).min(meta.len);
+                datagrams += 1;
+                octets += (end - start) as u64;
+                self.open_datagram(u, m, start..end, from);
+                start = end;
+                if start >= meta.len {
+                    break;
+                }
+            }
+        }
+        self.write_packets();
+
         let us = &self.uplink_stats[u];
-        add(&us.rx_packets, 1);
-        add(&us.rx_bytes, n as u64);
-        let spi = match classify(&buf.as_slice()[..n]) {
+        add(&us.rx_packets, datagrams);
+        add(&us.rx_bytes, octets);
+        add(&us.rx_batches, 1);
+        if coalesced > 0 {
+            add(&us.gro_receives, coalesced);
+        }
+        for spi in self.touched_sas.drain(..) {
+            if let Some(entry) = self.sas.get_mut(spi) {
+                entry.counters.publish_inbound(&entry.sa);
+            }
+        }
+        for t in self.touched_tunnels.drain(..) {
+            let stats = &self.tunnels[t as usize].stats;
+            stats.last_rx_ms.store(now_ms, Ordering::Relaxed);
+            let (packets, bytes) = std::mem::take(&mut self.delivered[t as usize]);
+            if packets > 0 {
+                add(&stats.rx_packets, packets);
+                add(&stats.rx_bytes, bytes);
+            }
+        }
+    }
+
+    /// Handles the datagram at `range` of message `m` received on uplink `u`: IKE and keepalives go their
+    /// way, ESP is opened in place; an inner packet that passes the checks gets a zero virtio-net header in
+    /// front (where the ESP header was) and joins the batch's packets.
+    fn open_datagram(
+        &mut self,
+        u: usize,
+        m: usize,
+        range: std::ops::Range<usize>,
+        from: SocketAddr,
+    ) {
+        let offset = range.start;
+        let datagram = &mut self.batch.slot_mut(m)[range];
+        let us = &self.uplink_stats[u];
+        let spi = match classify(datagram) {
             UdpPayload::Esp(spi) => spi,
             UdpPayload::Ike(message) => {
                 add(&us.ike_received, 1);
@@ -989,14 +1106,17 @@ impl Inbound {
         let Some(tunnel) = self.tunnels.get(entry.tunnel) else {
             return us.drops.count(DropReason::UnknownSpi);
         };
-        let opened = match entry.sa.open(&mut buf.as_mut_slice()[..n]) {
+        let opened = match entry.sa.open(datagram) {
             Ok(o) => o,
             Err(e) => return tunnel.stats.drops.count(e.into()),
         };
-        entry.counters.publish_inbound(&entry.sa);
-        tunnel.stats.last_rx_ms.store(now_ms, Ordering::Relaxed);
-        let payload = &buf.as_slice()[opened.inner.clone()];
-        let inner = match check_inner(payload, opened.next_header) {
+        if !self.touched_sas.contains(&spi) {
+            self.touched_sas.push(spi);
+        }
+        if !self.touched_tunnels.contains(&tunnel.index) {
+            self.touched_tunnels.push(tunnel.index);
+        }
+        let inner = match check_inner(&datagram[opened.inner.clone()], opened.next_header) {
             Ok(i) => i,
             Err(reason) => return tunnel.stats.drops.count(reason),
         };
@@ -1004,23 +1124,133 @@ impl Inbound {
             return tunnel.stats.drops.count(DropReason::InnerSource);
         }
         // The virtio-net header goes where the ESP header was: the packet is written from where it lies.
-        let start = opened.inner.start - VNET_HDR_LEN;
-        VnetHdr::default().write(&mut buf.as_mut_slice()[start..]);
-        let frame = &buf.as_slice()[start..opened.inner.start + inner.len];
-        // One packet per write on a TUN device: it is taken whole or refused.
-        match (&*self.tun).write(frame) {
-            Ok(n) if n == frame.len() => {
-                add(&tunnel.stats.rx_packets, 1);
-                add(&tunnel.stats.rx_bytes, inner.len as u64);
+        VnetHdr::default().write(&mut datagram[opened.inner.start - VNET_HDR_LEN..]);
+        self.packets.push(RxPacket {
+            slot: m as u16,
+            start: (offset + opened.inner.start) as u32,
+            len: inner.len as u32,
+            tunnel: tunnel.index,
+        });
+    }
+
+    /// Writes the batch's inner packets to the TUN device, in order per flow, coalescing what [`Gro`] can.
+    fn write_packets(&mut self) {
+        let Inbound {
+            batch,
+            packets,
+            gro,
+            tun,
+            tunnels,
+            delivered,
+            tun_stats,
+            last_warn,
+            ..
+        } = self;
+        let (batch, packets, tun) = (&*batch, &*packets, &**tun);
+        let mut offloads = gro.offloads();
+        let mut sink = |out: Output<'_>| match out {
+            Output::Single(id) => {
+                let p = packets[id as usize];
+                deliver(tun, frame(batch, p), p, tunnels, delivered, last_warn);
             }
-            Ok(_) => tunnel.stats.drops.count(DropReason::TunWriteFailed),
-            Err(e) => {
-                tunnel.stats.drops.count(DropReason::TunWriteFailed);
-                warn_limited(
-                    &mut self.last_warn,
-                    || tracing::warn!(error = %e, "TUN write failed"),
-                );
+            Output::Super(s) => {
+                let mut iov = [IoSlice::new(&[]); gro::MAX_SEGMENTS + 1];
+                iov[0] = IoSlice::new(s.header);
+                for (slice, piece) in iov[1..].iter_mut().zip(s.pieces) {
+                    let p = packets[piece.id as usize];
+                    let start = p.start as usize;
+                    *slice = IoSlice::new(
+                        &batch.slot(p.slot as usize)[start + piece.start..start + piece.end],
+                    );
+                }
+                // The TUN device copies the iovecs into one buffer and takes the virtio-net header from its
+                // first octets: no copy here.
+                match (&mut &*tun).write_vectored(&iov[..s.pieces.len() + 1]) {
+                    Ok(n) if n == VNET_HDR_LEN + s.ip_len => {
+                        add(&tun_stats.gro_writes, 1);
+                        add(&tun_stats.gro_packets, s.pieces.len() as u64);
+                        for piece in s.pieces {
+                            let p = packets[piece.id as usize];
+                            let d = &mut delivered[p.tunnel as usize];
+                            d.0 += 1;
+                            d.1 += p.len as u64;
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        // The kernel refuses this kind of super-packet (e.g. USO before Linux 6.2): stop building
+                        // it, and write these packets one by one, so none is lost.
+                        add(&tun_stats.gro_fallbacks, 1);
+                        let kind = if s.udp {
+                            &mut offloads.udp
+                        } else {
+                            &mut offloads.tcp
+                        };
+                        if std::mem::replace(kind, false) {
+                            tracing::info!(
+                                udp = s.udp,
+                                error = %e,
+                                "the TUN device refused a coalesced write; writing packets one by one"
+                            );
+                        }
+                        for piece in s.pieces {
+                            let p = packets[piece.id as usize];
+                            deliver(tun, frame(batch, p), p, tunnels, delivered, last_warn);
+                        }
+                    }
+                    Ok(_) | Err(_) => {
+                        for piece in s.pieces {
+                            let t = packets[piece.id as usize].tunnel as usize;
+                            tunnels[t].stats.drops.count(DropReason::TunWriteFailed);
+                        }
+                        warn_limited(last_warn, || {
+                            tracing::warn!(udp = s.udp, "TUN write failed")
+                        });
+                    }
+                }
             }
+        };
+        for (id, p) in packets.iter().enumerate() {
+            let start = p.start as usize;
+            let pkt = &batch.slot(p.slot as usize)[start..start + p.len as usize];
+            gro.push(id as u32, p.tunnel, pkt, &mut sink);
+        }
+        gro.flush(&mut sink);
+        gro.set_offloads(offloads);
+    }
+}
+
+/// Packet `p` with the zero virtio-net header in front of it, as it lies in its receive slot.
+fn frame(batch: &RecvBatch, p: RxPacket) -> &[u8] {
+    let start = p.start as usize;
+    &batch.slot(p.slot as usize)[start - VNET_HDR_LEN..start + p.len as usize]
+}
+
+/// Writes one packet (`frame`: header and packet) to the TUN device; counts it as delivered or dropped.
+fn deliver(
+    mut tun: &File,
+    frame: &[u8],
+    p: RxPacket,
+    tunnels: &[InTunnel],
+    delivered: &mut [(u64, u64)],
+    last_warn: &mut Option<Instant>,
+) {
+    // One packet per write on a TUN device: it is taken whole or refused.
+    match tun.write(frame) {
+        Ok(n) if n == frame.len() => {
+            let d = &mut delivered[p.tunnel as usize];
+            d.0 += 1;
+            d.1 += p.len as u64;
+        }
+        Ok(_) => tunnels[p.tunnel as usize]
+            .stats
+            .drops
+            .count(DropReason::TunWriteFailed),
+        Err(e) => {
+            tunnels[p.tunnel as usize]
+                .stats
+                .drops
+                .count(DropReason::TunWriteFailed);
+            warn_limited(last_warn, || tracing::warn!(error = %e, "TUN write failed"));
         }
     }
 }

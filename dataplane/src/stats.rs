@@ -128,6 +128,10 @@ pub struct UplinkStats {
     pub nat_keepalives: AtomicU64,
     /// Datagrams the egress cap held back briefly before sending (not drops).
     pub cap_delayed: AtomicU64,
+    /// Inbound: `recvmmsg` calls that returned datagrams (`rx_packets / rx_batches` is the mean batch).
+    pub rx_batches: AtomicU64,
+    /// Inbound: messages that carried more than one datagram (UDP GRO); their datagrams count in `rx_packets`.
+    pub gro_receives: AtomicU64,
     /// Drops before a tunnel is known.
     pub drops: DropCounters,
 }
@@ -136,6 +140,13 @@ pub struct UplinkStats {
 #[derive(Default)]
 pub struct TunStats {
     pub rx_packets: AtomicU64,
+    /// Inbound: super-packets written (TCP segments or UDP datagrams of one flow coalesced, `crate::gro`).
+    pub gro_writes: AtomicU64,
+    /// Inbound: inner packets those super-packets carried.
+    pub gro_packets: AtomicU64,
+    /// Inbound: super-packets the device refused (e.g. `EINVAL` from a kernel without USO), written packet by
+    /// packet instead; coalescing of that kind stops.
+    pub gro_fallbacks: AtomicU64,
     pub drops: DropCounters,
 }
 

@@ -10,7 +10,10 @@
 //!   interface with braid's own protocol number [`RTPROT_BRAID`], batched many to a `sendmsg` with only
 //!   failures answered, and an `RTM_GETROUTE` dump to find braid's routes; `crate::kernel` keeps the state;
 //! - `getifaddrs(3)` to find which interface owns an uplink's local address (for its MTU);
-//! - `poll(2)` on one descriptor, for the rare wait on a full socket send buffer.
+//! - `poll(2)` on one descriptor, for the rare wait on a full socket send buffer;
+//! - UDP receive batching: `recvmmsg(2)` into buffers allocated once ([`RecvBatch`]), with the sender's address
+//!   and the `UDP_GRO` segment size of each message, and the `UDP_GRO` socket option ([`set_udp_gro`]); for
+//!   tests, `ETHTOOL_SGRO` on an interface and running a closure inside a network namespace.
 //!
 //! Deliberately left out: routes with gateways, multipath routes and tables other than main (braid's routes point straight
 //! at its point-to-point TUN device); netlink extended acks and multicast groups.
@@ -19,7 +22,7 @@ use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::mem;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
@@ -250,6 +253,337 @@ pub fn poll_one(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Resu
         0 => Ok(false),
         _ => Ok(pfd.revents & events != 0),
     }
+}
+
+// ---- UDP receive batching
+
+/// `setsockopt(SOL_UDP, UDP_GRO)` (Linux 5.0+): the kernel may hand the socket several datagrams of one flow
+/// in one message, back to back, with their size in a `UDP_GRO` control message.
+const UDP_GRO: libc::c_int = 104;
+/// Control-message space per received message: one `UDP_GRO` (`CMSG_SPACE(sizeof(int))` = 24) with room to
+/// spare, 8-aligned.
+const RECV_CONTROL_WORDS: usize = 8;
+/// The most messages one [`RecvBatch::recv`] asks for.
+pub const RECV_BATCH_MAX: usize = 64;
+
+/// Turns UDP GRO on or off for socket `fd` ([`RecvBatch`] parses what it produces).
+pub fn set_udp_gro(fd: RawFd, on: bool) -> io::Result<()> {
+    let value: libc::c_int = on.into();
+    // SAFETY: `value` is a live c_int and the length passed is its size; `fd` is the caller's socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            UDP_GRO,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// One message of a [`RecvBatch`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Octets received (all datagrams of a GRO message).
+    pub len: usize,
+    /// The sender (IPv4 or IPv6), if the kernel named one of those families.
+    pub from: Option<SocketAddr>,
+    /// With UDP GRO: the size of each datagram in the message (the last may be shorter); 0 = one datagram.
+    pub segment: usize,
+    /// The message did not fit its slot (`MSG_TRUNC`): its contents are incomplete.
+    pub truncated: bool,
+}
+
+/// Buffers for receiving up to `count` UDP messages with one `recvmmsg(2)`, allocated once: one slot of
+/// `slot_len` octets per message, its sender's address and its control messages. Each call sets up the
+/// kernel's `mmsghdr`/`iovec` arrays on the stack (they hold pointers, so they are not kept), and allocates
+/// nothing.
+pub struct RecvBatch {
+    data: Box<[u8]>,
+    slot_len: usize,
+    names: Box<[libc::sockaddr_storage]>,
+    controls: Box<[[u64; RECV_CONTROL_WORDS]]>,
+    meta: Box<[RecvMeta]>,
+    filled: usize,
+}
+
+impl RecvBatch {
+    /// Room for `count` messages (at most [`RECV_BATCH_MAX`]) of at most `slot_len` octets each.
+    pub fn new(count: usize, slot_len: usize) -> RecvBatch {
+        let count = count.clamp(1, RECV_BATCH_MAX);
+        RecvBatch {
+            data: vec![0u8; count * slot_len].into_boxed_slice(),
+            slot_len,
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+            names: (0..count).map(|_| unsafe { mem::zeroed() }).collect(),
+            controls: vec![[0u64; RECV_CONTROL_WORDS]; count].into_boxed_slice(),
+            meta: vec![RecvMeta::default(); count].into_boxed_slice(),
+            filled: 0,
+        }
+    }
+
+    /// Receives what is queued on the non-blocking UDP socket `fd`, up to the batch's size, without waiting.
+    /// Returns the number of messages (at least 1); `WouldBlock` when nothing is queued.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let count = self.meta.len();
+        self.filled = 0;
+        // SAFETY: iovec and mmsghdr are plain old data; all-zero (null pointers, zero lengths) is valid.
+        let mut iovs: [libc::iovec; RECV_BATCH_MAX] = unsafe { mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; RECV_BATCH_MAX] = unsafe { mem::zeroed() };
+        let base = self.data.as_mut_ptr();
+        for i in 0..count {
+            iovs[i].iov_base = base.wrapping_add(i * self.slot_len).cast();
+            iovs[i].iov_len = self.slot_len;
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.controls[i].as_mut_ptr().cast();
+            h.msg_controllen = (RECV_CONTROL_WORDS * 8) as _;
+        }
+        // SAFETY: `hdrs[..count]` are valid mmsghdrs whose pointers (slots of `data`, `names`, `controls`,
+        // `iovs`) stay valid and unaliased for the call; each buffer length passed is its real size.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = rc as usize;
+        for (i, (hdr, meta)) in hdrs[..n].iter().zip(self.meta.iter_mut()).enumerate() {
+            let h = &hdr.msg_hdr;
+            *meta = RecvMeta {
+                len: (hdr.msg_len as usize).min(self.slot_len),
+                from: sockaddr_to_std(&self.names[i], h.msg_namelen),
+                segment: gro_segment(h),
+                truncated: h.msg_flags & libc::MSG_TRUNC != 0,
+            };
+        }
+        self.filled = n;
+        Ok(n)
+    }
+
+    /// Messages the last [`recv`](Self::recv) returned.
+    pub fn len(&self) -> usize {
+        self.filled
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// Message `i` of the last receive.
+    ///
+    /// # Panics
+    /// If `i` is not below [`len`](Self::len).
+    pub fn meta(&self, i: usize) -> RecvMeta {
+        self.meta[..self.filled][i]
+    }
+
+    /// The whole slot of message `i` (its octets are `..meta(i).len`).
+    ///
+    /// # Panics
+    /// If `i` is beyond the batch's size.
+    pub fn slot(&self, i: usize) -> &[u8] {
+        &self.data[i * self.slot_len..(i + 1) * self.slot_len]
+    }
+
+    /// [`slot`](Self::slot), writable (for opening ESP in place).
+    pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.data[i * self.slot_len..(i + 1) * self.slot_len]
+    }
+}
+
+/// The `UDP_GRO` segment size among the control messages of `h`, or 0.
+fn gro_segment(h: &libc::msghdr) -> usize {
+    // SAFETY: `h` is a msghdr the kernel filled: msg_control/msg_controllen describe the control messages it
+    // wrote into our buffer, and CMSG_FIRSTHDR/CMSG_NXTHDR stay within them.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let data = libc::CMSG_DATA(c);
+                if (*c).cmsg_len as usize
+                    >= libc::CMSG_LEN(mem::size_of::<libc::c_int>() as u32) as usize
+                {
+                    let v = std::ptr::read_unaligned(data.cast::<libc::c_int>());
+                    return v.max(0) as usize;
+                }
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    0
+}
+
+/// A `sockaddr_storage` the kernel filled with `len` octets, as a std address (IPv4 or IPv6 only).
+fn sockaddr_to_std(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, and it is large enough.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in6, and it is large enough.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod recv_batch_tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    /// `UDP_SEGMENT` as a socket option: every send is cut into datagrams of this size (the test's sender).
+    fn set_udp_segment(sock: &UdpSocket, size: libc::c_int) -> io::Result<()> {
+        // SAFETY: a live c_int of the size passed; the socket is ours.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_UDP,
+                103,
+                (&size as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn batches_addresses_and_gro_segments() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(rx) = UdpSocket::bind(local) else {
+                continue; // no IPv6 loopback here
+            };
+            rx.set_nonblocking(true).unwrap();
+            let tx = UdpSocket::bind(local).unwrap();
+            let to = rx.local_addr().unwrap();
+            let mut batch = RecvBatch::new(8, 4096);
+            assert_eq!(
+                batch.recv(rx.as_raw_fd()).unwrap_err().kind(),
+                io::ErrorKind::WouldBlock
+            );
+            for n in 1..=3u8 {
+                tx.send_to(&vec![n; 100 * n as usize], to).unwrap();
+            }
+            assert_eq!(batch.recv(rx.as_raw_fd()).unwrap(), 3);
+            for i in 0..3 {
+                let m = batch.meta(i);
+                assert_eq!(m.from, Some(tx.local_addr().unwrap()));
+                assert_eq!((m.len, m.segment, m.truncated), (100 * (i + 1), 0, false));
+                assert!(batch.slot(i)[..m.len].iter().all(|&b| b == i as u8 + 1));
+            }
+            // Too long for a slot: marked, not mistaken for a whole datagram.
+            tx.send_to(&[7; 5000], to).unwrap();
+            assert_eq!(batch.recv(rx.as_raw_fd()).unwrap(), 1);
+            assert!(batch.meta(0).truncated);
+
+            // UDP GRO: a GSO send of 3 datagrams arrives as one message with its segment size.
+            if set_udp_gro(rx.as_raw_fd(), true).is_err() || set_udp_segment(&tx, 1000).is_err() {
+                continue;
+            }
+            let data: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+            tx.send_to(&data, to).unwrap();
+            assert_eq!(batch.recv(rx.as_raw_fd()).unwrap(), 1);
+            let m = batch.meta(0);
+            assert_eq!((m.len, m.segment), (2500, 1000), "{local}");
+            assert_eq!(&batch.slot(0)[..2500], &data[..]);
+        }
+    }
+}
+
+/// `SIOCETHTOOL` with `ETHTOOL_SGRO`: turns generic receive offload on or off on interface `name`, in the
+/// calling thread's network namespace (what `ethtool -K NAME gro on` does). On a veth, GRO on also turns on
+/// its NAPI receive path, which is what makes it coalesce UDP for sockets with UDP GRO: tests use it.
+pub fn set_interface_gro(name: &str, on: bool) -> io::Result<()> {
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReqData {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    check_ifname(name)?;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: on.into(),
+    };
+    let mut req = IfReqData {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    let sock = ioctl_socket()?;
+    // SAFETY: SIOCETHTOOL reads an ifreq whose data member points to the ethtool command; both outlive the call.
+    let rc = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCETHTOOL as _,
+            &mut req as *mut IfReqData,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs `f` on a new thread that has joined the network namespace at `path` (e.g. `/run/netns/NAME`): a
+/// network namespace belongs to a thread, so the caller's stays where it is.
+pub fn in_netns<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    let ns = File::open(path)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns with a namespace file descriptor we own; it changes only this thread.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("thread in the namespace panicked")))
+    })
 }
 
 /// The Generalized TTL Security Mechanism for a single-hop protocol (RFC 5082; BFD's RFC 5881 section 5):

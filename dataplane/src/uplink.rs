@@ -2,7 +2,7 @@
 //! carrying ESP-in-UDP (RFC 3948) and, behind the non-ESP marker, IKE.
 //!
 //! Optional per-uplink settings a multi-ISP box needs: bind to a device (`SO_BINDTODEVICE`), a firewall mark
-//! (`SO_MARK`) for policy routing, and larger socket buffers.
+//! (`SO_MARK`) for policy routing, and larger socket buffers. UDP GRO is turned on where the kernel has it.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -44,5 +44,9 @@ pub fn open_uplink_socket(spec: &UplinkSocketSpec) -> io::Result<UdpSocket> {
     sock.bind(&spec.local.into())
         .map_err(|e| io::Error::new(e.kind(), format!("binding UDP {}: {e}", spec.local)))?;
     sock.set_nonblocking(true)?;
+    // Best effort: with UDP GRO the inbound thread takes many datagrams per message (`crate::engine`).
+    if let Err(e) = crate::sys::set_udp_gro(std::os::fd::AsRawFd::as_raw_fd(&sock), true) {
+        tracing::debug!(error = %e, "UDP_GRO refused");
+    }
     Ok(sock.into())
 }

@@ -421,7 +421,9 @@ fn payload(seq: u64) -> [u8; PAYLOAD] {
 
 impl Rig {
     fn send_ab(&self, seq: u64) {
-        let p = udp4(SITE, AB_SPORT, B_INSIDE, AB_DPORT, seq);
+        // The site TUN has a virtio-net header in front of every packet (`sys::tun_open`): a zero one here.
+        let mut p = vec![0u8; braid_dataplane::vnet::VNET_HDR_LEN];
+        p.extend_from_slice(&udp4(SITE, AB_SPORT, B_INSIDE, AB_DPORT, seq));
         (&*self.site)
             .write_all(&p)
             .expect("writing to the site TUN");
@@ -470,7 +472,10 @@ fn recv_ba(site: &File, timeout: Duration) -> Option<u64> {
     loop {
         match (&*site).read(&mut buf) {
             Ok(n) => {
-                if let Some(seq) = parse_ba(&buf[..n]) {
+                let packet = buf[..n]
+                    .get(braid_dataplane::vnet::VNET_HDR_LEN..)
+                    .unwrap_or(&[]);
+                if let Some(seq) = parse_ba(packet) {
                     return Some(seq);
                 }
                 continue; // the kernel's own packets (IPv6 router solicitations, ...)
