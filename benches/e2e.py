@@ -599,7 +599,7 @@ def ratios(results):
             continue
         m = figs(ok[mine])
         for other, r in ok.items():
-            if other == mine:
+            if other.startswith("braid"):
                 continue
             o = figs(r)
             out[f"{mine}/{other}"] = {k: (round(m[k] / o[k], 2) if m[k] and o[k] else None) for k in m}
@@ -633,11 +633,15 @@ def main():
     if not shutil.which("iperf3"):
         sys.exit("iperf3 not found (apt-get install iperf3, or scripts/e2e-peers.sh)")
 
-    # Ctrl-C raises KeyboardInterrupt; SIGTERM and SIGHUP do the same, so `finally` cleans up.
+    # Ctrl-C, SIGTERM and SIGHUP raise KeyboardInterrupt, so `finally` cleans up; the flag also stops the run
+    # when the signal reached a child first (iperf3 in the same process group) and surfaced as its failure.
+    interrupted = []
+
     def stop(signum, _frame):
+        interrupted.append(signum)
         raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
 
     if any(s.startswith("braid") for s in only) and not opts.no_build:
         print("cargo build --release ...", flush=True)
@@ -659,6 +663,8 @@ def main():
                 print(f"  skipped: {e}")
                 results.append({"setup": name, "status": "skipped", "reason": str(e)})
             except (RuntimeError, subprocess.SubprocessError, OSError, KeyError) as e:
+                if interrupted:
+                    raise KeyboardInterrupt from e
                 print(f"  failed: {e}")
                 results.append({"setup": name, "status": "failed", "reason": str(e)})
     except KeyboardInterrupt:
