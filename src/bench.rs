@@ -88,10 +88,13 @@ pub struct BenchOptions {
 pub struct Rate {
     pub packets: u64,
     pub secs: f64,
-    /// Inner (plaintext) octets per second, times 8, over 10^9.
+    /// Inner (plaintext) octets per second, times 8, over 10^9 (synthetic: of the median round).
     pub gbit_s: f64,
     pub mpps: f64,
     pub ns_per_packet: f64,
+    /// Synthetic only: `packets` over all rounds' time, preemptions included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_gbit_s: Option<f64>,
 }
 
 impl Rate {
@@ -104,7 +107,24 @@ impl Rate {
             gbit_s: pps * size as f64 * 8.0 / 1e9,
             mpps: pps / 1e6,
             ns_per_packet: if packets == 0 { 0.0 } else { 1e9 / pps },
+            mean_gbit_s: None,
         }
+    }
+
+    /// `packets` in rounds of [`BATCH`] that took `total` in all, `median` for the median round.
+    fn from_rounds(packets: u64, size: usize, median: Duration, total: Duration) -> Rate {
+        let mean = Rate::new(packets, size, total);
+        Rate {
+            mean_gbit_s: Some(mean.gbit_s),
+            ..Rate::new(BATCH as u64, size, median)
+        }
+        .with_totals(packets, total)
+    }
+
+    fn with_totals(mut self, packets: u64, total: Duration) -> Rate {
+        self.packets = packets;
+        self.secs = total.as_secs_f64();
+        self
     }
 }
 
@@ -211,8 +231,12 @@ fn print_header(mode: &str, cipher: &str, size: usize, m: &Machine) {
 }
 
 fn rate_line(what: &str, r: &Rate, extra: &str) {
+    let mean = r
+        .mean_gbit_s
+        .map(|m| format!("  (mean {m:.2})"))
+        .unwrap_or_default();
     println!(
-        "  {what:<34} {:>7.2} Gbit/s  {:>6.3} Mpps  {:>7.1} ns/packet{extra}",
+        "  {what:<34} {:>7.2} Gbit/s  {:>6.3} Mpps  {:>7.1} ns/packet{extra}{mean}",
         r.gbit_s, r.mpps, r.ns_per_packet
     );
 }
@@ -225,7 +249,7 @@ fn print_synthetic(r: &SyntheticReport) {
         &r.machine,
     );
     println!(
-        "  {} packets per round, {} flows (UDP + TCP) over a 4-member group (per tunnel: {:?})",
+        "  {} packets per round, {} flows (UDP + TCP) over a 4-member group (per tunnel: {:?}); median round, mean Gbit/s in ()",
         r.batch, r.flows, r.tunnel_spread
     );
     rate_line("raw ring AEAD seal (ceiling)", &r.raw_seal, "");
@@ -666,23 +690,36 @@ impl Batch {
     }
 }
 
-/// Runs `round` (which handles `per_round` packets) for about `secs`, after one unmeasured round.
-fn measure(secs: f64, size: usize, per_round: u64, mut round: impl FnMut()) -> Rate {
-    round();
-    let budget = Duration::from_secs_f64(secs);
+/// Runs the `rounds` (each handles [`BATCH`] packets) in turn, each round timed on its own, for about
+/// `secs` each in all, after one unmeasured round of each. Interleaving exposes all of them to the same
+/// contention, and the median round is what one core does when it is not preempted (a round takes 0.1-1 ms;
+/// a time slice is several): the figures stay comparable on a busy machine.
+fn measure(secs: f64, size: usize, rounds: &mut [&mut dyn FnMut()]) -> Vec<Rate> {
+    for r in rounds.iter_mut() {
+        r();
+    }
+    let budget = Duration::from_secs_f64(secs * rounds.len() as f64);
     let start = Instant::now();
-    let mut packets = 0u64;
-    loop {
-        round();
-        packets += per_round;
-        let elapsed = start.elapsed();
-        if elapsed >= budget {
-            return Rate::new(packets, size, elapsed);
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); rounds.len()];
+    while start.elapsed() < budget || times[0].len() < 3 {
+        for (r, t) in rounds.iter_mut().zip(&mut times) {
+            let t0 = Instant::now();
+            r();
+            t.push(t0.elapsed());
         }
     }
+    times
+        .into_iter()
+        .map(|mut t| {
+            let total: Duration = t.iter().sum();
+            t.sort_unstable();
+            Rate::from_rounds(t.len() as u64 * BATCH as u64, size, t[t.len() / 2], total)
+        })
+        .collect()
 }
 
-fn raw_seal(cipher: Cipher, size: usize, secs: f64) -> Rate {
+/// ring's AEAD seal over `size` octets of each of [`BATCH`] buffers, with an 8-octet AAD and a counter nonce.
+fn raw_seal_round(cipher: Cipher, size: usize) -> impl FnMut() {
     use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
     let algorithm = match cipher {
         Cipher::Aes256Gcm16 => &AES_256_GCM,
@@ -691,7 +728,7 @@ fn raw_seal(cipher: Cipher, size: usize, secs: f64) -> Rate {
     let key = LessSafeKey::new(UnboundKey::new(algorithm, &[0x42; 32]).expect("32-octet key"));
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|i| vec![i as u8; size]).collect();
     let mut counter = 0u64;
-    measure(secs, size, BATCH as u64, || {
+    move || {
         for buf in &mut bufs {
             counter += 1;
             let mut nonce = [0u8; 12];
@@ -707,7 +744,7 @@ fn raw_seal(cipher: Cipher, size: usize, secs: f64) -> Rate {
                 .expect("seal");
             let _ = black_box(tag);
         }
-    })
+    }
 }
 
 /// Runs the synthetic benchmark.
@@ -716,7 +753,7 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
     let size = opts.size;
     let remote: SocketAddr = "198.51.100.2:4500".parse().expect("address");
 
-    let raw = raw_seal(opts.cipher, size, opts.secs);
+    let mut raw_round = raw_seal_round(opts.cipher, size);
 
     // Outbound: A's TUN side to its uplink.
     let mut a_out = Outbound::new(Side::A, opts.cipher, remote, size);
@@ -729,7 +766,7 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         }
     }
     batch.restore_headers();
-    let outbound = measure(opts.secs, size, BATCH as u64, || {
+    let mut out_round = || {
         queue.clear();
         for b in &mut batch.bufs {
             if let Some(q) = a_out.forward(b, batch.size) {
@@ -738,8 +775,7 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         }
         black_box(&queue);
         batch.restore_headers();
-    });
-    assert_eq!(a_out.tun_stats.drops.total(), 0, "outbound drops");
+    };
 
     // Inbound: B seals a batch once; A opens copies of it.
     let mut b_out = Outbound::new(Side::B, opts.cipher, remote, size);
@@ -756,7 +792,7 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
     let mut a_in = Inbound::new(Side::A, opts.cipher);
     let mut rx: Vec<Vec<u8>> = sealed.iter().map(|s| vec![0u8; s.len()]).collect();
     let mut delivered: Vec<Range<usize>> = Vec::with_capacity(BATCH);
-    let inbound = measure(opts.secs, size, BATCH as u64, || {
+    let mut in_round = || {
         a_in.rekey();
         delivered.clear();
         let now_ms = (a_in.epoch.elapsed().as_millis() as u64).max(1);
@@ -767,7 +803,14 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
             }
         }
         black_box(&delivered);
-    });
+    };
+    let rates = measure(
+        opts.secs,
+        size,
+        &mut [&mut raw_round, &mut out_round, &mut in_round],
+    );
+    let [raw, outbound, inbound] = <[Rate; 3]>::try_from(rates).expect("three rates");
+    assert_eq!(a_out.tun_stats.drops.total(), 0, "outbound drops");
     assert_eq!(a_in.drops(), 0, "inbound drops");
     assert_eq!(delivered.len(), BATCH, "every packet delivered");
 
@@ -869,7 +912,9 @@ pub fn loopback(opts: &BenchOptions) -> Result<LoopbackReport> {
                 let mut a_out = Outbound::new(Side::A, cipher, to, size);
                 let mut batch = Batch::new(Side::A, size);
                 let mut send_errors = 0u64;
-                let rate = measure(secs, size, BATCH as u64, || {
+                let budget = Duration::from_secs_f64(secs);
+                let start = Instant::now();
+                while start.elapsed() < budget {
                     for b in &mut batch.bufs {
                         if let Some(q) = a_out.forward(b, batch.size) {
                             if tx_sock
@@ -881,9 +926,10 @@ pub fn loopback(opts: &BenchOptions) -> Result<LoopbackReport> {
                         }
                     }
                     batch.restore_headers();
-                });
+                }
+                let elapsed = start.elapsed();
                 let sent = a_out.uplink_stats.tx_packets.load(Ordering::Relaxed) - send_errors;
-                Ok(Rate::new(sent, size, Duration::from_secs_f64(rate.secs)))
+                Ok(Rate::new(sent, size, elapsed))
             })?;
     let sent = sender
         .join()
