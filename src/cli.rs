@@ -1,4 +1,4 @@
-//! The command line: `braid run | check | show | lab`.
+//! The command line: `braid run | check | show | lab | path | bgp | bench`.
 //!
 //! Exit codes: 0 success, 1 failure (a bad configuration, a daemon error, a failed lab check), 2 usage error.
 
@@ -134,6 +134,26 @@ enum Cmd {
     /// BGP operations on a running gateway.
     #[command(subcommand)]
     Bgp(BgpCmd),
+    /// Measure the data path on synthetic traffic, one core per direction (no root): outbound (inspect, FIB,
+    /// flow hash + pick, ESP seal) and inbound (open, inner checks) against ring's raw AEAD seal; or, with
+    /// `--loopback`, sealed datagrams sent and opened over UDP sockets on 127.0.0.1.
+    Bench {
+        /// ESP cipher: aes256gcm16 or chacha20poly1305.
+        #[arg(long, default_value = "aes256gcm16")]
+        cipher: String,
+        /// Inner packet size in octets (IPv4 total length, 40 to 65000).
+        #[arg(long, default_value_t = 1400)]
+        size: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Real UDP sockets on loopback: a sender thread seals and sends, a receiver thread opens.
+        #[arg(long)]
+        loopback: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Traffic tools the lab runs inside namespaces.
     #[command(hide = true, subcommand)]
     LabTool(LabTool),
@@ -399,6 +419,27 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 v["route_refresh_sent"]
             );
             Ok(0)
+        }
+        Cmd::Bench {
+            cipher,
+            size,
+            secs,
+            loopback,
+            json,
+        } => {
+            let cipher = braid_crypto::Cipher::ALL
+                .into_iter()
+                .find(|c| c.name() == cipher)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--cipher {cipher:?}: want aes256gcm16 or chacha20poly1305")
+                })?;
+            crate::bench::run(&crate::bench::BenchOptions {
+                cipher,
+                size,
+                secs,
+                json,
+                loopback,
+            })
         }
         Cmd::LabTool(t) => {
             let timeout = Duration::from_secs(60);

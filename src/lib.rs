@@ -1,9 +1,10 @@
 //! braid: a userspace IPsec (ESP-in-UDP) site-to-site VPN gateway for Linux.
 //!
 //! This crate is the `braid` binary's library: configuration, daemon assembly, control socket, the `braid lab`
-//! scenarios and the namespace helpers the integration tests share with the lab. The ESP core is in
+//! scenarios, `braid bench` and the namespace helpers the integration tests share with the lab. The ESP core is in
 //! `braid-crypto`, the data path in `braid-dataplane`.
 
+pub mod bench;
 pub mod bfd;
 pub mod cli;
 pub mod config;

@@ -138,3 +138,57 @@ fn bad_usage_exits_2() {
     assert_eq!(braid(&["show", "everything"]).status.code(), Some(2));
     assert!(braid(&["--help"]).status.success());
 }
+
+/// `braid bench` runs without root and reports sane figures: every packet of both directions goes through,
+/// the rates are positive and the data path is not faster than ring's AEAD alone by more than noise.
+#[test]
+fn bench_runs_and_prints_sane_numbers() {
+    let out = braid(&["bench", "--secs", "0.2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "raw ring AEAD seal",
+        "outbound",
+        "inbound",
+        "Gbit/s",
+        "Mpps",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing in:\n{stdout}");
+    }
+    for cipher in ["aes256gcm16", "chacha20poly1305"] {
+        let out = braid(&[
+            "bench", "--secs", "0.2", "--json", "--size", "512", "--cipher", cipher,
+        ]);
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["cipher"], cipher);
+        assert_eq!(v["size"], 512);
+        for dir in ["raw_seal", "outbound", "inbound"] {
+            let gbit = v[dir]["gbit_s"].as_f64().unwrap();
+            let mpps = v[dir]["mpps"].as_f64().unwrap();
+            assert!(gbit > 0.0 && gbit < 1000.0, "{dir} {gbit} Gbit/s");
+            assert!(
+                (gbit - mpps * 1e6 * 512.0 * 8.0 / 1e9).abs() < 1e-6 * gbit.max(1.0),
+                "{dir}: Gbit/s and Mpps disagree"
+            );
+            assert!(v[dir]["packets"].as_u64().unwrap() >= 256);
+        }
+        let ratio = v["outbound_vs_raw"].as_f64().unwrap();
+        assert!(ratio > 0.0 && ratio < 1.5, "outbound/raw {ratio}");
+    }
+    let out = braid(&["bench", "--secs", "0.2", "--loopback", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rejected"], 0);
+    assert!(v["received"]["packets"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["received"]["gbit_s"].as_f64().unwrap() > 0.0);
+    let bad = braid(&["bench", "--cipher", "des", "--secs", "0.1"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--cipher"));
+    let bad = braid(&["bench", "--size", "20", "--secs", "0.1"]);
+    assert_eq!(bad.status.code(), Some(1));
+}
