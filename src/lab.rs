@@ -1,7 +1,8 @@
 //! `braid lab`: a seed scenario built from real namespaces, veths, TUN devices and `braid run` processes.
 //!
 //! Scenario `pair`: two gateways A and B in their own namespaces, joined by a veth
-//! underlay (198.51.100.1 and .2), one ESP-in-UDP tunnel with fresh random static keys, inside addresses
+//! underlay (198.51.100.1 and .2), one ESP-in-UDP tunnel keyed by IKEv2 with a fresh random PSK (A initiates;
+//! `--keying static`: fresh random manual keys), inside addresses
 //! 169.254.0.1/30 + 2001:db8:ffff::2/127 (A) and .2 + ::3 (B), and a "site" address behind each gateway
 //! (192.0.2.1 / 2001:db8:a::1 at A, 192.0.2.129 / 2001:db8:b::1 at B) routed through the tunnel. The lab pings
 //! both ways (IPv4 and IPv6, inside and site to site), runs a TCP transfer whose every byte is verified,
@@ -37,6 +38,41 @@ pub const A_SITE4: &str = "192.0.2.1";
 pub const B_SITE4: &str = "192.0.2.129";
 pub const A_SITE6: &str = "2001:db8:a::1";
 pub const B_SITE6: &str = "2001:db8:b::1";
+
+/// How a lab keys its tunnels (`braid lab --keying ike|static`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Keying {
+    /// IKEv2 with a fresh random PSK per tunnel (mode 0600); the on-prem side (A in `pair`) initiates.
+    Ike,
+    /// Manual keys (`static = {...}`), fresh random keys per tunnel and direction.
+    Static,
+}
+
+impl Keying {
+    pub fn parse(s: &str) -> Option<Keying> {
+        match s {
+            "ike" | "ikev2" => Some(Keying::Ike),
+            "static" | "manual" => Some(Keying::Static),
+            _ => None,
+        }
+    }
+
+    /// `ike` or `static`, as the reports say.
+    pub fn name(self) -> &'static str {
+        match self {
+            Keying::Ike => "ike",
+            Keying::Static => "static",
+        }
+    }
+
+    /// In words, for the lab's header.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Keying::Ike => "IKEv2 (PSK per tunnel, on-prem side initiates)",
+            Keying::Static => "manual keys (static SAs, anti-replay off)",
+        }
+    }
+}
 
 /// Which gateway of a pair.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -287,7 +323,10 @@ impl Pair {
             k_ab.clone()
         };
         write_private(&self.dir.join("b.in.key"), &b_in)?;
-        write_private(&self.dir.join("pair.psk"), &random_hex(&rng, 32)?)?;
+        write_private(
+            &self.dir.join("pair.psk"),
+            &format!("0x{}", random_hex(&rng, 32)?),
+        )?;
 
         let a_cfg = gateway_config(
             "a",
@@ -315,11 +354,12 @@ impl Pair {
         );
         std::fs::write(self.config(Side::A), a_cfg)?;
         std::fs::write(self.config(Side::B), b_cfg)?;
-        self.start(Side::A, &opts.binary)?;
+        // B (the IKE responder) first, so that A's first IKE_SA_INIT finds it listening instead of waiting out
+        // a retransmission timeout (4 s).
         self.start(Side::B, &opts.binary)?;
-        for side in [Side::A, Side::B] {
-            self.wait_ready(side, Duration::from_secs(10))?;
-        }
+        self.wait_ready(Side::B, Duration::from_secs(10))?;
+        self.start(Side::A, &opts.binary)?;
+        self.wait_ready(Side::A, Duration::from_secs(10))?;
         if opts.bgp {
             return Ok(());
         }
@@ -456,6 +496,31 @@ impl Pair {
     pub fn tunnel(&self, side: Side) -> Result<Value> {
         let v = self.show(side, "tunnels")?;
         Ok(v["tunnels"][0].clone())
+    }
+
+    /// Waits until the tunnel is live at both ends (with IKEv2: IKE and child SAs in place, an outbound SA
+    /// set) and returns how long that took from the call.
+    pub fn wait_live(&self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let live = |side| {
+                self.tunnel(side)
+                    .is_ok_and(|t| t["live"] == true && t["spi_out"].is_string())
+            };
+            if live(Side::A) && live(Side::B) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "the tunnel did not come up at both ends within {timeout:?}\nA: {}\nB: {}\n--- A log ---\n{}\n--- B log ---\n{}",
+                    self.tunnel(Side::A).unwrap_or_default(),
+                    self.tunnel(Side::B).unwrap_or_default(),
+                    self.log_tail(Side::A),
+                    self.log_tail(Side::B)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sends SIGTERM to `side`'s gateway and waits (bounded) for it to exit.
@@ -654,6 +719,8 @@ pub struct LabOptions {
     pub probe_pps: f64,
     /// Multipath scenarios: BFD (100 ms x 3) on every tunnel.
     pub bfd: bool,
+    /// How the tunnels are keyed (IKEv2 by default).
+    pub keying: Keying,
 }
 
 /// Runs the lab; returns the process exit code.
@@ -687,7 +754,10 @@ pub fn run(opts: &LabOptions) -> Result<i32> {
             println!("{s}");
         }
     };
-    say("braid lab: scenario `pair` (two gateways, one ESP-in-UDP tunnel, AES-256-GCM, fresh random keys)");
+    say(&format!(
+        "braid lab: scenario `pair` (two gateways, one ESP-in-UDP tunnel, AES-256-GCM, keyed by {})",
+        opts.keying.describe()
+    ));
     say(&format!(
         "  underlay   A {A_UNDERLAY} <-> B {B_UNDERLAY} (veth)"
     ));
@@ -698,8 +768,17 @@ pub fn run(opts: &LabOptions) -> Result<i32> {
         "  sites      A {A_SITE4}, {A_SITE6} <-> B {B_SITE4}, {B_SITE6}"
     ));
     let started = Instant::now();
-    let pair = Pair::build(&PairOptions::new(binary.clone()))?;
-    say("  gateways up; checking traffic");
+    let mut pair_opts = PairOptions::new(binary.clone());
+    if opts.keying == Keying::Ike {
+        pair_opts.ike = Some(IkeLab::default());
+    }
+    let pair = Pair::build(&pair_opts)?;
+    let live = pair.wait_live(Duration::from_secs(20))?;
+    say(&format!(
+        "  gateways up; tunnel live at both ends after {} ms ({}); checking traffic",
+        live.as_millis(),
+        opts.keying.name()
+    ));
 
     let mut checks = Vec::new();
     let pings = [
@@ -810,6 +889,8 @@ pub fn run(opts: &LabOptions) -> Result<i32> {
     let ok = checks.iter().all(|c| c.ok);
     let report = json!({
         "scenario": "pair",
+        "keying": opts.keying.name(),
+        "live_ms": live.as_millis() as u64,
         "ok": ok,
         "seconds": started.elapsed().as_secs_f64(),
         "checks": checks.iter().map(|c| json!({"name": c.name, "ok": c.ok, "detail": c.detail})).collect::<Vec<_>>(),
