@@ -117,6 +117,9 @@ pub struct IkeLab {
     pub dpd_interval: String,
     /// More `key = value` pairs for the table, e.g. `retransmit = { timeout = "500ms", tries = 3 }`.
     pub extra: String,
+    /// More `key = value` pairs for A's table only (the initiator), and for B's only (the responder).
+    pub extra_a: String,
+    pub extra_b: String,
 }
 
 impl Default for IkeLab {
@@ -128,6 +131,8 @@ impl Default for IkeLab {
             child_lifetime: "1h".into(),
             dpd_interval: "30s".into(),
             extra: String::new(),
+            extra_a: String::new(),
+            extra_b: String::new(),
         }
     }
 }
@@ -230,6 +235,18 @@ fn gateway_config(
         );
     }
     if let Some(ike) = &opts.ike {
+        let extra = [
+            ike.extra.as_str(),
+            if name == "a" {
+                &ike.extra_a
+            } else {
+                &ike.extra_b
+            },
+        ]
+        .into_iter()
+        .filter(|e| !e.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
         s += &format!(
             "ike = {{ psk_file = \"pair.psk\", initiator = {}, proposal = \"{}\", esp_proposal = \"{}\", lifetime = \"{}\", child_lifetime = \"{}\", dpd_interval = \"{}\"{}{} }}\n",
             name == "a",
@@ -238,8 +255,8 @@ fn gateway_config(
             ike.lifetime,
             ike.child_lifetime,
             ike.dpd_interval,
-            if ike.extra.is_empty() { "" } else { ", " },
-            ike.extra
+            if extra.is_empty() { "" } else { ", " },
+            extra
         );
     } else {
         s += &format!(
@@ -558,7 +575,7 @@ impl Pair {
         Ok((received, text))
     }
 
-    /// Sends `bytes` of a seeded stream from `from_side` to `to_addr:port` (a listener started in the other
+    /// Sends `bytes` of a seeded stream from `from_side` to `to_addr:5001` (a listener started in the other
     /// namespace) and returns the sink's verdict `{ok, bytes, secs, gbps}`.
     pub fn transfer(
         &self,
@@ -572,58 +589,14 @@ impl Pair {
             Side::A => Side::B,
             Side::B => Side::A,
         };
-        let bin = binary.to_str().context("binary path is not UTF-8")?;
-        let listen = socket_string(to_addr, 5001);
-        let b = bytes.to_string();
-        let s = seed.to_string();
-        let mut sink = self
-            .ns(to_side)
-            .command(
-                bin,
-                &[
-                    "lab-tool", "tcp-sink", "--listen", &listen, "--bytes", &b, "--seed", &s,
-                ],
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut lines = BufReader::new(sink.stdout.take().context("sink stdout")?).lines();
-        // Wait until it listens.
-        let first = lines.next().transpose()?.unwrap_or_default();
-        if !first.contains("listening") {
-            let _ = sink.kill();
-            bail!("tcp sink did not start: {first}");
-        }
-        let src = self.ns(from_side).exec(
-            bin,
-            &[
-                "lab-tool",
-                "tcp-source",
-                "--connect",
-                &listen,
-                "--bytes",
-                &b,
-                "--seed",
-                &s,
-            ],
-        )?;
-        let verdict = lines.next().transpose()?.unwrap_or_default();
-        let status = sink.wait()?;
-        if !src.status.success() {
-            bail!(
-                "tcp source failed: {}",
-                String::from_utf8_lossy(&src.stderr).trim()
-            );
-        }
-        if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = sink.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            bail!("tcp sink failed: {}", err.trim());
-        }
-        serde_json::from_str(&verdict).with_context(|| format!("sink verdict {verdict:?}"))
+        transfer(
+            binary,
+            self.ns(from_side),
+            self.ns(to_side),
+            to_addr,
+            bytes,
+            seed,
+        )
     }
 
     /// iperf3 single-stream TCP from `from_side` to `to_addr` for `secs` seconds; returns Gbit/s.
@@ -658,6 +631,69 @@ impl Pair {
         let _ = server.wait();
         bail!("iperf3 to {to_addr}: {last}")
     }
+}
+
+/// Sends `bytes` of a seeded stream from namespace `from` to `to_addr:5001` in namespace `to` (`braid lab-tool
+/// tcp-source` / `tcp-sink`, which checks every byte) and returns the sink's verdict `{ok, bytes, secs, gbps}`.
+pub fn transfer(
+    binary: &Path,
+    from: &Netns,
+    to: &Netns,
+    to_addr: &str,
+    bytes: u64,
+    seed: u64,
+) -> Result<Value> {
+    let bin = binary.to_str().context("binary path is not UTF-8")?;
+    let listen = socket_string(to_addr, 5001);
+    let b = bytes.to_string();
+    let s = seed.to_string();
+    let mut sink = to
+        .command(
+            bin,
+            &[
+                "lab-tool", "tcp-sink", "--listen", &listen, "--bytes", &b, "--seed", &s,
+            ],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(sink.stdout.take().context("sink stdout")?).lines();
+    // Wait until it listens.
+    let first = lines.next().transpose()?.unwrap_or_default();
+    if !first.contains("listening") {
+        let _ = sink.kill();
+        bail!("tcp sink did not start: {first}");
+    }
+    let src = from.exec(
+        bin,
+        &[
+            "lab-tool",
+            "tcp-source",
+            "--connect",
+            &listen,
+            "--bytes",
+            &b,
+            "--seed",
+            &s,
+        ],
+    )?;
+    let verdict = lines.next().transpose()?.unwrap_or_default();
+    let status = sink.wait()?;
+    if !src.status.success() {
+        bail!(
+            "tcp source failed: {}",
+            String::from_utf8_lossy(&src.stderr).trim()
+        );
+    }
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = sink.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        bail!("tcp sink failed: {}", err.trim());
+    }
+    serde_json::from_str(&verdict).with_context(|| format!("sink verdict {verdict:?}"))
 }
 
 /// `ADDR:PORT`, bracketing IPv6.
