@@ -105,6 +105,9 @@ enum Cmd {
         /// Multipath scenarios: no BFD on the tunnels (failures are then found by BGP hold timers only).
         #[arg(long)]
         no_bfd: bool,
+        /// How the lab keys its tunnels: `ike` (IKEv2, a fresh PSK per tunnel) or `static` (manual keys).
+        #[arg(long, default_value = "ike", value_parser = ["ike", "static"])]
+        keying: String,
         /// Only remove leftovers of killed lab runs and exit.
         #[arg(long)]
         cleanup: bool,
@@ -331,6 +334,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             probe_flows,
             probe_pps,
             no_bfd,
+            keying,
             cleanup,
         } => {
             if cleanup {
@@ -355,6 +359,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 probe_flows,
                 probe_pps,
                 bfd: !no_bfd,
+                keying: crate::lab::Keying::parse(&keying).unwrap_or(crate::lab::Keying::Ike),
             })
         }
         Cmd::Path {

@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use braid_crypto::ike::{EspProposal, Identity, IkeProposal, Retransmit};
+use braid_crypto::ike::{EspProposal, Identity, IkeProposal, Retransmit, TrafficSelector};
 use braid_crypto::{Cipher, KEYMAT_LEN};
 use braid_dataplane::{InsideAddr, Prefix};
 use serde::Deserialize;
@@ -144,6 +144,9 @@ pub struct Gateway {
     pub kernel_routes: bool,
     /// Spread packets (not flows) over a group's tunnels: reorders packets within a flow.
     pub spray: bool,
+    /// IKE responders demand a cookie (RFC 7296 2.6) while at least this many half-open IKE SAs (answered
+    /// IKE_SA_INIT, no IKE_AUTH yet, within the last 30 s) exist across all tunnels; 0 = always.
+    pub ike_cookie_threshold: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -258,7 +261,7 @@ impl Tunnel {
 #[derive(Debug, Clone)]
 pub enum Keying {
     Static(StaticKeys),
-    Ike(IkeSettings),
+    Ike(Box<IkeSettings>),
 }
 
 impl Keying {
@@ -270,6 +273,11 @@ impl Keying {
         }
     }
 }
+
+/// Half-open IKE SAs across all tunnels from which responders demand cookies (`[gateway]
+/// ike_cookie_threshold`). A gateway has a handful of peers, each with at most one half-open SA at a time:
+/// 64 means someone is sending IKE_SA_INITs that never finish.
+pub const DEFAULT_IKE_COOKIE_THRESHOLD: usize = 64;
 
 /// IKE defaults, as in the IKEv2 core (`IkeConfig::new`) and strongSwan.
 pub const DEFAULT_IKE_PROPOSAL: &str =
@@ -310,6 +318,11 @@ pub struct IkeSettings {
     pub force_encap: bool,
     /// Request retransmission: first timeout, growth factor, retransmissions.
     pub retransmit: Retransmit,
+    /// Traffic selectors proposed for our side and the peer's (default: `0.0.0.0/0` and `::/0` each). A
+    /// responder narrows the peer's proposal to these (RFC 7296 section 2.9); an initiator refuses an answer
+    /// outside them.
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
 }
 
 /// Manual keying: one SA each way, keys given in the config or in files.
@@ -377,6 +390,7 @@ struct RawGateway {
     mtu: Option<u32>,
     kernel_routes: Option<bool>,
     spray: Option<bool>,
+    ike_cookie_threshold: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -454,6 +468,8 @@ struct RawIke {
     initiator: Option<bool>,
     force_encap: Option<bool>,
     retransmit: Option<RawRetransmit>,
+    local_ts: Option<OneOrMany>,
+    remote_ts: Option<OneOrMany>,
 }
 
 #[derive(Deserialize)]
@@ -589,6 +605,14 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(cx.err("gateway.mtu", format!("{m} is outside 576..=65535")));
         }
     }
+    if let Some(n) = g.ike_cookie_threshold {
+        if n > 1_000_000 {
+            return Err(cx.err(
+                "gateway.ike_cookie_threshold",
+                format!("{n} is above 1000000 (0 demands a cookie always)"),
+            ));
+        }
+    }
     let control_socket = g
         .control_socket
         .map(|p| if p.is_relative() { cx.dir.join(p) } else { p })
@@ -603,6 +627,9 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         metrics,
         kernel_routes: g.kernel_routes.unwrap_or(false),
         spray: g.spray.unwrap_or(false),
+        ike_cookie_threshold: g
+            .ike_cookie_threshold
+            .unwrap_or(DEFAULT_IKE_COOKIE_THRESHOLD),
     };
 
     let mut uplinks = Vec::new();
@@ -823,7 +850,13 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                         "with `ike`, ESN is negotiated: add `-esn` or `-noesn` to `ike.esp_proposal`",
                     ));
                 }
-                Keying::Ike(ike_settings(cx, &key, ike, &uplinks[uplink], remote)?)
+                Keying::Ike(Box::new(ike_settings(
+                    cx,
+                    &key,
+                    ike,
+                    &uplinks[uplink],
+                    remote,
+                )?))
             }
         };
         let esn = t.esn.unwrap_or(false);
@@ -1221,6 +1254,61 @@ fn read_psk_file(cx: &Ctx, key: &str, path: &Path) -> Result<(Secret, PathBuf), 
     Ok((psk, path))
 }
 
+/// The default traffic selectors: everything, both families (route-based: the FIB decides what enters).
+pub const DEFAULT_TS: [&str; 2] = ["0.0.0.0/0", "::/0"];
+
+/// `ike.local_ts` / `ike.remote_ts`: one prefix or a list (`"10.1.0.0/16"`, `["0.0.0.0/0", "::/0"]`); a
+/// prefix with host bits set is refused.
+fn traffic_selectors(
+    cx: &Ctx,
+    key: &str,
+    raw: Option<OneOrMany>,
+) -> Result<Vec<TrafficSelector>, ConfigError> {
+    let list = match raw {
+        None => DEFAULT_TS.iter().map(|s| s.to_string()).collect(),
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    if list.is_empty() {
+        return Err(cx.err(
+            key,
+            "an empty list selects no traffic: give prefixes, e.g. [\"0.0.0.0/0\", \"::/0\"]",
+        ));
+    }
+    let mut out: Vec<TrafficSelector> = Vec::new();
+    for text in &list {
+        let t = text.trim();
+        let ts: TrafficSelector = t.parse().map_err(|e| cx.err(key, format!("{e}")))?;
+        let addr: IpAddr = t
+            .split('/')
+            .next()
+            .and_then(|a| a.trim().parse().ok())
+            .ok_or_else(|| cx.err(key, format!("{t:?} is not an address prefix")))?;
+        if ts.start != addr {
+            return Err(cx.err(
+                key,
+                format!(
+                    "{t:?} has host bits set (did you mean {}?)",
+                    ts_prefix(&ts, t)
+                ),
+            ));
+        }
+        if out.contains(&ts) {
+            return Err(cx.err(key, format!("{t:?} is listed twice")));
+        }
+        out.push(ts);
+    }
+    Ok(out)
+}
+
+/// `START/LEN` of a selector parsed from `text` (`ADDR/LEN`).
+fn ts_prefix(ts: &TrafficSelector, text: &str) -> String {
+    match text.split_once('/') {
+        Some((_, len)) => format!("{}/{}", ts.start, len.trim()),
+        None => ts.start.to_string(),
+    }
+}
+
 /// Validates an `ike = {...}` table.
 fn ike_settings(
     cx: &Ctx,
@@ -1333,7 +1421,11 @@ fn ike_settings(
             retransmit.tries = n;
         }
     }
+    let local_ts = traffic_selectors(cx, &k("local_ts"), raw.local_ts)?;
+    let remote_ts = traffic_selectors(cx, &k("remote_ts"), raw.remote_ts)?;
     Ok(IkeSettings {
+        local_ts,
+        remote_ts,
         psk,
         psk_file,
         proposals,
@@ -2019,6 +2111,70 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
             e.problem.contains(problem),
             "problem {:?} should contain {problem:?}",
             e.problem
+        );
+    }
+
+    #[test]
+    fn ike_traffic_selectors() {
+        let d = IkeDir::new("ts", b"a fine and long pre-shared key", 0o600);
+        // Default: everything, both families, on both sides.
+        let c = d.parse("psk_file = \"peer.psk\"").unwrap();
+        let any: Vec<TrafficSelector> =
+            vec![TrafficSelector::any_ipv4(), TrafficSelector::any_ipv6()];
+        assert_eq!(ike_of(&c).local_ts, any);
+        assert_eq!(ike_of(&c).remote_ts, any);
+        // One prefix or a list; they reach the core's configuration unchanged.
+        let c = d
+            .parse("psk_file = \"peer.psk\", local_ts = \"192.0.2.0/25\", remote_ts = [\"192.0.2.128/25\", \"2001:db8:b::/64\"]")
+            .unwrap();
+        let ike = ike_of(&c);
+        assert_eq!(ike.local_ts, vec!["192.0.2.0/25".parse().unwrap()]);
+        assert_eq!(ike.remote_ts.len(), 2);
+        assert_eq!(
+            ike.remote_ts[0].start,
+            "192.0.2.128".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            ike.remote_ts[0].end,
+            "192.0.2.255".parse::<IpAddr>().unwrap()
+        );
+        assert!(ike.remote_ts[1].is_ipv6());
+        // A single address is a /32.
+        let c = d
+            .parse("psk_file = \"peer.psk\", remote_ts = \"198.51.100.7\"")
+            .unwrap();
+        assert_eq!(ike_of(&c).remote_ts[0].start, ike_of(&c).remote_ts[0].end);
+        // Errors name the key and the entry.
+        let psk = "psk_file = \"peer.psk\", ";
+        ike_err(
+            &d,
+            &format!("{psk}local_ts = []"),
+            "ike.local_ts",
+            "empty list",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}remote_ts = [\"10.0.0.0/33\"]"),
+            "ike.remote_ts",
+            "bad traffic selector '10.0.0.0/33'",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}remote_ts = \"10.1.2.3/16\""),
+            "ike.remote_ts",
+            "host bits set (did you mean 10.1.0.0/16?)",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}local_ts = [\"::/0\", \"::/0\"]"),
+            "ike.local_ts",
+            "listed twice",
+        );
+        ike_err(
+            &d,
+            &format!("{psk}local_ts = \"any\""),
+            "ike.local_ts",
+            "bad traffic selector 'any'",
         );
     }
 

@@ -60,6 +60,7 @@ pub fn run(config: Config) -> Result<()> {
                 health: health.clone(),
                 speaker: None,
                 epoch: dp.epoch(),
+                cookie_threshold: config.gateway.ike_cookie_threshold,
             },
         )),
         _ => None,
@@ -205,7 +206,7 @@ fn assemble(config: &Config) -> Result<Assembled> {
                     uplink: t.uplink,
                     local: config.uplinks[t.uplink].local_addr(),
                     remote: t.remote,
-                    settings: settings.clone(),
+                    settings: (**settings).clone(),
                     replay_window: t.replay_window,
                     stats: stats.clone(),
                     neighbor: config

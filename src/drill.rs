@@ -201,6 +201,12 @@ pub struct StepReport {
     pub untouched_flows_affected: usize,
     /// Flows whose last packets did not arrive.
     pub not_restored: usize,
+    /// Gateway restarts: from starting the process until every tunnel of it had its SAs (with IKEv2: IKE and
+    /// child SAs negotiated and installed), milliseconds.
+    pub keyed_ms: Option<u64>,
+    /// Repairs: from the repair until the lab converged again (every session Established, every tunnel live,
+    /// both cores' ECMP routes complete), milliseconds.
+    pub settled_ms: Option<u64>,
     /// Packets the gateways dropped during the step, by gateway and reason (`show tunnels` counters).
     pub gateway_drops: std::collections::BTreeMap<String, u64>,
     pub per_flow: Vec<FlowResult>,
@@ -251,6 +257,14 @@ pub fn run(topo: &mut Topology, steps: &[Step], opts: DrillOptions, say: &dyn Fn
                 String::new()
             }
         ));
+        if let Some(settled) = r.settled_ms {
+            say(&format!(
+                "      {}settled (sessions, tunnels live, core ECMP) after {settled} ms",
+                r.keyed_ms
+                    .map(|k| format!("tunnels keyed {k} ms after the start, "))
+                    .unwrap_or_default()
+            ));
+        }
         out.push(r);
     }
     Drill {
@@ -281,6 +295,7 @@ fn run_step(
     std::thread::sleep(Duration::from_millis(1000));
     let before = attribute_all(topo, opts, sport_base)?;
     let at = Instant::now();
+    let (mut keyed_ms, mut settled_ms) = (None, None);
     match step {
         Step::Baseline => std::thread::sleep(Duration::from_secs(2)),
         Step::Break(f) => {
@@ -289,7 +304,13 @@ fn run_step(
         }
         Step::Repair(f) => {
             repair(topo, f)?;
+            if let Fault::GatewayKill(g) | Fault::GatewayStop(g) = f {
+                // An IKE initiator restarts its tunnels at once; its peers (responders) replace their old IKE
+                // SAs with the new ones.
+                keyed_ms = Some(topo.wait_keyed(g, Duration::from_secs(60))?.as_millis() as u64);
+            }
             topo.wait_converged(Duration::from_secs(60))?;
+            settled_ms = Some(at.elapsed().as_millis() as u64);
         }
     }
     // Let the last moves finish while the probes still run. After a gateway comes back, record anew where the
@@ -365,6 +386,8 @@ fn run_step(
         untouched_lost: untouched.clone().map(|f| f.lost).sum(),
         untouched_flows_affected: untouched.filter(|f| f.lost > 0).count(),
         not_restored: per_flow.iter().filter(|f| !f.restored).count(),
+        keyed_ms,
+        settled_ms,
         gateway_drops: drops,
         per_flow,
     })

@@ -35,9 +35,12 @@
 //! Secrets (the PSK, keying material) are never logged: the core's types redact them. State changes are
 //! logged at info with the tunnel's name, algorithms and SPIs.
 //!
-//! Left out: IKE fragmentation, MOBIKE, certificates (see the core's own list), several child SAs per tunnel
-//! (one route-based child SA carries everything the FIB routes into the tunnel), and the "under load" cookie
-//! mode (a gateway has a handful of peers).
+//! - **Cookies under load.** [`HalfOpen`] counts half-open IKE SAs across all tunnels; at `[gateway]
+//!   ike_cookie_threshold` or more, every responder demands a cookie (RFC 7296 2.6) before it computes
+//!   anything for an IKE_SA_INIT.
+//!
+//! Left out: IKE fragmentation, MOBIKE, certificates (see the core's own list), and several child SAs per
+//! tunnel (one route-based child SA carries everything the FIB routes into the tunnel).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,6 +50,7 @@ use std::time::{Duration, Instant};
 use braid_control::bgp::speaker::SpeakerHandle;
 use braid_crypto::ike::{
     DownReason, Event, IkeConfig, IkeSession, Psk, SessionState, Status as SessionStatus,
+    TrafficSelector,
 };
 use braid_crypto::{InboundSa, OutboundSa, SaKey, Spi};
 use braid_dataplane::{IkeDatagram, IkeSender, Pending, SaControl, TunnelStats};
@@ -178,6 +182,71 @@ pub struct IkeContext {
     pub speaker: Option<SpeakerHandle>,
     /// The data path's start (the zero of `TunnelStats::last_rx_ms`).
     pub epoch: Instant,
+    /// Half-open IKE SAs across all tunnels from which responders demand cookies (0: always).
+    pub cookie_threshold: usize,
+}
+
+/// How long a half-open IKE SA counts (the core's `half_open_timeout`).
+const HALF_OPEN_WINDOW: Duration = Duration::from_secs(30);
+
+/// Half-open IKE SAs across every tunnel: responder IKE SAs that answered an IKE_SA_INIT and have not seen
+/// their IKE_AUTH, each counted until it completes or [`HALF_OPEN_WINDOW`] passes (a newer IKE_SA_INIT
+/// replaces a tunnel's half-open SA in the core, but the replaced one still counts here: a flood of
+/// IKE_SA_INITs that never finish is exactly what this is for). At `threshold` or more the gateway is "under
+/// load" (RFC 7296 2.6): responders answer IKE_SA_INIT without a valid cookie with a COOKIE notify and create
+/// no state, so each costs no DH computation until the sender proves it receives at its address.
+#[derive(Debug)]
+pub struct HalfOpen {
+    threshold: usize,
+    /// (task, initiator SPI) -> when it was first seen half-open.
+    open: HashMap<(usize, u64), Instant>,
+    /// The most tracked at once; beyond it the gateway is under load anyway.
+    cap: usize,
+    was_under_load: bool,
+}
+
+impl HalfOpen {
+    pub fn new(threshold: usize) -> HalfOpen {
+        HalfOpen {
+            threshold,
+            open: HashMap::new(),
+            cap: threshold.saturating_mul(4).max(64),
+            was_under_load: false,
+        }
+    }
+
+    /// Task `task`'s session has a half-open SA with initiator SPI `spi_i` (noted again: no change).
+    pub fn note(&mut self, task: usize, spi_i: u64, now: Instant) {
+        self.expire(now);
+        if self.open.len() < self.cap {
+            self.open.entry((task, spi_i)).or_insert(now);
+        }
+    }
+
+    /// The IKE SA with initiator SPI `spi_i` of task `task` completed its IKE_AUTH.
+    pub fn complete(&mut self, task: usize, spi_i: u64) {
+        self.open.remove(&(task, spi_i));
+    }
+
+    /// Half-open SAs counted now.
+    pub fn count(&mut self, now: Instant) -> usize {
+        self.expire(now);
+        self.open.len()
+    }
+
+    /// Whether responders should demand cookies now; the second value says whether that changed since the
+    /// last call (for the log).
+    pub fn under_load(&mut self, now: Instant) -> (bool, bool) {
+        let on = self.count(now) >= self.threshold;
+        let changed = on != self.was_under_load;
+        self.was_under_load = on;
+        (on, changed)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        self.open
+            .retain(|_, at| now.saturating_duration_since(*at) < HALF_OPEN_WINDOW);
+    }
 }
 
 /// Starts the bridge thread, the router and one task per tunnel on the current runtime.
@@ -208,6 +277,7 @@ pub fn start(
             .collect(),
     ));
     let routes = Arc::new(Mutex::new(Routes::default()));
+    let half_open = Arc::new(Mutex::new(HalfOpen::new(cx.cookie_threshold)));
     let (stop, stop_rx) = watch::channel(false);
     let rng = SystemRandom::new();
     let mut inboxes = Vec::new();
@@ -228,6 +298,7 @@ pub fn start(
             inbox: rx,
             cx: cx.clone(),
             routes: routes.clone(),
+            half_open: half_open.clone(),
             table: table.clone(),
             rng: rng.clone(),
             backoff: BACKOFF_FIRST,
@@ -311,6 +382,8 @@ fn ike_config(s: &IkeSettings) -> IkeConfig {
     cfg.dpd_interval = s.dpd_interval;
     cfg.retransmit = s.retransmit;
     cfg.force_encap = s.force_encap;
+    cfg.local_ts = s.local_ts.clone();
+    cfg.remote_ts = s.remote_ts.clone();
     cfg
 }
 
@@ -329,6 +402,7 @@ struct Task {
     inbox: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     cx: IkeContext,
     routes: Arc<Mutex<Routes>>,
+    half_open: Arc<Mutex<HalfOpen>>,
     table: IkeTable,
     rng: SystemRandom,
     backoff: Duration,
@@ -376,7 +450,24 @@ impl Task {
                 }
                 m = self.inbox.recv() => {
                     let Some((from, msg)) = m else { return };
-                    self.session.handle_message(Instant::now(), from, &msg);
+                    let now = Instant::now();
+                    if is_ike_sa_init_request(&msg) {
+                        let (on, changed) = lock(&self.half_open).under_load(now);
+                        if changed {
+                            let n = lock(&self.half_open).count(now);
+                            if on {
+                                tracing::warn!(half_open = n, threshold = self.cx.cookie_threshold,
+                                    "IKE under load: responders demand cookies (RFC 7296 2.6)");
+                            } else {
+                                tracing::info!(half_open = n, "IKE no longer under load: cookies off");
+                            }
+                        }
+                        self.session.set_under_load(on);
+                    }
+                    self.session.handle_message(now, from, &msg);
+                    if let Some(spi_i) = self.session.half_open_spi() {
+                        lock(&self.half_open).note(self.i, spi_i, now);
+                    }
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                     let now = Instant::now();
@@ -542,6 +633,7 @@ impl Task {
                     spi_r = format_args!("{spi_r:016x}"), initiator, remote_id = %remote_id,
                     nat_local = nat.local_behind_nat, nat_remote = nat.remote_behind_nat, "IKE SA established");
                 lock(&self.routes).register_spi(spi_i, self.i, now);
+                lock(&self.half_open).complete(self.i, spi_i);
                 self.backoff = BACKOFF_FIRST;
                 self.had_child = false;
                 self.behind_nat = nat.local_behind_nat;
@@ -713,11 +805,34 @@ impl Task {
     }
 }
 
+/// Whether `msg` is an IKE_SA_INIT request (RFC 7296 3.1: exchange type 34 at octet 18, the Response flag
+/// 0x20 of octet 19 clear).
+fn is_ike_sa_init_request(msg: &[u8]) -> bool {
+    msg.len() >= 28 && msg[18] == 34 && msg[19] & 0x20 == 0
+}
+
 fn list<T: std::fmt::Display>(v: &[T]) -> String {
     v.iter()
         .map(|x| x.to_string())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A traffic selector as a prefix when it is one (`10.0.0.0/8`), else as the core prints it (a range).
+fn ts_text(t: &TrafficSelector) -> String {
+    let bits = |a: std::net::IpAddr| match a {
+        std::net::IpAddr::V4(a) => (u128::from(u32::from(a)), 32u32),
+        std::net::IpAddr::V6(a) => (u128::from(a), 128u32),
+    };
+    let ((start, width), (end, _)) = (bits(t.start), bits(t.end));
+    let span = end.wrapping_sub(start);
+    let whole = t.protocol == 0 && t.start_port == 0 && t.end_port == 65535;
+    // A prefix: the span is 2^k - 1 and the start is aligned to it.
+    if whole && start <= end && span.wrapping_add(1) & span == 0 && start & span == 0 {
+        let host = 128 - span.leading_zeros();
+        return format!("{}/{}", t.start, width - host);
+    }
+    t.to_string()
 }
 
 fn state_name(s: SessionState) -> &'static str {
@@ -761,6 +876,8 @@ impl IkeStatus {
             "child_spi_in": current.map(|c| format!("{:#010x}", c.spi_in.0)),
             "child_spi_out": current.map(|c| format!("{:#010x}", c.spi_out.0)),
             "children": s.children.len(),
+            "ts_local": s.ts_local.iter().map(ts_text).collect::<Vec<_>>(),
+            "ts_remote": s.ts_remote.iter().map(ts_text).collect::<Vec<_>>(),
             "child_rekeys": self.child_rekeys,
             "ike_rekeys": self.ike_rekeys,
             "rekey_failures": self.rekey_failures,
@@ -794,6 +911,59 @@ mod tests {
             from: from.parse().unwrap(),
             message,
         }
+    }
+
+    #[test]
+    fn half_open_sas_are_counted_across_tunnels_until_done_or_stale() {
+        let t0 = Instant::now();
+        let mut h = HalfOpen::new(3);
+        assert_eq!(h.under_load(t0), (false, false));
+        // Two tunnels, each with a half-open SA; noting one again changes nothing.
+        h.note(0, 0xa, t0);
+        h.note(1, 0xb, t0);
+        h.note(1, 0xb, t0 + Duration::from_secs(1));
+        assert_eq!(h.count(t0), 2);
+        assert!(!h.under_load(t0).0);
+        // A newer IKE_SA_INIT on tunnel 1 replaced its half-open SA in the core: the replaced one still
+        // counts, so a flood of INITs that never finish reaches the threshold.
+        h.note(1, 0xc, t0 + Duration::from_secs(2));
+        assert_eq!(h.under_load(t0 + Duration::from_secs(2)), (true, true));
+        assert_eq!(h.under_load(t0 + Duration::from_secs(2)), (true, false));
+        // A completed IKE_AUTH leaves the count at once.
+        h.complete(0, 0xa);
+        assert_eq!(h.count(t0 + Duration::from_secs(2)), 2);
+        assert_eq!(h.under_load(t0 + Duration::from_secs(2)), (false, true));
+        // The same SPI on another tunnel is another SA; completing one tunnel's leaves the other.
+        h.note(2, 0xc, t0 + Duration::from_secs(3));
+        h.complete(1, 0xc);
+        assert_eq!(h.count(t0 + Duration::from_secs(3)), 2);
+        // Stale entries (older than the half-open timeout) stop counting.
+        assert_eq!(h.count(t0 + HALF_OPEN_WINDOW), 1);
+        assert_eq!(h.count(t0 + Duration::from_secs(3) + HALF_OPEN_WINDOW), 0);
+        // Threshold 0: always under load.
+        assert!(HalfOpen::new(0).under_load(t0).0);
+        // Bounded memory: beyond the cap nothing more is stored, and the gateway is under load anyway.
+        let mut h = HalfOpen::new(2);
+        for spi in 0..1000 {
+            h.note(0, spi, t0);
+        }
+        assert_eq!(h.count(t0), 64);
+        assert!(h.under_load(t0).0);
+    }
+
+    #[test]
+    fn ike_sa_init_requests_are_recognised() {
+        let mut m = vec![0u8; 28];
+        m[17] = 0x20; // version 2.0
+        m[18] = 34;
+        m[19] = 0x08; // Initiator
+        assert!(is_ike_sa_init_request(&m));
+        m[19] = 0x20; // a response
+        assert!(!is_ike_sa_init_request(&m));
+        m[19] = 0x08;
+        m[18] = 35; // IKE_AUTH
+        assert!(!is_ike_sa_init_request(&m));
+        assert!(!is_ike_sa_init_request(&m[..20]));
     }
 
     #[test]

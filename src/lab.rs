@@ -1,7 +1,8 @@
 //! `braid lab`: a seed scenario built from real namespaces, veths, TUN devices and `braid run` processes.
 //!
 //! Scenario `pair`: two gateways A and B in their own namespaces, joined by a veth
-//! underlay (198.51.100.1 and .2), one ESP-in-UDP tunnel with fresh random static keys, inside addresses
+//! underlay (198.51.100.1 and .2), one ESP-in-UDP tunnel keyed by IKEv2 with a fresh random PSK (A initiates;
+//! `--keying static`: fresh random manual keys), inside addresses
 //! 169.254.0.1/30 + 2001:db8:ffff::2/127 (A) and .2 + ::3 (B), and a "site" address behind each gateway
 //! (192.0.2.1 / 2001:db8:a::1 at A, 192.0.2.129 / 2001:db8:b::1 at B) routed through the tunnel. The lab pings
 //! both ways (IPv4 and IPv6, inside and site to site), runs a TCP transfer whose every byte is verified,
@@ -37,6 +38,41 @@ pub const A_SITE4: &str = "192.0.2.1";
 pub const B_SITE4: &str = "192.0.2.129";
 pub const A_SITE6: &str = "2001:db8:a::1";
 pub const B_SITE6: &str = "2001:db8:b::1";
+
+/// How a lab keys its tunnels (`braid lab --keying ike|static`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Keying {
+    /// IKEv2 with a fresh random PSK per tunnel (mode 0600); the on-prem side (A in `pair`) initiates.
+    Ike,
+    /// Manual keys (`static = {...}`), fresh random keys per tunnel and direction.
+    Static,
+}
+
+impl Keying {
+    pub fn parse(s: &str) -> Option<Keying> {
+        match s {
+            "ike" | "ikev2" => Some(Keying::Ike),
+            "static" | "manual" => Some(Keying::Static),
+            _ => None,
+        }
+    }
+
+    /// `ike` or `static`, as the reports say.
+    pub fn name(self) -> &'static str {
+        match self {
+            Keying::Ike => "ike",
+            Keying::Static => "static",
+        }
+    }
+
+    /// In words, for the lab's header.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Keying::Ike => "IKEv2 (PSK per tunnel, on-prem side initiates)",
+            Keying::Static => "manual keys (static SAs, anti-replay off)",
+        }
+    }
+}
 
 /// Which gateway of a pair.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -81,6 +117,9 @@ pub struct IkeLab {
     pub dpd_interval: String,
     /// More `key = value` pairs for the table, e.g. `retransmit = { timeout = "500ms", tries = 3 }`.
     pub extra: String,
+    /// More `key = value` pairs for A's table only (the initiator), and for B's only (the responder).
+    pub extra_a: String,
+    pub extra_b: String,
 }
 
 impl Default for IkeLab {
@@ -92,6 +131,8 @@ impl Default for IkeLab {
             child_lifetime: "1h".into(),
             dpd_interval: "30s".into(),
             extra: String::new(),
+            extra_a: String::new(),
+            extra_b: String::new(),
         }
     }
 }
@@ -194,6 +235,18 @@ fn gateway_config(
         );
     }
     if let Some(ike) = &opts.ike {
+        let extra = [
+            ike.extra.as_str(),
+            if name == "a" {
+                &ike.extra_a
+            } else {
+                &ike.extra_b
+            },
+        ]
+        .into_iter()
+        .filter(|e| !e.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
         s += &format!(
             "ike = {{ psk_file = \"pair.psk\", initiator = {}, proposal = \"{}\", esp_proposal = \"{}\", lifetime = \"{}\", child_lifetime = \"{}\", dpd_interval = \"{}\"{}{} }}\n",
             name == "a",
@@ -202,8 +255,8 @@ fn gateway_config(
             ike.lifetime,
             ike.child_lifetime,
             ike.dpd_interval,
-            if ike.extra.is_empty() { "" } else { ", " },
-            ike.extra
+            if extra.is_empty() { "" } else { ", " },
+            extra
         );
     } else {
         s += &format!(
@@ -287,7 +340,10 @@ impl Pair {
             k_ab.clone()
         };
         write_private(&self.dir.join("b.in.key"), &b_in)?;
-        write_private(&self.dir.join("pair.psk"), &random_hex(&rng, 32)?)?;
+        write_private(
+            &self.dir.join("pair.psk"),
+            &format!("0x{}", random_hex(&rng, 32)?),
+        )?;
 
         let a_cfg = gateway_config(
             "a",
@@ -315,11 +371,12 @@ impl Pair {
         );
         std::fs::write(self.config(Side::A), a_cfg)?;
         std::fs::write(self.config(Side::B), b_cfg)?;
-        self.start(Side::A, &opts.binary)?;
+        // B (the IKE responder) first, so that A's first IKE_SA_INIT finds it listening instead of waiting out
+        // a retransmission timeout (4 s).
         self.start(Side::B, &opts.binary)?;
-        for side in [Side::A, Side::B] {
-            self.wait_ready(side, Duration::from_secs(10))?;
-        }
+        self.wait_ready(Side::B, Duration::from_secs(10))?;
+        self.start(Side::A, &opts.binary)?;
+        self.wait_ready(Side::A, Duration::from_secs(10))?;
         if opts.bgp {
             return Ok(());
         }
@@ -458,6 +515,31 @@ impl Pair {
         Ok(v["tunnels"][0].clone())
     }
 
+    /// Waits until the tunnel is live at both ends (with IKEv2: IKE and child SAs in place, an outbound SA
+    /// set) and returns how long that took from the call.
+    pub fn wait_live(&self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let live = |side| {
+                self.tunnel(side)
+                    .is_ok_and(|t| t["live"] == true && t["spi_out"].is_string())
+            };
+            if live(Side::A) && live(Side::B) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "the tunnel did not come up at both ends within {timeout:?}\nA: {}\nB: {}\n--- A log ---\n{}\n--- B log ---\n{}",
+                    self.tunnel(Side::A).unwrap_or_default(),
+                    self.tunnel(Side::B).unwrap_or_default(),
+                    self.log_tail(Side::A),
+                    self.log_tail(Side::B)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM to `side`'s gateway and waits (bounded) for it to exit.
     pub fn stop(&mut self, side: Side, timeout: Duration) -> Result<ExitStatus> {
         let i = self
@@ -493,7 +575,7 @@ impl Pair {
         Ok((received, text))
     }
 
-    /// Sends `bytes` of a seeded stream from `from_side` to `to_addr:port` (a listener started in the other
+    /// Sends `bytes` of a seeded stream from `from_side` to `to_addr:5001` (a listener started in the other
     /// namespace) and returns the sink's verdict `{ok, bytes, secs, gbps}`.
     pub fn transfer(
         &self,
@@ -507,58 +589,14 @@ impl Pair {
             Side::A => Side::B,
             Side::B => Side::A,
         };
-        let bin = binary.to_str().context("binary path is not UTF-8")?;
-        let listen = socket_string(to_addr, 5001);
-        let b = bytes.to_string();
-        let s = seed.to_string();
-        let mut sink = self
-            .ns(to_side)
-            .command(
-                bin,
-                &[
-                    "lab-tool", "tcp-sink", "--listen", &listen, "--bytes", &b, "--seed", &s,
-                ],
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut lines = BufReader::new(sink.stdout.take().context("sink stdout")?).lines();
-        // Wait until it listens.
-        let first = lines.next().transpose()?.unwrap_or_default();
-        if !first.contains("listening") {
-            let _ = sink.kill();
-            bail!("tcp sink did not start: {first}");
-        }
-        let src = self.ns(from_side).exec(
-            bin,
-            &[
-                "lab-tool",
-                "tcp-source",
-                "--connect",
-                &listen,
-                "--bytes",
-                &b,
-                "--seed",
-                &s,
-            ],
-        )?;
-        let verdict = lines.next().transpose()?.unwrap_or_default();
-        let status = sink.wait()?;
-        if !src.status.success() {
-            bail!(
-                "tcp source failed: {}",
-                String::from_utf8_lossy(&src.stderr).trim()
-            );
-        }
-        if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = sink.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            bail!("tcp sink failed: {}", err.trim());
-        }
-        serde_json::from_str(&verdict).with_context(|| format!("sink verdict {verdict:?}"))
+        transfer(
+            binary,
+            self.ns(from_side),
+            self.ns(to_side),
+            to_addr,
+            bytes,
+            seed,
+        )
     }
 
     /// iperf3 single-stream TCP from `from_side` to `to_addr` for `secs` seconds; returns Gbit/s.
@@ -593,6 +631,69 @@ impl Pair {
         let _ = server.wait();
         bail!("iperf3 to {to_addr}: {last}")
     }
+}
+
+/// Sends `bytes` of a seeded stream from namespace `from` to `to_addr:5001` in namespace `to` (`braid lab-tool
+/// tcp-source` / `tcp-sink`, which checks every byte) and returns the sink's verdict `{ok, bytes, secs, gbps}`.
+pub fn transfer(
+    binary: &Path,
+    from: &Netns,
+    to: &Netns,
+    to_addr: &str,
+    bytes: u64,
+    seed: u64,
+) -> Result<Value> {
+    let bin = binary.to_str().context("binary path is not UTF-8")?;
+    let listen = socket_string(to_addr, 5001);
+    let b = bytes.to_string();
+    let s = seed.to_string();
+    let mut sink = to
+        .command(
+            bin,
+            &[
+                "lab-tool", "tcp-sink", "--listen", &listen, "--bytes", &b, "--seed", &s,
+            ],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(sink.stdout.take().context("sink stdout")?).lines();
+    // Wait until it listens.
+    let first = lines.next().transpose()?.unwrap_or_default();
+    if !first.contains("listening") {
+        let _ = sink.kill();
+        bail!("tcp sink did not start: {first}");
+    }
+    let src = from.exec(
+        bin,
+        &[
+            "lab-tool",
+            "tcp-source",
+            "--connect",
+            &listen,
+            "--bytes",
+            &b,
+            "--seed",
+            &s,
+        ],
+    )?;
+    let verdict = lines.next().transpose()?.unwrap_or_default();
+    let status = sink.wait()?;
+    if !src.status.success() {
+        bail!(
+            "tcp source failed: {}",
+            String::from_utf8_lossy(&src.stderr).trim()
+        );
+    }
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = sink.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        bail!("tcp sink failed: {}", err.trim());
+    }
+    serde_json::from_str(&verdict).with_context(|| format!("sink verdict {verdict:?}"))
 }
 
 /// `ADDR:PORT`, bracketing IPv6.
@@ -654,6 +755,8 @@ pub struct LabOptions {
     pub probe_pps: f64,
     /// Multipath scenarios: BFD (100 ms x 3) on every tunnel.
     pub bfd: bool,
+    /// How the tunnels are keyed (IKEv2 by default).
+    pub keying: Keying,
 }
 
 /// Runs the lab; returns the process exit code.
@@ -687,7 +790,10 @@ pub fn run(opts: &LabOptions) -> Result<i32> {
             println!("{s}");
         }
     };
-    say("braid lab: scenario `pair` (two gateways, one ESP-in-UDP tunnel, AES-256-GCM, fresh random keys)");
+    say(&format!(
+        "braid lab: scenario `pair` (two gateways, one ESP-in-UDP tunnel, AES-256-GCM, keyed by {})",
+        opts.keying.describe()
+    ));
     say(&format!(
         "  underlay   A {A_UNDERLAY} <-> B {B_UNDERLAY} (veth)"
     ));
@@ -698,8 +804,17 @@ pub fn run(opts: &LabOptions) -> Result<i32> {
         "  sites      A {A_SITE4}, {A_SITE6} <-> B {B_SITE4}, {B_SITE6}"
     ));
     let started = Instant::now();
-    let pair = Pair::build(&PairOptions::new(binary.clone()))?;
-    say("  gateways up; checking traffic");
+    let mut pair_opts = PairOptions::new(binary.clone());
+    if opts.keying == Keying::Ike {
+        pair_opts.ike = Some(IkeLab::default());
+    }
+    let pair = Pair::build(&pair_opts)?;
+    let live = pair.wait_live(Duration::from_secs(20))?;
+    say(&format!(
+        "  gateways up; tunnel live at both ends after {} ms ({}); checking traffic",
+        live.as_millis(),
+        opts.keying.name()
+    ));
 
     let mut checks = Vec::new();
     let pings = [
@@ -810,6 +925,8 @@ pub fn run(opts: &LabOptions) -> Result<i32> {
     let ok = checks.iter().all(|c| c.ok);
     let report = json!({
         "scenario": "pair",
+        "keying": opts.keying.name(),
+        "live_ms": live.as_millis() as u64,
         "ok": ok,
         "seconds": started.elapsed().as_secs_f64(),
         "checks": checks.iter().map(|c| json!({"name": c.name, "ok": c.ok, "detail": c.detail})).collect::<Vec<_>>(),

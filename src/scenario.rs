@@ -40,7 +40,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::{json, Value};
 
 use crate::control::{self, Request};
-use crate::lab::{Check, LabOptions};
+use crate::lab::{Check, Keying, LabOptions};
 use crate::netns::{self, Netns};
 
 pub const ONPREM_ASN: u32 = 65001;
@@ -115,6 +115,9 @@ pub struct TopologyOptions {
     pub core_bfd: Option<(u32, u8)>,
     /// Inbound-silence liveness on every tunnel (`silence_ms`); `None` turns it off (`silence_ms = 0`).
     pub silence_ms: Option<u32>,
+    /// How the tunnels are keyed: IKEv2 (the default; on-prem gateways initiate, a fresh random PSK per
+    /// tunnel) or manual keys (`static`, without anti-replay so that a restarted gateway is accepted).
+    pub keying: Keying,
 }
 
 impl TopologyOptions {
@@ -144,6 +147,7 @@ impl TopologyOptions {
             bfd: None,
             core_bfd: None,
             silence_ms: None,
+            keying: Keying::Ike,
         }
     }
 }
@@ -230,6 +234,8 @@ pub struct Topology {
     pub dir: PathBuf,
     /// Seconds from start to converged.
     pub build_secs: f64,
+    /// The gateway last restarted, and when.
+    restarted_at: Option<(usize, Instant)>,
 }
 
 /// Bytes one tunnel sent during a measurement.
@@ -494,15 +500,20 @@ impl Topology {
             underlay,
             dir,
             build_secs: 0.0,
+            restarted_at: None,
         };
         topo.wire()?;
         topo.write_configs(&rng)?;
         topo.start_cores()?;
-        for g in 0..topo.gateways.len() {
-            topo.start(g)?;
-        }
-        for g in 0..topo.gateways.len() {
-            topo.wait_ready(g, Duration::from_secs(10))?;
+        // The cloud side (IKE responders) first, so that the on-prem gateways' first IKE_SA_INIT finds them
+        // listening instead of waiting out a retransmission timeout (4 s).
+        for role in [Role::Cloud, Role::OnPrem] {
+            for g in topo.role(role) {
+                topo.start(g)?;
+            }
+            for g in topo.role(role) {
+                topo.wait_ready(g, Duration::from_secs(10))?;
+            }
         }
         topo.wait_converged(opts.converge_timeout)?;
         if !opts.kernel_routes {
@@ -735,13 +746,24 @@ impl Topology {
         }
     }
 
+    /// Writes every gateway's configuration and the tunnels' secrets (mode 0600, fresh from the OS's RNG): a
+    /// 32-octet PSK per tunnel (`t{n}.psk`, as `0x` hex) with IKEv2, two 36-octet keys per tunnel with manual
+    /// keying.
     fn write_configs(&self, rng: &SystemRandom) -> Result<()> {
         for n in 0..self.tunnels.len() {
-            for way in ["up", "down"] {
-                write_private(
-                    &self.dir.join(format!("t{n}.{way}.key")),
-                    &random_hex(rng, 36)?,
-                )?;
+            match self.opts.keying {
+                Keying::Ike => write_private(
+                    &self.dir.join(format!("t{n}.psk")),
+                    &format!("0x{}", random_hex(rng, 32)?),
+                )?,
+                Keying::Static => {
+                    for way in ["up", "down"] {
+                        write_private(
+                            &self.dir.join(format!("t{n}.{way}.key")),
+                            &random_hex(rng, 36)?,
+                        )?;
+                    }
+                }
             }
         }
         for (gi, g) in self.gateways.iter().enumerate() {
@@ -818,14 +840,26 @@ impl Topology {
                 )
             };
             s += &format!(
-                "\n[[tunnel]]\nname = \"{name}\"\nuplink = \"{uplink}\"\nremote = \"{remote}:4500\"\ninside = \"{inside}/30\"\n\
-                 static = {{ cipher = \"{}\", spi_out = \"{spi_out:#010x}\", spi_in = \"{spi_in:#010x}\", key_out_file = \"t{n}.{out_key}.key\", key_in_file = \"t{n}.{in_key}.key\" }}\n",
-                Cipher::Aes256Gcm16.name()
+                "\n[[tunnel]]\nname = \"{name}\"\nuplink = \"{uplink}\"\nremote = \"{remote}:4500\"\ninside = \"{inside}/30\"\n"
             );
-            // A manually keyed SA's sequence counter starts again at 1 when its sender restarts, and the other
-            // end's anti-replay window would then refuse it until the keys change (RFC 4303 3.3.3). The drill
-            // restarts gateways, so the labs' manual-key tunnels run without anti-replay.
-            s += "replay_window = 0\n";
+            match self.opts.keying {
+                // The on-prem side initiates (and re-initiates after a restart or a failure, with backoff); the
+                // cloud side answers, as a cloud VPN gateway does. A restarted gateway negotiates fresh SAs, so
+                // anti-replay stays on (the default window).
+                Keying::Ike => {
+                    s += &format!("ike = {{ psk_file = \"t{n}.psk\", initiator = {onprem} }}\n")
+                }
+                Keying::Static => {
+                    s += &format!(
+                        "static = {{ cipher = \"{}\", spi_out = \"{spi_out:#010x}\", spi_in = \"{spi_in:#010x}\", key_out_file = \"t{n}.{out_key}.key\", key_in_file = \"t{n}.{in_key}.key\" }}\n",
+                        Cipher::Aes256Gcm16.name()
+                    );
+                    // A manually keyed SA's sequence counter starts again at 1 when its sender restarts, and
+                    // the other end's anti-replay window would then refuse it until the keys change (RFC 4303
+                    // 3.3.3). The drill restarts gateways, so manual-key tunnels run without anti-replay.
+                    s += "replay_window = 0\n";
+                }
+            }
             if let Some((interval, mult)) = self.opts.bfd {
                 s += &format!(
                     "bfd = {{ interval_ms = {interval}, multiplier = {mult}, hold_down_ms = 1000 }}\n"
@@ -937,8 +971,42 @@ impl Topology {
 
     /// Starts gateway `g` again (after [`Topology::stop_gateway`]) and waits until it answers.
     pub fn restart_gateway(&mut self, g: usize) -> Result<()> {
+        self.restarted_at = Some((g, Instant::now()));
         self.start(g)?;
         self.wait_ready(g, Duration::from_secs(10))
+    }
+
+    /// Waits until every tunnel of gateway `g` has its SAs in place (an outbound SA, and with IKEv2 an
+    /// established IKE SA) and returns the time since its last [`Topology::restart_gateway`] (else since the
+    /// call).
+    pub fn wait_keyed(&mut self, g: usize, timeout: Duration) -> Result<Duration> {
+        let since = match self.restarted_at {
+            Some((r, at)) if r == g => at,
+            _ => Instant::now(),
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let keyed = self.show(g, "tunnels").is_ok_and(|v| {
+                v["tunnels"].as_array().is_some_and(|ts| {
+                    ts.iter().all(|t| {
+                        t["spi_out"].is_string()
+                            && (t["ike"].is_null() || t["ike"]["state"] == "established")
+                    })
+                })
+            });
+            if keyed {
+                return Ok(since.elapsed());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "gateway {}'s tunnels were not keyed within {timeout:?}:\n{}",
+                    self.gateways[g].name,
+                    self.log_tail(g)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn wait_ready(&mut self, g: usize, timeout: Duration) -> Result<()> {
@@ -1605,7 +1673,9 @@ pub fn run(kind: Kind, opts: &LabOptions) -> Result<i32> {
     say(&format!(
         "  site A {SITE_A} (AS {ONPREM_ASN}, host {HOST_A}) <-> site B {SITE_B} (AS {CLOUD_ASN}, host {HOST_B}); each site's core router (BIRD) learns the other site from both its gateways by eBGP (+ BFD) and spreads flows over them by ECMP"
     ));
+    say(&format!("  tunnels keyed by {}", opts.keying.describe()));
     let mut topo_opts = TopologyOptions::new(std::env::current_exe()?);
+    topo_opts.keying = opts.keying;
     topo_opts.bfd = opts.bfd.then_some((100, 3));
     topo_opts.core_bfd = topo_opts.bfd;
     let topo = Topology::build(kind, &topo_opts)?;
@@ -1774,6 +1844,7 @@ pub fn run(kind: Kind, opts: &LabOptions) -> Result<i32> {
     let ok = checks.iter().all(|c| c.ok);
     let report = json!({
         "scenario": kind.name(),
+        "keying": opts.keying.name(),
         "ok": ok,
         "seconds": started.elapsed().as_secs_f64(),
         "converge_seconds": topo.build_secs,

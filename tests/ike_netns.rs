@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use braid::lab::*;
+use common::probe::{self, json_of, per_flow};
 use common::*;
 use serde_json::Value;
 
@@ -77,90 +77,27 @@ fn probe_start(
     } else {
         Side::A
     };
-    let bin = binary();
-    let bin = bin.to_str().unwrap();
-    let listen = socket_string(to, port);
-    let (f, s) = (flows.to_string(), (secs + 10.0).to_string());
-    let sink = p
-        .ns(to_side)
-        .command(
-            bin,
-            &[
-                "lab-tool",
-                "probe-sink",
-                "--listen",
-                &listen,
-                "--flows",
-                &f,
-                "--secs",
-                &s,
-                "--idle-exit-ms",
-                "2000",
-            ],
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let (pps, secs) = (pps.to_string(), secs.to_string());
-    let sport = (40000 + port).to_string();
-    let source = p
-        .ns(from_side)
-        .command(
-            bin,
-            &[
-                "lab-tool",
-                "probe-source",
-                "--from",
-                from,
-                "--to",
-                &listen,
-                "--flows",
-                &f,
-                "--pps",
-                &pps,
-                "--secs",
-                &secs,
-                "--sport-base",
-                &sport,
-            ],
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    (sink, source)
-}
-
-fn json_of(mut c: std::process::Child, what: &str) -> Value {
-    let mut out = String::new();
-    c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    let status = c.wait().unwrap();
-    let mut err = String::new();
-    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(status.success(), "{what} failed: {err}");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{what}: {e}: {out}"))
+    probe::probe_start(
+        p.ns(from_side),
+        p.ns(to_side),
+        from,
+        to,
+        port,
+        flows,
+        pps,
+        secs,
+    )
 }
 
 /// Every probe sent arrived: per flow, received == sent and nothing lost.
 fn assert_no_loss(label: &str, sent: &Value, report: &Value, p: &Pair) -> u64 {
-    let sent: Vec<u64> = sent["per_flow_sent"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
     let flows = report["flows"].as_array().unwrap();
     let mut total = 0;
-    for (i, s) in sent.iter().enumerate() {
+    for (i, (s, got)) in per_flow(sent, report).into_iter().enumerate() {
         let f = &flows[i];
-        let got = f["received"].as_u64().unwrap();
         assert_eq!(
             got,
-            *s,
+            s,
             "{label}: flow {i} sent {s}, received {got} (gaps {})\n{}",
             f["gaps"],
             diag(p)
@@ -300,6 +237,66 @@ fn ike_chacha20_x25519_handshake_ping_and_tcp() {
         .transfer(&binary(), Side::B, A_SITE6, 20_000_000, 12)
         .unwrap();
     assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn ike_traffic_selectors_are_narrowed_or_refused() {
+    if !netns_ready(
+        "ike_traffic_selectors_are_narrowed_or_refused",
+        &["ip", "ping"],
+    ) {
+        return;
+    }
+    // Narrowing: A proposes everything (both families); B accepts only A's site and inside prefixes on A's
+    // side and answers with the intersection (RFC 7296 2.9). A accepts the narrower answer.
+    let p = ike_pair(|i| {
+        i.extra_b = "remote_ts = [\"192.0.2.0/25\", \"169.254.0.0/30\"]".into();
+    });
+    wait_established(&p);
+    let (a, b) = (ike_state(&p, Side::A), ike_state(&p, Side::B));
+    let want_a_side = serde_json::json!(["192.0.2.0/25", "169.254.0.0/30"]);
+    assert_eq!(a["ts_local"], want_a_side, "{a}");
+    assert_eq!(
+        a["ts_remote"],
+        serde_json::json!(["0.0.0.0/0", "::/0"]),
+        "{a}"
+    );
+    assert_eq!(b["ts_remote"], want_a_side, "{b}");
+    assert_eq!(
+        b["ts_local"],
+        serde_json::json!(["0.0.0.0/0", "::/0"]),
+        "{b}"
+    );
+    let (got, text) = p.ping(Side::A, B_SITE4, 3, &["-I", A_SITE4]).unwrap();
+    assert_eq!(got, 3, "{text}\n{}", diag(&p));
+    drop(p);
+
+    // Refusal: A's side is 192.0.2.0/25 only, B wants 10.0.0.0/8 there: no intersection, so B answers
+    // IKE_AUTH with TS_UNACCEPTABLE, A has no child SA, and the tunnel never carries traffic.
+    let p = ike_pair(|i| {
+        i.extra_a = "local_ts = \"192.0.2.0/25\"".into();
+        i.extra_b = "remote_ts = \"10.0.0.0/8\"".into();
+    });
+    wait_until(
+        "A sees TS_UNACCEPTABLE",
+        Duration::from_secs(15),
+        || {
+            ike_state(&p, Side::A)["last_down"]
+                .as_str()
+                .is_some_and(|d| d.contains("TsUnacceptable"))
+        },
+        || diag(&p),
+    );
+    let (a, ta) = (ike_state(&p, Side::A), p.tunnel(Side::A).unwrap());
+    assert_eq!(a["last_down"], "TsUnacceptable { by_peer: true }", "{a}");
+    assert_ne!(a["state"], "established", "{a}");
+    assert_eq!(ta["live"], false, "{ta}");
+    assert!(ta["spi_out"].is_null(), "{ta}");
+    let tb = p.tunnel(Side::B).unwrap();
+    assert_ne!(tb["ike"]["state"], "established", "{tb}");
+    assert!(tb["spi_out"].is_null(), "{tb}");
+    let log = std::fs::read_to_string(p.log(Side::A)).unwrap();
+    assert!(log.contains("TsUnacceptable"), "{log}");
 }
 
 #[test]

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 pub mod bgp;
+pub mod probe;
 
 use braid::lab::{Pair, PairOptions};
 use braid::netns;

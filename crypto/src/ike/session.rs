@@ -459,6 +459,11 @@ pub struct Status {
     pub ike: Option<IkeSaStatus>,
     /// Child SAs, oldest first.
     pub children: Vec<ChildStatus>,
+    /// The traffic selectors of the last child SA negotiated (ours, the peer's), after narrowing
+    /// (RFC 7296 section 2.9); empty before the first.
+    pub ts_local: Vec<TrafficSelector>,
+    /// The peer's side of the last child SA's traffic selectors (see `ts_local`).
+    pub ts_remote: Vec<TrafficSelector>,
     /// Drop counters.
     pub drops: Drops,
 }
@@ -722,6 +727,8 @@ pub struct IkeSession {
     transmits: VecDeque<Transmit>,
     last_esp: Option<Instant>,
     under_load: bool,
+    /// The last child SA's traffic selectors: (ours, the peer's).
+    negotiated_ts: (Vec<TrafficSelector>, Vec<TrafficSelector>),
     cookie: CookieSecrets,
     next_child: u32,
     drops: Drops,
@@ -945,6 +952,7 @@ impl IkeSession {
             transmits: VecDeque::new(),
             last_esp: None,
             under_load: false,
+            negotiated_ts: (Vec::new(), Vec::new()),
             cookie: CookieSecrets {
                 version: 0,
                 current,
@@ -1357,6 +1365,16 @@ impl IkeSession {
         self.under_load = on;
     }
 
+    /// The initiator SPI of the IKE SA we are answering whose IKE_AUTH has not arrived yet (a
+    /// responder's half-open SA), if any. A driver counts these across sessions to decide when it
+    /// is under load ([`IkeSession::set_under_load`]).
+    pub fn half_open_spi(&self) -> Option<u64> {
+        self.sas
+            .iter()
+            .find(|s| s.role == Role::Negotiating && !s.we_initiated)
+            .map(|s| s.spi_i)
+    }
+
     /// The session's coarse state.
     pub fn state(&self) -> SessionState {
         if self.current().is_some() {
@@ -1399,6 +1417,8 @@ impl IkeSession {
                     bytes: c.bytes,
                 })
                 .collect(),
+            ts_local: self.negotiated_ts.0.clone(),
+            ts_remote: self.negotiated_ts.1.clone(),
             drops: self.drops,
         }
     }
@@ -2117,6 +2137,7 @@ impl IkeSession {
         if let (Some(c), None) = (choice, child_error) {
             let spi_in = self.new_child_spi();
             response.push(Payload::Sa(vec![esp_answer(c.number, c.algs, spi_in)]));
+            self.negotiated_ts = (ts_r.clone(), ts_i.clone());
             response.push(Payload::TsI(ts_i));
             response.push(Payload::TsR(ts_r));
             self.respond(i, h, response);
@@ -2302,6 +2323,10 @@ impl IkeSession {
             return;
         }
         let Some(c) = choice else { return };
+        self.negotiated_ts = (
+            p.ts_i().unwrap_or_default().to_vec(),
+            p.ts_r().unwrap_or_default().to_vec(),
+        );
         self.establish(now, i, remote_id);
         let Some(i) = self.current() else { return };
         let (i2r, r2i) = child_keymat(self.sas[i].sk_d.as_bytes(), None, &ctx.ni, &ctx.nr);
@@ -2534,6 +2559,7 @@ impl IkeSession {
                 data: ke,
             });
         }
+        self.negotiated_ts = (ts_r.clone(), ts_i.clone());
         response.push(Payload::TsI(ts_i));
         response.push(Payload::TsR(ts_r));
         self.respond(i, h, response);
@@ -2971,6 +2997,10 @@ impl IkeSession {
                 ch.pending_out = None;
             }
         }
+        self.negotiated_ts = (
+            p.ts_i().unwrap_or_default().to_vec(),
+            p.ts_r().unwrap_or_default().to_vec(),
+        );
         self.add_child(now, r.spi_in, c.peer_spi, c.algs, r2i, Some(i2r));
         if let Some(old) = r.rekey {
             if let Some(ch) = self.child_mut(old) {
