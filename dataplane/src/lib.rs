@@ -11,6 +11,7 @@ pub mod buffer;
 pub mod engine;
 pub mod fib;
 pub mod flow;
+pub mod gso;
 pub mod kernel;
 pub mod path;
 pub mod prefix;
