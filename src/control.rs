@@ -235,6 +235,7 @@ impl GatewayState {
         json!({
             "gateway": self.name,
             "tun": { "name": self.tun, "mtu": self.tun_mtu, "rx_packets": ld(&self.tun_stats.rx_packets),
+                     "gso_reads": ld(&self.tun_stats.gso_reads), "gso_segments": ld(&self.tun_stats.gso_segments),
                      "drops": Self::drops_json(&self.tun_stats.drops) },
             "tunnels": tunnels,
         })
@@ -261,6 +262,7 @@ impl GatewayState {
                     "rx_bytes": ld(&s.rx_bytes),
                     "cap_drops": s.drops.get(DropReason::CapExceeded),
                     "cap_delayed": ld(&s.cap_delayed),
+                    "gso_sends": ld(&s.gso_sends), "gso_fallbacks": ld(&s.gso_fallbacks),
                     "ike_received": ld(&s.ike_received),
                     "nat_keepalives": ld(&s.nat_keepalives),
                     "drops": Self::drops_json(&s.drops),

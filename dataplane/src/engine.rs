@@ -40,8 +40,21 @@
 //! (old and new during a rekey), looked up by SPI. IKE messages go out through an [`IkeSender`] on the uplink
 //! sockets themselves, so they leave from the address and port the peer knows (RFC 7296 2.23).
 //!
-//! Left out here, on purpose: batching (`recvmmsg`/`sendmmsg`, GSO/GRO), offloads and multiple workers (the
-//! fast-path work), and the liveness detection itself (BFD, DPD).
+//! The outbound fast path. The TUN device runs with offloads ([`Dataplane::start`] turns on TSO4/TSO6 with
+//! ECN, partial checksums and, where the kernel has it, USO), so one read may bring a TCP or UDP super-packet
+//! of up to 64 KiB. Per wake-up the outbound thread reads until the device would block, and for each read
+//! decides routing, the flow's tunnel, the SA and the MTU check once (all segments share the 5-tuple; the
+//! check is on the segment size), then writes each segment ([`crate::gso`]) straight into the next slot of
+//! its batch buffer at `slot + HEADROOM` and seals it there, so the sealed datagrams lie back to back. A
+//! batch (at most 128 datagrams) goes out when full and when the device is drained: per uplink, runs of
+//! equal-size datagrams of one tunnel (the last may be shorter; at most 64 and 64 KiB) become one message with
+//! a `UDP_SEGMENT` control message (UDP GSO), and the messages of the batch one `sendmmsg`. An uplink whose
+//! kernel refuses UDP GSO (`EIO`, `EINVAL`, `ENOPROTOOPT`) is remembered, the refused datagrams are resent one
+//! by one, and later batches send one datagram per message. Tunnel and uplink counters are added once per run,
+//! SA counters published once per batch.
+//!
+//! Left out here, on purpose: receive batching (`recvmmsg`, GRO), multiple workers, and the liveness
+//! detection itself (BFD, DPD).
 
 use std::collections::VecDeque;
 use std::fs::File;
