@@ -82,7 +82,8 @@ fn refused_udp_gso_falls_back_to_plain_sends_without_loss() {
     }
     let p = pair();
     // braid sized its datagrams for a 1500-octet uplink; at 1400 the kernel refuses a UDP GSO message whose
-    // datagrams exceed the MTU (EINVAL), while single datagrams are still fragmented and delivered.
+    // datagrams exceed the MTU (EMSGSIZE on 6.x, EINVAL on older kernels), while single datagrams are still
+    // fragmented and delivered.
     p.a.ip(&["link", "set", "dev", "ul0", "mtu", "1400"])
         .unwrap();
     let v4 = p

@@ -50,7 +50,8 @@
 //! equal-size datagrams of one tunnel (the last may be shorter; at most 64 and 64 KiB) become one message with
 //! a `UDP_SEGMENT` control message (UDP GSO), and the messages of the batch one `sendmmsg`. An uplink whose
 //! kernel refuses UDP GSO (`EIO`, `EINVAL`, `ENOPROTOOPT`) is remembered, the refused datagrams are resent one
-//! by one, and later batches send one datagram per message. Tunnel and uplink counters are added once per run,
+//! by one, and later batches send one datagram per message. `EMSGSIZE` on a GSO message (its datagrams no
+//! longer fit the route's MTU, which the kernel would fragment one by one) counts as a refusal too. Tunnel and uplink counters are added once per run,
 //! SA counters published once per batch.
 //!
 //! Left out here, on purpose: receive batching (`recvmmsg`, GRO), multiple workers, and the liveness
@@ -1016,7 +1017,10 @@ impl Outbound {
 
     /// Sends the messages in `self.batch.send` on uplink `u`'s socket and counts them. A full socket buffer is
     /// waited for briefly ([`SEND_WAIT`]); a refusal of UDP GSO turns it off for the uplink and sends the
-    /// refused run (and the rest) one datagram at a time.
+    /// refused run (and the rest) one datagram at a time. A refusal is `EIO` (the route's device has no
+    /// checksum offload), `EINVAL` or `ENOPROTOOPT` (no UDP GSO), or `EMSGSIZE` (the datagrams no longer fit
+    /// the route's MTU, e.g. the uplink's MTU was lowered: single datagrams are still fragmented by the
+    /// kernel, as before the fast path, while a GSO message is refused whole).
     fn send_runs(&mut self, u: usize) {
         let fd = self.sockets[u].as_raw_fd();
         let messages = self.batch.send.len();
@@ -1040,7 +1044,7 @@ impl Outbound {
                     if self.batch.send.msgs()[from].segment != 0
                         && matches!(
                             e.raw_os_error(),
-                            Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+                            Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EMSGSIZE)
                         ) =>
                 {
                     self.gso_on[u] = false;
