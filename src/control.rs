@@ -236,6 +236,7 @@ impl GatewayState {
             "gateway": self.name,
             "tun": { "name": self.tun, "mtu": self.tun_mtu, "rx_packets": ld(&self.tun_stats.rx_packets),
                      "gro_writes": ld(&self.tun_stats.gro_writes), "gro_packets": ld(&self.tun_stats.gro_packets), "gro_fallbacks": ld(&self.tun_stats.gro_fallbacks),
+                     "gso_reads": ld(&self.tun_stats.gso_reads), "gso_segments": ld(&self.tun_stats.gso_segments),
                      "drops": Self::drops_json(&self.tun_stats.drops) },
             "tunnels": tunnels,
         })
@@ -262,6 +263,7 @@ impl GatewayState {
                     "rx_bytes": ld(&s.rx_bytes),
                     "cap_drops": s.drops.get(DropReason::CapExceeded),
                     "cap_delayed": ld(&s.cap_delayed),
+                    "gso_sends": ld(&s.gso_sends), "gso_fallbacks": ld(&s.gso_fallbacks),
                     "ike_received": ld(&s.ike_received),
                     "nat_keepalives": ld(&s.nat_keepalives),
                     "rx_batches": ld(&s.rx_batches), "gro_receives": ld(&s.gro_receives),

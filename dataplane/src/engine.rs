@@ -40,6 +40,20 @@
 //! (old and new during a rekey), looked up by SPI. IKE messages go out through an [`IkeSender`] on the uplink
 //! sockets themselves, so they leave from the address and port the peer knows (RFC 7296 2.23).
 //!
+//! The outbound fast path. The TUN device runs with offloads ([`Dataplane::start`] turns on TSO4/TSO6 with
+//! ECN, partial checksums and, where the kernel has it, USO), so one read may bring a TCP or UDP super-packet
+//! of up to 64 KiB. Per wake-up the outbound thread reads until the device would block, and for each read
+//! decides routing, the flow's tunnel, the SA and the MTU check once (all segments share the 5-tuple; the
+//! check is on the segment size), then writes each segment ([`crate::gso`]) straight into the next slot of
+//! its batch buffer at `slot + HEADROOM` and seals it there, so the sealed datagrams lie back to back. A
+//! batch (at most 128 datagrams) goes out when full and when the device is drained: per uplink, runs of
+//! equal-size datagrams of one tunnel (the last may be shorter; at most 64 and 64 KiB) become one message with
+//! a `UDP_SEGMENT` control message (UDP GSO), and the messages of the batch one `sendmmsg`. An uplink whose
+//! kernel refuses UDP GSO (`EIO`, `EINVAL`, `ENOPROTOOPT`) is remembered, the refused datagrams are resent one
+//! by one, and later batches send one datagram per message. `EMSGSIZE` on a GSO message (its datagrams no
+//! longer fit the route's MTU, which the kernel would fragment one by one) counts as a refusal too. Tunnel and uplink counters are added once per run,
+//! SA counters published once per batch.
+//!
 //! Inbound fast path: the inbound thread takes up to 32 messages per `recvmmsg` into receive slots it
 //! allocated once ([`RecvBatch`](crate::sys::RecvBatch), 64 KiB each). The uplink sockets have UDP GRO on, so
 //! one message may be several ESP datagrams of one sender back to back (the `UDP_GRO` control message gives
@@ -52,8 +66,8 @@
 //! counters. A TUN device that refuses a kind of super-packet (`EINVAL`) gets that kind packet by packet from
 //! then on (logged once, counted in `gro_fallbacks`).
 //!
-//! Left out here, on purpose: outbound batching and offloads (TSO reads, `sendmmsg`, UDP GSO), multiple
-//! workers, and the liveness detection itself (BFD, DPD).
+//! Left out here, on purpose: multiple workers and multi-queue TUN, and the liveness detection itself (BFD,
+//! DPD).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -77,12 +91,13 @@ use crate::buffer::{PacketBuf, HEADROOM};
 use crate::fib::{FibCell, Member, NextHopGroup};
 use crate::flow::flow_hash_inspected;
 use crate::gro::{self, Gro, Output};
+use crate::gso::Plan;
 use crate::prefix::Prefix;
 use crate::sa::{Board, InboundSas, OutboundEntry, RxCommand, SaControl, SaError, TxCommand};
 use crate::scheduler;
 use crate::shaper::{Admit, TokenBucket};
 use crate::stats::{add, DropReason, TunStats, TunnelStats, UplinkStats};
-use crate::sys::RecvBatch;
+use crate::sys::{self, RecvBatch, SendBatch, SendMsg, UDP_GSO_MAX_BYTES, UDP_MAX_SEGMENTS};
 use crate::vnet::{VnetHdr, VNET_HDR_LEN};
 use crate::wire::{self, Inner};
 
@@ -103,6 +118,11 @@ const FLOW_IDLE_S: u32 = 30;
 const MIN_HEADROOM: f64 = 0.05;
 /// The most datagrams one uplink's cap may hold back at once, whatever their delay.
 const MAX_HELD: usize = 4096;
+/// The most sealed datagrams in one outbound batch (one flush).
+const BATCH_DATAGRAMS: usize = 128;
+/// Octets of the outbound batch buffer, where the sealed datagrams lie back to back (room for the largest
+/// packet even when the batch is not empty).
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// An uplink as the data path sees it.
 pub struct UplinkIo {
@@ -265,10 +285,12 @@ impl Dataplane {
     pub fn start(spec: DataplaneSpec) -> io::Result<Dataplane> {
         let epoch = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
+        enable_offloads(&spec.tun);
         let tun = Arc::new(spec.tun);
         let mut sockets = Vec::new();
         let mut uplink_stats = Vec::new();
         let mut shapers = Vec::new();
+        let uplink_count = spec.uplinks.len();
         for u in spec.uplinks {
             sockets.push(u.socket);
             uplink_stats.push(u.stats);
@@ -355,6 +377,8 @@ impl Dataplane {
             liveness: spec.liveness,
             epoch,
             now_s: 0,
+            batch: TxBatch::new(),
+            gso_on: vec![true; uplink_count],
         };
         let rx = Inbound {
             poll: rx_poll,
@@ -537,6 +561,72 @@ struct Outbound {
     /// A coarse clock for the flow table: whole seconds since `epoch`, refreshed per wake-up and every few
     /// hundred packets.
     now_s: u32,
+    /// The sealed datagrams waiting to be sent.
+    batch: TxBatch,
+    /// Per uplink: whether the kernel takes UDP GSO on its socket (false after a refusal).
+    gso_on: Vec<bool>,
+}
+
+/// The outbound batch: sealed datagrams back to back in one buffer, in the order they were sealed, sent by
+/// [`Outbound::flush`]. A segment is written at `end + HEADROOM` and sealed in place, so its datagram starts at
+/// `end`; the next one starts where it ends.
+struct TxBatch {
+    buf: Box<[u8]>,
+    /// Where the next datagram starts.
+    end: usize,
+    datagrams: Vec<Datagram>,
+    /// The messages of one `sendmmsg` and, for each, the datagrams it carries (`first..last`).
+    send: SendBatch,
+    runs: Vec<(usize, usize)>,
+    /// Tunnels whose outbound SA sealed in this batch: their counters are published once, at the flush.
+    sealed: Vec<usize>,
+}
+
+/// One sealed datagram in the batch.
+#[derive(Copy, Clone, Debug)]
+struct Datagram {
+    start: usize,
+    len: usize,
+    tunnel: usize,
+    inner_len: usize,
+    /// Within the tunnel MTU, so it may go out in a UDP GSO run (an oversize IPv4 packet without DF is sealed
+    /// whole and left to the kernel to fragment: never in a run).
+    gso: bool,
+}
+
+impl TxBatch {
+    fn new() -> TxBatch {
+        TxBatch {
+            buf: vec![0u8; BATCH_BYTES].into_boxed_slice(),
+            end: 0,
+            datagrams: Vec::with_capacity(BATCH_DATAGRAMS),
+            send: SendBatch::with_capacity(BATCH_DATAGRAMS),
+            runs: Vec::with_capacity(BATCH_DATAGRAMS),
+            sealed: Vec::new(),
+        }
+    }
+
+    /// Whether an inner packet of `len` octets still fits, sealed.
+    fn fits(&self, len: usize) -> bool {
+        self.datagrams.len() < BATCH_DATAGRAMS
+            && self.end + HEADROOM + len + braid_crypto::MAX_TAILROOM <= self.buf.len()
+    }
+}
+
+/// Turns on the TUN offloads the outbound thread handles ([`crate::gso`]): TSO for IPv4 and IPv6 (with ECN),
+/// partial checksums, and USO where the kernel has it (6.2+; refused with `EINVAL` before). A device that takes
+/// none (or a file that is not a TUN device) still works: its reads are finished packets.
+fn enable_offloads(tun: &File) {
+    let tso = sys::TUN_F_CSUM | sys::TUN_F_TSO4 | sys::TUN_F_TSO6 | sys::TUN_F_TSO_ECN;
+    let uso = sys::TUN_F_USO4 | sys::TUN_F_USO6;
+    match sys::tun_set_offload(tun, tso | uso) {
+        Ok(()) => tracing::info!("TUN offloads on: checksum, TSO4/6 with ECN, USO4/6"),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match sys::tun_set_offload(tun, tso) {
+            Ok(()) => tracing::info!("TUN offloads on: checksum, TSO4/6 with ECN (no USO here)"),
+            Err(e) => tracing::info!(error = %e, "TUN offloads refused; reading finished packets"),
+        },
+        Err(e) => tracing::info!(error = %e, "TUN offloads refused; reading finished packets"),
+    }
 }
 
 /// One uplink's cap: the bucket and the datagrams it holds back, oldest first.
@@ -581,14 +671,17 @@ impl Outbound {
             self.tick();
             self.apply_commands();
             self.release_due(Instant::now());
-            // Edge-triggered: drain the device until it would block.
+            // Edge-triggered: drain the device until it would block, sealing into the batch, which goes out
+            // whenever it is full and once the device is drained.
             let mut packets = 0u32;
             loop {
                 if self.stop.load(Ordering::Relaxed) {
                     return;
                 }
-                // Under load there is no wake-up between packets: look for SA changes before each one.
+                // Under load there is no wake-up between packets: look for SA changes before each one (after
+                // sending what the current SAs sealed).
                 if !self.commands.is_empty() {
+                    self.flush();
                     self.apply_commands();
                 }
                 let n = match (&*self.tun).read(buf.vnet_payload_area()) {
@@ -604,23 +697,17 @@ impl Outbound {
                     }
                 };
                 add(&self.tun_stats.rx_packets, 1);
-                let Some(n) = n.checked_sub(VNET_HDR_LEN).filter(|_| {
-                    VnetHdr::parse(&buf.as_slice()[HEADROOM - VNET_HDR_LEN..])
-                        .is_some_and(|h| h.is_plain())
-                }) else {
-                    // No offloads are enabled, so the kernel never asks for segmentation or checksums.
+                let Some(n) = n.checked_sub(VNET_HDR_LEN) else {
                     self.tun_stats.drops.count(DropReason::InnerMalformed);
                     continue;
                 };
-                self.forward(&mut buf, n, &mut icmp);
+                self.forward(&buf, n, &mut icmp);
                 packets = packets.wrapping_add(1);
                 if packets % 256 == 0 {
                     self.tick();
                 }
-                if self.held > 0 {
-                    self.release_due(Instant::now());
-                }
             }
+            self.flush();
         }
     }
 
@@ -735,31 +822,57 @@ impl Outbound {
         }
     }
 
-    /// Forwards one packet read from the TUN device at `buf[HEADROOM..HEADROOM + n]`.
-    fn forward(&mut self, buf: &mut PacketBuf, n: usize, icmp: &mut PacketBuf) {
+    /// Forwards one read from the TUN device, at `buf[HEADROOM..HEADROOM + n]` with its virtio-net header in
+    /// front: a finished packet, one whose checksum is still to be completed, or a super-packet to segment.
+    /// Routing, the tunnel choice, the SA and the MTU are decided once for all its segments (they share the
+    /// 5-tuple); each segment is then written into the batch and sealed there.
+    fn forward(&mut self, buf: &PacketBuf, n: usize, icmp: &mut PacketBuf) {
+        let hdr = VnetHdr::parse(&buf.as_slice()[HEADROOM - VNET_HDR_LEN..]).unwrap_or_default();
         let pkt = &buf.as_slice()[HEADROOM..HEADROOM + n];
         let inner = match wire::inspect(pkt) {
             Ok(i) => i,
             Err(_) => return self.tun_stats.drops.count(DropReason::InnerMalformed),
         };
+        let plan = match Plan::new(&hdr, pkt) {
+            Ok(p) => p,
+            Err(_) => return self.tun_stats.drops.count(DropReason::OffloadMalformed),
+        };
+        let count = plan.count();
+        if plan.is_gso() {
+            add(&self.tun_stats.gso_reads, 1);
+            add(&self.tun_stats.gso_segments, count as u64);
+        }
         let fib = self.fib.load();
         let Some(group) = fib.lookup(inner.dst) else {
-            return self.tun_stats.drops.count(DropReason::NoRoute);
+            return self
+                .tun_stats
+                .drops
+                .count_many(DropReason::NoRoute, count as u64);
         };
         let Some(t) = self
             .choose(group, pkt, &inner)
             .filter(|&t| t < self.tunnels.len())
         else {
-            return self.tun_stats.drops.count(DropReason::NoRoute);
+            return self
+                .tun_stats
+                .drops
+                .count_many(DropReason::NoRoute, count as u64);
         };
         drop(fib);
         let tunnel = &mut self.tunnels[t];
         if tunnel.sa.is_none() {
-            return tunnel.stats.drops.count(DropReason::NoSa);
+            return tunnel
+                .stats
+                .drops
+                .count_many(DropReason::NoSa, count as u64);
         }
-        if inner.len > tunnel.max_inner && inner.dont_fragment {
+        let segment_len = plan.max_segment_len();
+        if segment_len > tunnel.max_inner && inner.dont_fragment {
             // Too big and may not be fragmented: tell the sender the tunnel MTU (PMTUD through braid).
-            tunnel.stats.drops.count(DropReason::TooBig);
+            tunnel
+                .stats
+                .drops
+                .count_many(DropReason::TooBig, count as u64);
             let from = match inner.version {
                 4 => tunnel.icmp_source_v4.map(IpAddr::V4),
                 _ => tunnel.icmp_source_v6.map(IpAddr::V6),
@@ -781,66 +894,241 @@ impl Outbound {
             return;
         }
         // IPv4 without DF that exceeds the tunnel MTU is sealed whole; the kernel fragments the outer datagram.
+        let gso = segment_len <= tunnel.max_inner;
         let next = if inner.version == 4 {
             NextHeader::Ipv4
         } else {
             NextHeader::Ipv6
         };
-        let Some(out) = &mut tunnel.sa else {
-            return tunnel.stats.drops.count(DropReason::NoSa);
-        };
-        let esp = match out
-            .sa
-            .seal(buf.as_mut_slice(), HEADROOM..HEADROOM + inner.len, next)
-        {
-            Ok(r) => {
-                out.counters.publish_outbound(&out.sa);
-                r
-            }
-            Err(SealError::SeqExhausted) => {
-                return tunnel.stats.drops.count(DropReason::SeqExhausted)
-            }
-            Err(_) => return tunnel.stats.drops.count(DropReason::InnerMalformed),
-        };
-        let datagram = &buf.as_slice()[esp];
         let u = tunnel.uplink;
-        if let Some(shaper) = &mut self.shapers[u] {
-            let now = Instant::now();
-            let on_wire = datagram.len() + crate::outer_overhead(tunnel.remote.is_ipv6());
-            let due = match shaper.bucket.admit(now, on_wire) {
-                // Tokens now, and nothing held ahead of it: straight out.
-                Admit::Send if shaper.held.is_empty() => None,
-                Admit::Send => Some(now),
-                Admit::Delay(wait) if shaper.held.len() < MAX_HELD => Some(now + wait),
-                Admit::Delay(_) | Admit::Drop => {
-                    return self.uplink_stats[u].drops.count(DropReason::CapExceeded);
+        let on_wire_extra = crate::outer_overhead(tunnel.remote.is_ipv6());
+        if !self.batch.sealed.contains(&t) {
+            self.batch.sealed.push(t);
+        }
+        // The cap's clock: once per read, not per segment.
+        let now = self.shapers[u].as_ref().map(|_| Instant::now());
+        for i in 0..count {
+            let len = plan.segment_len(i);
+            if !self.batch.fits(len) {
+                self.flush();
+                self.batch.sealed.push(t);
+            }
+            let slot = self.batch.end;
+            plan.write(pkt, i, &mut self.batch.buf[slot + HEADROOM..]);
+            let tunnel = &mut self.tunnels[t];
+            let Some(out) = &mut tunnel.sa else {
+                return tunnel.stats.drops.count(DropReason::NoSa);
+            };
+            let esp = match out.sa.seal(
+                &mut self.batch.buf,
+                slot + HEADROOM..slot + HEADROOM + len,
+                next,
+            ) {
+                Ok(r) => r,
+                Err(SealError::SeqExhausted) => {
+                    return tunnel
+                        .stats
+                        .drops
+                        .count_many(DropReason::SeqExhausted, (count - i) as u64)
+                }
+                Err(_) => {
+                    tunnel.stats.drops.count(DropReason::InnerMalformed);
+                    continue;
                 }
             };
-            if let Some(due) = due {
-                let mut copy = self.pool.pop().unwrap_or_default();
-                copy.clear();
-                copy.extend_from_slice(datagram);
-                shaper.held.push_back(Held {
-                    due,
-                    tunnel: t,
-                    inner_len: inner.len,
-                    datagram: copy,
+            if let (Some(shaper), Some(now)) = (&mut self.shapers[u], now) {
+                let datagram = &self.batch.buf[esp.clone()];
+                let due = match shaper.bucket.admit(now, datagram.len() + on_wire_extra) {
+                    // Tokens now, and nothing held ahead of it: into the batch.
+                    Admit::Send if shaper.held.is_empty() => None,
+                    Admit::Send => Some(now),
+                    Admit::Delay(wait) if shaper.held.len() < MAX_HELD => Some(now + wait),
+                    Admit::Delay(_) | Admit::Drop => {
+                        self.uplink_stats[u].drops.count(DropReason::CapExceeded);
+                        continue;
+                    }
+                };
+                if let Some(due) = due {
+                    // Held: copied out, and its slot is taken by the next datagram.
+                    let mut copy = self.pool.pop().unwrap_or_default();
+                    copy.clear();
+                    copy.extend_from_slice(datagram);
+                    shaper.held.push_back(Held {
+                        due,
+                        tunnel: t,
+                        inner_len: len,
+                        datagram: copy,
+                    });
+                    self.held += 1;
+                    add(&self.uplink_stats[u].cap_delayed, 1);
+                    continue;
+                }
+            }
+            self.batch.datagrams.push(Datagram {
+                start: esp.start,
+                len: esp.len(),
+                tunnel: t,
+                inner_len: len,
+                gso,
+            });
+            self.batch.end = esp.end;
+        }
+    }
+
+    /// Sends the batch: per uplink, in order, runs of equal-size datagrams to one tunnel's remote as one UDP GSO
+    /// message each (the last of a run may be shorter), all the messages of a stretch of the batch in one
+    /// `sendmmsg`. Then publishes the SA counters, empties the batch and sends what the caps have released.
+    fn flush(&mut self) {
+        let total = self.batch.datagrams.len();
+        let mut i = 0;
+        while i < total {
+            let u = self.tunnels[self.batch.datagrams[i].tunnel].uplink;
+            self.batch.send.clear();
+            self.batch.runs.clear();
+            while i < total && !self.batch.send.is_full() {
+                let ds = &self.batch.datagrams;
+                let first = ds[i];
+                let tunnel = &self.tunnels[first.tunnel];
+                if tunnel.uplink != u {
+                    break;
+                }
+                let mut last = i + 1;
+                let mut bytes = first.len;
+                if first.gso && self.gso_on[u] {
+                    while last < total && last - i < UDP_MAX_SEGMENTS {
+                        let d = ds[last];
+                        if d.tunnel != first.tunnel
+                            || !d.gso
+                            || d.start != ds[last - 1].start + ds[last - 1].len
+                            || d.len > first.len
+                            || bytes + d.len > UDP_GSO_MAX_BYTES
+                        {
+                            break;
+                        }
+                        bytes += d.len;
+                        last += 1;
+                        if d.len < first.len {
+                            break; // a shorter datagram ends its run
+                        }
+                    }
+                }
+                self.batch.send.push(SendMsg {
+                    start: first.start,
+                    len: bytes,
+                    to: tunnel.remote,
+                    segment: if last - i > 1 { first.len as u16 } else { 0 },
                 });
-                self.held += 1;
-                add(&self.uplink_stats[u].cap_delayed, 1);
-                return;
+                self.batch.runs.push((i, last));
+                i = last;
+            }
+            self.send_runs(u);
+        }
+        for &t in &self.batch.sealed {
+            if let Some(e) = &self.tunnels[t].sa {
+                e.counters.publish_outbound(&e.sa);
             }
         }
-        let tunnel = &self.tunnels[t];
-        let result = send(&self.sockets[u], datagram, tunnel.remote);
-        account(
-            result,
-            tunnel,
-            &self.uplink_stats[u],
-            inner.len,
-            datagram.len(),
-            &mut self.last_warn,
-        );
+        self.batch.sealed.clear();
+        self.batch.datagrams.clear();
+        self.batch.end = 0;
+        if self.held > 0 {
+            self.release_due(Instant::now());
+        }
+    }
+
+    /// Sends the messages in `self.batch.send` on uplink `u`'s socket and counts them. A full socket buffer is
+    /// waited for briefly ([`SEND_WAIT`]); a refusal of UDP GSO turns it off for the uplink and sends the
+    /// refused run (and the rest) one datagram at a time. A refusal is `EIO` (the route's device has no
+    /// checksum offload), `EINVAL` or `ENOPROTOOPT` (no UDP GSO), or `EMSGSIZE` (the datagrams no longer fit
+    /// the route's MTU, e.g. the uplink's MTU was lowered: single datagrams are still fragmented by the
+    /// kernel, as before the fast path, while a GSO message is refused whole).
+    fn send_runs(&mut self, u: usize) {
+        let fd = self.sockets[u].as_raw_fd();
+        let messages = self.batch.send.len();
+        let mut from = 0;
+        while from < messages {
+            match sys::send_batch(fd, &self.batch.buf, &mut self.batch.send, from) {
+                Ok(n) => {
+                    for m in from..from + n {
+                        self.account_run(u, self.batch.runs[m], Ok(()));
+                    }
+                    from += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !sys::poll_one(fd, libc::POLLOUT, SEND_WAIT).unwrap_or(false) {
+                        self.account_run(u, self.batch.runs[from], Err(e));
+                        from += 1;
+                    }
+                }
+                Err(e)
+                    if self.batch.send.msgs()[from].segment != 0
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EMSGSIZE)
+                        ) =>
+                {
+                    self.gso_on[u] = false;
+                    add(&self.uplink_stats[u].gso_fallbacks, 1);
+                    tracing::info!(uplink = u, error = %e,
+                        "the kernel refuses UDP GSO on this uplink; sending one datagram per message");
+                    for m in from..messages {
+                        let (first, last) = self.batch.runs[m];
+                        for d in first..last {
+                            let d = self.batch.datagrams[d];
+                            let tunnel = &self.tunnels[d.tunnel];
+                            let datagram = &self.batch.buf[d.start..d.start + d.len];
+                            let result = send(&self.sockets[u], datagram, tunnel.remote);
+                            account(
+                                result,
+                                tunnel,
+                                &self.uplink_stats[u],
+                                d.inner_len,
+                                d.len,
+                                &mut self.last_warn,
+                            );
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.account_run(u, self.batch.runs[from], Err(e));
+                    from += 1;
+                }
+            }
+        }
+    }
+
+    /// Counts a run's send outcome on its tunnel and uplink, once for the run.
+    fn account_run(&mut self, u: usize, (first, last): (usize, usize), result: io::Result<()>) {
+        let ds = &self.batch.datagrams[first..last];
+        let tunnel = &self.tunnels[ds[0].tunnel];
+        let packets = ds.len() as u64;
+        match result {
+            Ok(()) => {
+                let inner: usize = ds.iter().map(|d| d.inner_len).sum();
+                let outer: usize = ds.iter().map(|d| d.len).sum();
+                let us = &self.uplink_stats[u];
+                add(&tunnel.stats.tx_packets, packets);
+                add(&tunnel.stats.tx_bytes, inner as u64);
+                add(&us.tx_packets, packets);
+                add(&us.tx_bytes, outer as u64);
+                if packets > 1 {
+                    add(&us.gso_sends, 1);
+                }
+            }
+            Err(e) => {
+                tunnel
+                    .stats
+                    .drops
+                    .count_many(DropReason::SendFailed, packets);
+                let remote = tunnel.remote;
+                warn_limited(
+                    &mut self.last_warn,
+                    || tracing::warn!(%remote, error = %e, "uplink send failed"),
+                );
+            }
+        }
     }
 }
 

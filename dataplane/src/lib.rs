@@ -12,6 +12,7 @@ pub mod engine;
 pub mod fib;
 pub mod flow;
 pub mod gro;
+pub mod gso;
 pub mod kernel;
 pub mod path;
 pub mod prefix;

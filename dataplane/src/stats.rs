@@ -50,6 +50,7 @@ drop_reasons! {
     SendFailed => "send_failed": "The uplink socket refused the datagram (buffer full, no route, ...).",
     CapExceeded => "cap_exceeded": "Over the uplink's egress cap for longer than its queue allows (counted per uplink).",
     TunWriteFailed => "tun_write_failed": "The TUN device refused the inner packet.",
+    OffloadMalformed => "offload_malformed": "A packet from the TUN device whose offload metadata (virtio-net header) does not fit it (see `gso`).",
 }
 
 impl From<OpenError> for DropReason {
@@ -80,6 +81,12 @@ impl DropCounters {
     #[inline]
     pub fn count(&self, reason: DropReason) {
         self.0[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts `n` packets dropped for `reason` (e.g. every segment of a super-packet).
+    #[inline]
+    pub fn count_many(&self, reason: DropReason, n: u64) {
+        self.0[reason as usize].fetch_add(n, Relaxed);
     }
 
     pub fn get(&self, reason: DropReason) -> u64 {
@@ -132,6 +139,10 @@ pub struct UplinkStats {
     pub rx_batches: AtomicU64,
     /// Inbound: messages that carried more than one datagram (UDP GRO); their datagrams count in `rx_packets`.
     pub gro_receives: AtomicU64,
+    /// Messages sent with UDP GSO (`UDP_SEGMENT`): runs of two or more datagrams in one message.
+    pub gso_sends: AtomicU64,
+    /// Times the kernel refused UDP GSO on this uplink, which then sends one datagram per message.
+    pub gso_fallbacks: AtomicU64,
     /// Drops before a tunnel is known.
     pub drops: DropCounters,
 }
@@ -139,6 +150,7 @@ pub struct UplinkStats {
 /// Counters of the TUN side, before a tunnel is chosen.
 #[derive(Default)]
 pub struct TunStats {
+    /// Reads from the device (a super-packet counts once).
     pub rx_packets: AtomicU64,
     /// Inbound: super-packets written (TCP segments or UDP datagrams of one flow coalesced, `crate::gro`).
     pub gro_writes: AtomicU64,
@@ -147,6 +159,10 @@ pub struct TunStats {
     /// Inbound: super-packets the device refused (e.g. `EINVAL` from a kernel without USO), written packet by
     /// packet instead; coalescing of that kind stops.
     pub gro_fallbacks: AtomicU64,
+    /// Reads that were TCP or UDP super-packets (TSO/USO) segmented in user space.
+    pub gso_reads: AtomicU64,
+    /// Segments cut from those super-packets.
+    pub gso_segments: AtomicU64,
     pub drops: DropCounters,
 }
 

@@ -14,6 +14,8 @@
 //! - UDP receive batching: `recvmmsg(2)` into buffers allocated once ([`RecvBatch`]), with the sender's address
 //!   and the `UDP_GRO` segment size of each message, and the `UDP_GRO` socket option ([`set_udp_gro`]); for
 //!   tests, `ETHTOOL_SGRO` on an interface and running a closure inside a network namespace.
+//! - `sendmmsg(2)` of batches of UDP messages, with UDP GSO (`UDP_SEGMENT`) where a message is a run of
+//!   equal-size datagrams ([`send_batch`]).
 //!
 //! Deliberately left out: routes with gateways, multipath routes and tables other than main (braid's routes point straight
 //! at its point-to-point TUN device); netlink extended acks and multicast groups.
@@ -1304,6 +1306,211 @@ impl std::fmt::Debug for RouteSocket {
     }
 }
 
+// ---- UDP send batching
+//
+// `sendmmsg(2)` of a batch of messages, each one contiguous range of a caller-owned buffer to one destination,
+// optionally cut by the kernel into datagrams of `segment` octets (UDP GSO: a `UDP_SEGMENT` control message,
+// Linux 4.18+). The arrays the system call reads (mmsghdr, iovec, sockaddr, cmsg) live in a [`SendBatch`]
+// allocated once and refilled for every call: nothing is allocated per call.
+
+/// The most datagrams one UDP GSO message may carry (the kernel's `UDP_MAX_SEGMENTS`).
+pub const UDP_MAX_SEGMENTS: usize = 64;
+/// The most octets one UDP GSO message may carry: the largest IPv6 payload less the UDP header (within the
+/// IPv4 limit too).
+pub const UDP_GSO_MAX_BYTES: usize = 65535 - 40 - 8;
+
+/// One message of a [`SendBatch`]: `len` octets at `start` of the buffer given to [`send_batch`], to `to`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SendMsg {
+    pub start: usize,
+    pub len: usize,
+    pub to: std::net::SocketAddr,
+    /// The datagram size for UDP GSO (the last datagram may be shorter); 0 sends the range as one datagram.
+    pub segment: u16,
+}
+
+// SAFETY: CMSG_SPACE is arithmetic on its argument only.
+const CMSG_U16_SPACE: usize = unsafe { libc::CMSG_SPACE(2) } as usize;
+
+/// Room for one control message carrying a `u16`, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+#[derive(Copy, Clone)]
+struct CmsgU16([u8; CMSG_U16_SPACE]);
+
+/// A batch of messages for [`send_batch`], with the system call's arrays (allocated once, reused).
+pub struct SendBatch {
+    msgs: Vec<SendMsg>,
+    hdrs: Box<[libc::mmsghdr]>,
+    iovs: Box<[libc::iovec]>,
+    addrs: Box<[libc::sockaddr_in6]>,
+    cmsgs: Box<[CmsgU16]>,
+}
+
+// SAFETY: the raw pointers in `hdrs` and `iovs` are written and used only inside `send_batch`, where they point
+// into the batch itself and the buffer borrowed for that call; nothing dereferences them between calls.
+unsafe impl Send for SendBatch {}
+
+impl SendBatch {
+    /// A batch of at most `capacity` messages (at least 1).
+    pub fn with_capacity(capacity: usize) -> SendBatch {
+        let n = capacity.max(1);
+        // SAFETY: mmsghdr, iovec and sockaddr_in6 are plain C structs for which all-zero bytes are valid
+        // (null pointers, zero lengths).
+        let (hdr, iov, addr) = unsafe {
+            (
+                mem::zeroed::<libc::mmsghdr>(),
+                mem::zeroed::<libc::iovec>(),
+                mem::zeroed::<libc::sockaddr_in6>(),
+            )
+        };
+        SendBatch {
+            msgs: Vec::with_capacity(n),
+            hdrs: vec![hdr; n].into_boxed_slice(),
+            iovs: vec![iov; n].into_boxed_slice(),
+            addrs: vec![addr; n].into_boxed_slice(),
+            cmsgs: vec![CmsgU16([0; CMSG_U16_SPACE]); n].into_boxed_slice(),
+        }
+    }
+
+    /// Adds a message; `false` (and nothing added) when the batch is full.
+    pub fn push(&mut self, msg: SendMsg) -> bool {
+        if self.msgs.len() == self.hdrs.len() {
+            return false;
+        }
+        self.msgs.push(msg);
+        true
+    }
+
+    pub fn clear(&mut self) {
+        self.msgs.clear();
+    }
+
+    pub fn msgs(&self) -> &[SendMsg] {
+        &self.msgs
+    }
+
+    pub fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.msgs.len() == self.hdrs.len()
+    }
+}
+
+impl std::fmt::Debug for SendBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendBatch")
+            .field("msgs", &self.msgs)
+            .field("capacity", &self.hdrs.len())
+            .finish()
+    }
+}
+
+/// Sends messages `from..` of `batch` on the UDP socket `fd`, whose ranges lie in `buf`, in one `sendmmsg`.
+/// Returns how many messages went out (at least 1); the kernel stops at the first message it refuses, and a
+/// later call starting there returns that message's error.
+///
+/// # Errors
+/// The error of message `from` (`WouldBlock` when the socket buffer is full; `EIO`, `EINVAL` or
+/// `ENOPROTOOPT` when the kernel refuses UDP GSO on this socket or route); `InvalidInput` for a range outside
+/// `buf`, a destination of the wrong family for `fd` notwithstanding (the kernel answers that), or `from` past
+/// the batch.
+pub fn send_batch(fd: RawFd, buf: &[u8], batch: &mut SendBatch, from: usize) -> io::Result<usize> {
+    let count = batch.msgs.len().saturating_sub(from);
+    if count == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no message to send",
+        ));
+    }
+    for (j, msg) in batch.msgs[from..].iter().enumerate() {
+        let data = msg
+            .start
+            .checked_add(msg.len)
+            .and_then(|end| buf.get(msg.start..end))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "message outside the buffer")
+            })?;
+        batch.iovs[j] = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        let addr = &mut batch.addrs[j];
+        let addr_len = match msg.to {
+            std::net::SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: a sockaddr_in (16 octets, align 4) fits in the sockaddr_in6 slot (28 octets, align 4).
+                unsafe {
+                    (addr as *mut libc::sockaddr_in6)
+                        .cast::<libc::sockaddr_in>()
+                        .write(sin)
+                };
+                mem::size_of::<libc::sockaddr_in>()
+            }
+            std::net::SocketAddr::V6(a) => {
+                *addr = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        let (control, control_len) = if msg.segment != 0 {
+            let space = &mut batch.cmsgs[j];
+            let cmsg = space.0.as_mut_ptr().cast::<libc::cmsghdr>();
+            // SAFETY: `space` is CMSG_SPACE(2) octets aligned for cmsghdr: room for the header and a u16 after
+            // it, which CMSG_DATA points at.
+            unsafe {
+                (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                libc::CMSG_DATA(cmsg)
+                    .cast::<u16>()
+                    .write_unaligned(msg.segment);
+            }
+            (cmsg.cast::<libc::c_void>(), CMSG_U16_SPACE)
+        } else {
+            (std::ptr::null_mut(), 0)
+        };
+        let h = &mut batch.hdrs[j];
+        h.msg_len = 0;
+        h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in6).cast();
+        h.msg_hdr.msg_namelen = addr_len as libc::socklen_t;
+        h.msg_hdr.msg_iov = &mut batch.iovs[j];
+        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_control = control;
+        h.msg_hdr.msg_controllen = control_len as _;
+        h.msg_hdr.msg_flags = 0;
+    }
+    // SAFETY: the first `count` mmsghdrs point at live iovecs, addresses and control messages of `batch`, and
+    // the iovecs at ranges of `buf` checked above; all outlive the call, which only reads them.
+    let rc = unsafe { libc::sendmmsg(fd, batch.hdrs.as_mut_ptr(), count as libc::c_uint, 0) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else if rc == 0 {
+        Err(io::Error::from(io::ErrorKind::WriteZero))
+    } else {
+        Ok(rc as usize)
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -1498,5 +1705,70 @@ mod tests {
         assert!(check_ifname("").is_err());
         assert!(check_ifname("a/b").is_err());
         assert!(check_ifname("sixteen-chars-xx").is_err());
+    }
+
+    #[test]
+    fn send_batch_with_and_without_udp_gso() {
+        use std::net::UdpSocket;
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let (Ok(rx), Ok(tx)) = (UdpSocket::bind(local), UdpSocket::bind(local)) else {
+                continue; // no IPv6 here
+            };
+            rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let to = rx.local_addr().unwrap();
+            let buf: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+            let mut batch = SendBatch::with_capacity(3);
+            assert!(batch.is_empty());
+            // 350 octets in datagrams of 100, then one plain datagram of 50, then 200 in two of 100.
+            for (start, len, segment) in [(0, 350, 100), (400, 50, 0), (600, 200, 100)] {
+                assert!(batch.push(SendMsg {
+                    start,
+                    len,
+                    to,
+                    segment
+                }));
+            }
+            assert!(batch.is_full());
+            assert!(!batch.push(batch.msgs()[0]));
+            let mut sent = 0;
+            while sent < batch.len() {
+                sent += send_batch(tx.as_raw_fd(), &buf, &mut batch, sent).unwrap();
+            }
+            let expect: [(usize, usize); 7] = [
+                (0, 100),
+                (100, 100),
+                (200, 100),
+                (300, 50),
+                (400, 50),
+                (600, 100),
+                (700, 100),
+            ];
+            let mut got = [0u8; 2000];
+            for (start, len) in expect {
+                let n = rx.recv(&mut got).unwrap();
+                assert_eq!(&got[..n], &buf[start..start + len], "{local}");
+            }
+            // A range outside the buffer is refused before the system call.
+            batch.clear();
+            batch.push(SendMsg {
+                start: 990,
+                len: 20,
+                to,
+                segment: 0,
+            });
+            let e = send_batch(tx.as_raw_fd(), &buf, &mut batch, 0).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(send_batch(tx.as_raw_fd(), &buf, &mut batch, 1).is_err());
+            // A message the kernel refuses (1000 segments: more than its UDP_MAX_SEGMENTS, 64 or 128) is an
+            // error, not a silent send.
+            batch.clear();
+            batch.push(SendMsg {
+                start: 0,
+                len: 1000,
+                to,
+                segment: 1,
+            });
+            assert!(send_batch(tx.as_raw_fd(), &buf, &mut batch, 0).is_err());
+        }
     }
 }

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use braid_crypto::{Cipher, InboundSa, OutboundSa, SaKey, Spi};
 use braid_dataplane::engine::IkeDatagram;
+use braid_dataplane::vnet::VNET_HDR_LEN;
 use braid_dataplane::{
     open_uplink_socket, sys, Dataplane, DataplaneSpec, DropReason, FibBuilder, FibCell, InsideAddr,
     Liveness, NextHopGroup, Prefix, SaControl, SaInfo, Tun, TunStats, TunnelIo, TunnelStats,
@@ -421,8 +422,8 @@ fn payload(seq: u64) -> [u8; PAYLOAD] {
 
 impl Rig {
     fn send_ab(&self, seq: u64) {
-        // The site TUN has a virtio-net header in front of every packet (`sys::tun_open`): a zero one here.
-        let mut p = vec![0u8; braid_dataplane::vnet::VNET_HDR_LEN];
+        // The TUN device carries a virtio-net header in front of every packet: a zero one, a finished packet.
+        let mut p = vec![0u8; VNET_HDR_LEN];
         p.extend_from_slice(&udp4(SITE, AB_SPORT, B_INSIDE, AB_DPORT, seq));
         (&*self.site)
             .write_all(&p)
@@ -472,10 +473,8 @@ fn recv_ba(site: &File, timeout: Duration) -> Option<u64> {
     loop {
         match (&*site).read(&mut buf) {
             Ok(n) => {
-                let packet = buf[..n]
-                    .get(braid_dataplane::vnet::VNET_HDR_LEN..)
-                    .unwrap_or(&[]);
-                if let Some(seq) = parse_ba(packet) {
+                // Behind the virtio-net header (no offloads on the site TUN: always a zero one).
+                if let Some(seq) = parse_ba(buf.get(VNET_HDR_LEN..n).unwrap_or_default()) {
                     return Some(seq);
                 }
                 continue; // the kernel's own packets (IPv6 router solicitations, ...)
