@@ -51,7 +51,8 @@
 //! a `UDP_SEGMENT` control message (UDP GSO), and the messages of the batch one `sendmmsg`. An uplink whose
 //! kernel refuses UDP GSO (`EIO`, `EINVAL`, `ENOPROTOOPT`) is remembered, the refused datagrams are resent one
 //! by one, and later batches send one datagram per message. `EMSGSIZE` on a GSO message (its datagrams no
-//! longer fit the route's MTU, which the kernel would fragment one by one) counts as a refusal too. Tunnel and uplink counters are added once per run,
+//! longer fit the route's MTU, which the kernel would fragment one by one) counts as a refusal for 30 s, after
+//! which GSO is tried again. Tunnel and uplink counters are added once per run,
 //! SA counters published once per batch.
 //!
 //! Inbound fast path: the inbound thread takes up to 32 messages per `recvmmsg` into receive slots it
@@ -106,6 +107,8 @@ use crate::fib::Fib;
 
 const WAKE: Token = Token(usize::MAX);
 const TUN: Token = Token(usize::MAX - 1);
+/// How long an uplink sends one datagram per message after the kernel refused UDP GSO with `EMSGSIZE`.
+const GSO_RETRY: Duration = Duration::from_secs(30);
 /// How long a send waits for room in a full socket buffer before the datagram is dropped.
 const SEND_WAIT: Duration = Duration::from_millis(20);
 /// Minimum spacing of repeated warnings from one thread (never one log line per packet).
@@ -379,6 +382,7 @@ impl Dataplane {
             now_s: 0,
             batch: TxBatch::new(),
             gso_on: vec![true; uplink_count],
+            gso_retry: vec![None; uplink_count],
         };
         let rx = Inbound {
             poll: rx_poll,
@@ -565,6 +569,8 @@ struct Outbound {
     batch: TxBatch,
     /// Per uplink: whether the kernel takes UDP GSO on its socket (false after a refusal).
     gso_on: Vec<bool>,
+    /// Per uplink: when to try UDP GSO again after an `EMSGSIZE` refusal (a path MTU that may come back).
+    gso_retry: Vec<Option<Instant>>,
 }
 
 /// The outbound batch: sealed datagrams back to back in one buffer, in the order they were sealed, sent by
@@ -983,6 +989,12 @@ impl Outbound {
         let mut i = 0;
         while i < total {
             let u = self.tunnels[self.batch.datagrams[i].tunnel].uplink;
+            if let Some(at) = self.gso_retry[u] {
+                if Instant::now() >= at {
+                    self.gso_retry[u] = None;
+                    self.gso_on[u] = true;
+                }
+            }
             self.batch.send.clear();
             self.batch.runs.clear();
             while i < total && !self.batch.send.is_full() {
@@ -1070,8 +1082,15 @@ impl Outbound {
                 {
                     self.gso_on[u] = false;
                     add(&self.uplink_stats[u].gso_fallbacks, 1);
-                    tracing::info!(uplink = u, error = %e,
-                        "the kernel refuses UDP GSO on this uplink; sending one datagram per message");
+                    if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                        // The path's MTU shrank; it may grow back: try GSO again later.
+                        self.gso_retry[u] = Some(Instant::now() + GSO_RETRY);
+                        tracing::info!(uplink = u, error = %e,
+                            "UDP GSO datagrams exceed the route's MTU; one datagram per message for a while");
+                    } else {
+                        tracing::info!(uplink = u, error = %e,
+                            "the kernel refuses UDP GSO on this uplink; sending one datagram per message");
+                    }
                     for m in from..messages {
                         let (first, last) = self.batch.runs[m];
                         for d in first..last {
