@@ -16,8 +16,8 @@
 //! - **inbound** (A's uplink to A's TUN side): each datagram sealed by B is copied into the receive buffer
 //!   (the stand-in for `recv`'s copy), then [`classify`] (RFC 3948), the SPI lookup (a `HashMap` as in the
 //!   engine), [`InboundSa::open`] with the default 1024-packet replay window, the counters, the inner-packet
-//!   checks (version, length, the inner source allowed on that tunnel: the engine's private `check_inner`
-//!   and `source_allowed`, mirrored here) and the packet queued for the TUN write. The SAs are created anew
+//!   checks (version, length, the inner source allowed on that tunnel: the engine's own `check_inner`
+//!   and `source_allowed`) and the packet queued for the TUN write. The SAs are created anew
 //!   each round (the batch's sequence numbers repeat), 4 per round of [`BATCH`] packets.
 //! - **raw ring AEAD seal** over the same number of octets with an 8-octet AAD: the ceiling.
 //!
@@ -41,7 +41,7 @@ use braid_crypto::{
     classify, sealed_len, Cipher, InboundSa, NextHeader, OutboundSa, SaKey, Spi, UdpPayload,
     HEADROOM, KEYMAT_LEN, MAX_TAILROOM,
 };
-use braid_dataplane::engine::MAX_LIVE;
+use braid_dataplane::engine::{check_inner, source_allowed, MAX_LIVE};
 use braid_dataplane::flow::flow_hash_inspected;
 use braid_dataplane::scheduler;
 use braid_dataplane::stats::add;
@@ -591,29 +591,6 @@ impl Inbound {
                 .map(|t| t.stats.drops.total())
                 .sum::<u64>()
     }
-}
-
-/// The engine's inner-packet check after decryption (private in `engine.rs`, mirrored): the version must
-/// match ESP's next header and the length must be consistent.
-fn check_inner(payload: &[u8], next: NextHeader) -> Result<Inner, DropReason> {
-    let inner = wire::inspect(payload).map_err(|_| DropReason::InnerMalformed)?;
-    let expected = match next {
-        NextHeader::Ipv4 => 4,
-        NextHeader::Ipv6 => 6,
-    };
-    if inner.version != expected {
-        return Err(DropReason::InnerMalformed);
-    }
-    Ok(inner)
-}
-
-/// The engine's `source_allowed` (private in `engine.rs`, mirrored).
-fn source_allowed(src: IpAddr, index: u32, allowed: &[Prefix], fib: &FibCell) -> bool {
-    allowed.iter().any(|p| p.contains(src))
-        || fib
-            .load()
-            .lookup(src)
-            .is_some_and(|g| g.members().iter().any(|m| m.tunnel == index))
 }
 
 // ---------------------------------------------------------------------------------------------------------

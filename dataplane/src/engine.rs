@@ -1564,7 +1564,7 @@ fn deliver(
 
 /// Whether tunnel `index` may carry packets from `src`: its own inside/static prefixes, or a FIB route for `src`
 /// that has the tunnel among its members (backups included).
-fn source_allowed(src: IpAddr, index: u32, allowed: &[Prefix], fib: &FibCell) -> bool {
+pub fn source_allowed(src: IpAddr, index: u32, allowed: &[Prefix], fib: &FibCell) -> bool {
     allowed.iter().any(|p| p.contains(src))
         || fib
             .load()
@@ -1574,7 +1574,7 @@ fn source_allowed(src: IpAddr, index: u32, allowed: &[Prefix], fib: &FibCell) ->
 
 /// The inner-packet sanity check after decryption: the version must match ESP's next header and the length
 /// must be consistent.
-fn check_inner(payload: &[u8], next: NextHeader) -> Result<Inner, DropReason> {
+pub fn check_inner(payload: &[u8], next: NextHeader) -> Result<Inner, DropReason> {
     let inner = wire::inspect(payload).map_err(|_| DropReason::InnerMalformed)?;
     let expected = match next {
         NextHeader::Ipv4 => 4,
