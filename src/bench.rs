@@ -43,8 +43,10 @@ use braid_crypto::{
 };
 use braid_dataplane::engine::{check_inner, source_allowed, MAX_LIVE};
 use braid_dataplane::flow::flow_hash_inspected;
+use braid_dataplane::gso::Plan;
 use braid_dataplane::scheduler;
 use braid_dataplane::stats::add;
+use braid_dataplane::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
 use braid_dataplane::wire::{self, Inner};
 use braid_dataplane::{
     DropReason, Fib, FibBuilder, FibCell, Liveness, Member, NextHopGroup, Prefix, TunStats,
@@ -67,6 +69,8 @@ const REPLAY_WINDOW: u32 = 1024;
 pub const MIN_SIZE: usize = 40;
 /// Largest inner packet: sealed and UDP-encapsulated it must still fit one UDP datagram.
 pub const MAX_SIZE: usize = 65_000;
+/// Most segments of one TCP super-packet in the TSO round (a power of two, so it divides [`BATCH`]).
+const TSO_SEGMENTS: usize = 32;
 /// Octets restored from the template between rounds: the IPv4 and TCP/UDP headers.
 const HEADER_LEN: usize = 40;
 
@@ -172,9 +176,13 @@ pub struct SyntheticReport {
     /// ring's AEAD seal alone over `size` octets: the ceiling.
     pub raw_seal: Rate,
     pub outbound: Rate,
+    /// The outbound path of TCP super-packets read with TSO (up to [`TSO_SEGMENTS`] segments each): per segment only
+    /// the segmentation copy and the seal; routing once per super-packet. What a TCP stream costs.
+    pub outbound_tso: Rate,
     pub inbound: Rate,
     /// outbound packets/s over raw seal packets/s.
     pub outbound_vs_raw: f64,
+    pub outbound_tso_vs_raw: f64,
     pub inbound_vs_raw: f64,
     /// Packets per tunnel in the outbound batch (the 4-member group's spread).
     pub tunnel_spread: Vec<usize>,
@@ -257,6 +265,11 @@ fn print_synthetic(r: &SyntheticReport) {
         "outbound: inspect..seal..queue",
         &r.outbound,
         &format!("  {:.0}% of raw", r.outbound_vs_raw * 100.0),
+    );
+    rate_line(
+        "outbound TSO: segment..seal",
+        &r.outbound_tso,
+        &format!("  {:.0}% of raw", r.outbound_tso_vs_raw * 100.0),
     );
     rate_line(
         "inbound: copy..open..checks",
@@ -485,6 +498,66 @@ impl Outbound {
             start: esp.start as u32,
             end: esp.end as u32,
         })
+    }
+}
+
+impl Outbound {
+    /// Forwards a TCP super-packet read with offloads (`hdr` its virtio-net header): the engine's TSO path.
+    /// Routing, the flow's tunnel and the MTU check once per super-packet, then each segment written
+    /// ([`Plan::write`]) straight into the next slot of `out` at `slot + HEADROOM` and sealed there, so the
+    /// datagrams lie back to back as for UDP GSO; counters once per super-packet. Returns the segments sealed.
+    #[inline]
+    fn forward_tso(&mut self, hdr: &VnetHdr, pkt: &[u8], out: &mut [u8]) -> usize {
+        add(&self.tun_stats.rx_packets, 1);
+        let Ok(plan) = Plan::new(hdr, pkt) else {
+            self.tun_stats.drops.count(DropReason::OffloadMalformed);
+            return 0;
+        };
+        let Ok(inner) = wire::inspect(pkt) else {
+            self.tun_stats.drops.count(DropReason::InnerMalformed);
+            return 0;
+        };
+        let fib = self.fib.load();
+        let Some(t) = fib
+            .lookup(inner.dst)
+            .and_then(|group| self.choose(group, pkt, &inner))
+            .filter(|&t| t < self.tunnels.len())
+        else {
+            self.tun_stats.drops.count(DropReason::NoRoute);
+            return 0;
+        };
+        drop(fib);
+        let tunnel = &mut self.tunnels[t];
+        if plan.max_segment_len() > tunnel.max_inner {
+            tunnel.stats.drops.count(DropReason::TooBig);
+            return 0;
+        }
+        let (mut slot, mut inner_bytes) = (0, 0);
+        for i in 0..plan.count() {
+            let len = plan.write(pkt, i, &mut out[slot + HEADROOM..]);
+            match tunnel.sa.seal(
+                out,
+                slot + HEADROOM..slot + HEADROOM + len,
+                NextHeader::Ipv4,
+            ) {
+                Ok(esp) => slot = esp.end,
+                Err(_) => {
+                    tunnel.stats.drops.count(DropReason::SeqExhausted);
+                    return i;
+                }
+            }
+            inner_bytes += len;
+        }
+        let [p, b, s] = &tunnel.sa_counters;
+        p.store(tunnel.sa.packets(), Ordering::Relaxed);
+        b.store(tunnel.sa.bytes(), Ordering::Relaxed);
+        s.store(tunnel.sa.last_seq(), Ordering::Relaxed);
+        let n = plan.count() as u64;
+        add(&tunnel.stats.tx_packets, n);
+        add(&tunnel.stats.tx_bytes, inner_bytes as u64);
+        add(&self.uplink_stats.tx_packets, n);
+        add(&self.uplink_stats.tx_bytes, slot as u64);
+        plan.count()
     }
 }
 
@@ -754,6 +827,31 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         batch.restore_headers();
     };
 
+    // Outbound with TSO: TCP super-packets of TSO_SEGMENTS segments of `size` octets, BATCH segments a round.
+    let gso_size = (size - HEADER_LEN).max(1);
+    // As many segments as fit a 64 KiB IP packet, at most TSO_SEGMENTS, a power of two (divides BATCH).
+    let fit = (usize::from(u16::MAX) - HEADER_LEN) / gso_size;
+    let segments = 1 << fit.clamp(1, TSO_SEGMENTS).ilog2();
+    let super_packet = packet(Side::A, 1, HEADER_LEN + segments * gso_size);
+    let mut a_tso = Outbound::new(Side::A, opts.cipher, remote, size);
+    let tso_hdr = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: HEADER_LEN as u16,
+        gso_size: gso_size as u16,
+        csum_start: 20,
+        csum_offset: 16,
+    };
+    let mut tso_out = vec![0u8; segments * (sealed_len(size) + MAX_TAILROOM)];
+    let mut tso_round = || {
+        let mut n = 0;
+        for _ in 0..BATCH / segments {
+            n += a_tso.forward_tso(&tso_hdr, &super_packet, &mut tso_out);
+        }
+        black_box(&tso_out);
+        assert_eq!(n, BATCH, "every segment sealed");
+    };
+
     // Inbound: B seals a batch once; A opens copies of it.
     let mut b_out = Outbound::new(Side::B, opts.cipher, remote, size);
     let mut b_batch = Batch::new(Side::B, size);
@@ -784,10 +882,16 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
     let rates = measure(
         opts.secs,
         size,
-        &mut [&mut raw_round, &mut out_round, &mut in_round],
+        &mut [
+            &mut raw_round,
+            &mut out_round,
+            &mut tso_round,
+            &mut in_round,
+        ],
     );
-    let [raw, outbound, inbound] = <[Rate; 3]>::try_from(rates).expect("three rates");
+    let [raw, outbound, outbound_tso, inbound] = <[Rate; 4]>::try_from(rates).expect("four rates");
     assert_eq!(a_out.tun_stats.drops.total(), 0, "outbound drops");
+    assert_eq!(a_tso.tun_stats.drops.total(), 0, "outbound TSO drops");
     assert_eq!(a_in.drops(), 0, "inbound drops");
     assert_eq!(delivered.len(), BATCH, "every packet delivered");
 
@@ -806,9 +910,11 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         flows: FLOWS,
         machine,
         outbound_vs_raw: ratio(&outbound),
+        outbound_tso_vs_raw: ratio(&outbound_tso),
         inbound_vs_raw: ratio(&inbound),
         raw_seal: raw,
         outbound,
+        outbound_tso,
         inbound,
         tunnel_spread: spread,
     }

@@ -41,6 +41,7 @@
 //! Left out: coalescing across batches (a run ends with its batch: no timer, no added latency), IPv4 options
 //! and IPv6 extension headers, TCP with CWR/ECE (GSO_ECN), and merging of differing TCP timestamps.
 
+use crate::gso::sum;
 use crate::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
 
 /// The most packets in one super-packet.
@@ -301,7 +302,7 @@ impl Run {
         } else {
             ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
             ip[10..12].copy_from_slice(&[0, 0]);
-            let c = !fold(sum_words(0, &ip[..ip_hdr]));
+            let c = !fold(sum(0, &ip[..ip_hdr]));
             ip[10..12].copy_from_slice(&c.to_be_bytes());
         }
         let proto = if udp { PROTO_UDP } else { PROTO_TCP };
@@ -511,7 +512,7 @@ fn classify(pkt: &[u8], tag: u32, offloads: Offloads) -> Kind {
     let payload = pkt.len() - hdr_len;
     if payload == 0
         || hdr_len > MAX_HEADERS
-        || fold(sum_words(pseudo_sum(pkt, key.v6, proto, l4.len()), l4)) != 0xffff
+        || fold(sum(pseudo_sum(pkt, key.v6, proto, l4.len()), l4)) != 0xffff
     {
         return Kind::Flow(key);
     }
@@ -547,25 +548,7 @@ fn ports(pkt: &[u8], at: usize, proto: u8, mut key: FlowKey) -> Option<FlowKey> 
 /// The pseudo-header sum (RFC 793/768, RFC 8200 8.1) of the IP header at the start of `ip`, unfolded.
 fn pseudo_sum(ip: &[u8], v6: bool, proto: u8, l4_len: usize) -> u64 {
     let addrs = if v6 { &ip[8..40] } else { &ip[12..20] };
-    sum_words(proto as u64 + l4_len as u64, addrs)
-}
-
-/// Adds `data` to a one's-complement sum, 32 bits at a time (a 32-bit word is congruent to the sum of its two
-/// halves modulo 0xffff).
-fn sum_words(mut acc: u64, data: &[u8]) -> u64 {
-    let mut words = data.chunks_exact(4);
-    for w in &mut words {
-        acc += u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as u64;
-    }
-    let rest = words.remainder();
-    let mut pairs = rest.chunks_exact(2);
-    for p in &mut pairs {
-        acc += u16::from_be_bytes([p[0], p[1]]) as u64;
-    }
-    if let [last] = pairs.remainder() {
-        acc += (*last as u64) << 8;
-    }
-    acc
+    sum(proto as u64 + l4_len as u64, addrs)
 }
 
 fn fold(mut acc: u64) -> u16 {
