@@ -382,6 +382,7 @@ fn ike_config(s: &IkeSettings) -> IkeConfig {
     cfg.dpd_interval = s.dpd_interval;
     cfg.retransmit = s.retransmit;
     cfg.force_encap = s.force_encap;
+    cfg.start_port = s.start_port;
     cfg.local_ts = s.local_ts.clone();
     cfg.remote_ts = s.remote_ts.clone();
     cfg

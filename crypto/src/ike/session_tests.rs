@@ -292,7 +292,10 @@ fn initiator_starts_on_port_500_and_floats_to_4500() {
     assert_eq!(r.state(), SessionState::Established);
     let nat = |s: &IkeSession| s.status().ike.unwrap().nat;
     assert!(nat(&i).local_behind_nat, "the initiator pretends a NAT");
-    assert!(nat(&r).remote_behind_nat, "so the responder encapsulates ESP");
+    assert!(
+        nat(&r).remote_behind_nat,
+        "so the responder encapsulates ESP"
+    );
     assert_eq!(i.status().remote, b);
     assert_eq!(r.status().remote, a);
     let mut events = Vec::new();
