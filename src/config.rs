@@ -1436,7 +1436,21 @@ fn ike_settings(
     }
     let initiator = raw.initiator.unwrap_or(true);
     match raw.start_port {
-        Some(0) => return Err(cx.err(k("start_port"), "must not be 0")),
+        Some(p) if p != 500 => {
+            return Err(cx.err(
+                k("start_port"),
+                format!("{p}: only 500 (plain IKE, floating to the remote port; RFC 7296 2.23)"),
+            ))
+        }
+        Some(_) if !uplink.ike_port_500 => {
+            return Err(cx.err(
+                k("start_port"),
+                format!(
+                    "needs IKE on port 500 of uplink {:?} (its ike_port_500 is false)",
+                    uplink.name
+                ),
+            ))
+        }
         Some(_) if !initiator => {
             return Err(cx.err(
                 k("start_port"),
@@ -2157,9 +2171,9 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
         );
         ike_err(
             &d,
-            "psk_file = \"peer.psk\", start_port = 0",
+            "psk_file = \"peer.psk\", start_port = 4500",
             "ike.start_port",
-            "must not be 0",
+            "only 500",
         );
     }
 
