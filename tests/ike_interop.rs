@@ -466,10 +466,7 @@ fn run_case(case: &Case) -> Lab {
         wait_until(
             "charon's log shows the IKE_SA_INIT between the ports 500",
             Duration::from_secs(5),
-            || {
-                std::fs::read_to_string(lab.dir.join("charon.log"))
-                    .is_ok_and(|l| l.contains(&init))
-            },
+            || std::fs::read_to_string(lab.dir.join("charon.log")).is_ok_and(|l| l.contains(&init)),
             || lab.diag(),
         );
     } else {
