@@ -13,6 +13,13 @@
 //!   SPI (every tunnel registers the SPIs of the messages it sends and of its IKE SAs), else to the tunnel
 //!   configured with that (uplink, peer address and port), else with that (uplink, peer address) if only one
 //!   tunnel has it. A NAT'ed peer whose address or port changed is thus still found by its SPI.
+//! - **Port 500** (RFC 7296 2.23). Per uplink address with IKE tunnels and `ike_port_500`, a tokio socket on
+//!   port 500 receives plain IKE (no non-ESP marker) into the same router. A task remembers which peers it
+//!   last heard on such a socket and answers them there; once a peer floats (its next message arrives on
+//!   the uplink's port behind the marker), everything goes back through the uplink. The core's NAT hashes
+//!   name the uplink's port 4500, so a peer that starts on 500 always detects a NAT, floats and encapsulates
+//!   ESP. An initiator with `ike.start_port = 500` sends its IKE_SA_INIT to the peer's port 500 from ours;
+//!   the core floats it to the remote port for IKE_AUTH.
 //! - **Ordering, for loss-free rekeys.** After every input (message, timer, tick), the task drains *all* the
 //!   session's events and applies them (installs the new inbound SA, switches the outbound SA, removes old
 //!   ones) and waits until the data-path threads have applied them ([`Pending::wait`] on a blocking thread);
