@@ -1105,6 +1105,28 @@ mod tests {
         assert!(h.under_load(t0).0);
     }
 
+    #[tokio::test]
+    async fn a_port_500_that_cannot_be_bound_is_an_error_naming_the_address() {
+        let p = Port500 {
+            uplinks: vec![0],
+            name: "isp1".into(),
+            local: "127.0.0.1".parse().unwrap(),
+            device: None,
+            fwmark: None,
+        };
+        // The second bind fails (in use); without privilege already the first does.
+        let e = match bind_port_500(&p) {
+            Ok(_held) => bind_port_500(&p).unwrap_err(),
+            Err(e) => e,
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot bind 127.0.0.1:500 (uplink \"isp1\")"),
+            "{text}"
+        );
+        assert!(text.contains("ike_port_500 = false"), "{text}");
+    }
+
     #[test]
     fn ike_sa_init_requests_are_recognised() {
         let mut m = vec![0u8; 28];
