@@ -147,6 +147,8 @@ pub struct Gateway {
     /// IKE responders demand a cookie (RFC 7296 2.6) while at least this many half-open IKE SAs (answered
     /// IKE_SA_INIT, no IKE_AUTH yet, within the last 30 s) exist across all tunnels; 0 = always.
     pub ike_cookie_threshold: usize,
+    /// The default of every uplink's `ike_port_500`.
+    pub ike_port_500: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +167,9 @@ pub struct Uplink {
     pub cap_burst: Option<u64>,
     /// Weight of this uplink's tunnels in a next-hop group (`None`: from the cap).
     pub weight: Option<u32>,
+    /// Also answer IKE on `local`, UDP port 500 (plain IKE, no non-ESP marker; RFC 7296 section 2.23), when
+    /// a tunnel on this uplink uses IKE. Default: `[gateway] ike_port_500`, else true.
+    pub ike_port_500: bool,
 }
 
 impl Uplink {
@@ -316,6 +321,9 @@ pub struct IkeSettings {
     pub initiator: bool,
     /// Pretend to be behind a NAT (strongSwan's `encap = yes`).
     pub force_encap: bool,
+    /// Initiator: start IKE_SA_INIT on this port of the peer (500) and float to the tunnel's remote port
+    /// for IKE_AUTH (`None`: start on the remote port).
+    pub start_port: Option<u16>,
     /// Request retransmission: first timeout, growth factor, retransmissions.
     pub retransmit: Retransmit,
     /// Traffic selectors proposed for our side and the peer's (default: `0.0.0.0/0` and `::/0` each). A
@@ -391,6 +399,7 @@ struct RawGateway {
     kernel_routes: Option<bool>,
     spray: Option<bool>,
     ike_cookie_threshold: Option<usize>,
+    ike_port_500: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -406,6 +415,7 @@ struct RawUplink {
     device: Option<String>,
     fwmark: Option<u32>,
     socket_buffer: Option<usize>,
+    ike_port_500: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -467,6 +477,7 @@ struct RawIke {
     remote_id: Option<String>,
     initiator: Option<bool>,
     force_encap: Option<bool>,
+    start_port: Option<u16>,
     retransmit: Option<RawRetransmit>,
     local_ts: Option<OneOrMany>,
     remote_ts: Option<OneOrMany>,
@@ -630,6 +641,7 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         ike_cookie_threshold: g
             .ike_cookie_threshold
             .unwrap_or(DEFAULT_IKE_COOKIE_THRESHOLD),
+        ike_port_500: g.ike_port_500.unwrap_or(true),
     };
 
     let mut uplinks = Vec::new();
@@ -708,6 +720,7 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             cap_bps,
             cap_burst: u.cap_burst,
             weight: u.weight,
+            ike_port_500: u.ike_port_500.unwrap_or(gateway.ike_port_500),
         });
     }
 
@@ -1421,6 +1434,31 @@ fn ike_settings(
             retransmit.tries = n;
         }
     }
+    let initiator = raw.initiator.unwrap_or(true);
+    match raw.start_port {
+        Some(p) if p != 500 => {
+            return Err(cx.err(
+                k("start_port"),
+                format!("{p}: only 500 (plain IKE, floating to the remote port; RFC 7296 2.23)"),
+            ))
+        }
+        Some(_) if !uplink.ike_port_500 => {
+            return Err(cx.err(
+                k("start_port"),
+                format!(
+                    "needs IKE on port 500 of uplink {:?} (its ike_port_500 is false)",
+                    uplink.name
+                ),
+            ))
+        }
+        Some(_) if !initiator => {
+            return Err(cx.err(
+                k("start_port"),
+                "only for an initiator (a responder answers on the port the peer chose)",
+            ))
+        }
+        _ => {}
+    }
     let local_ts = traffic_selectors(cx, &k("local_ts"), raw.local_ts)?;
     let remote_ts = traffic_selectors(cx, &k("remote_ts"), raw.remote_ts)?;
     Ok(IkeSettings {
@@ -1436,8 +1474,9 @@ fn ike_settings(
         dpd_interval,
         local_id,
         remote_id,
-        initiator: raw.initiator.unwrap_or(true),
+        initiator,
         force_encap: raw.force_encap.unwrap_or(false),
+        start_port: raw.start_port,
         retransmit,
     })
 }
@@ -2098,6 +2137,44 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
             .audit()
             .iter()
             .any(|w| w.key.ends_with("ike.dpd_interval")));
+    }
+
+    #[test]
+    fn ike_port_500_and_start_port() {
+        let d = IkeDir::new("p500", b"a fine and long pre-shared key", 0o600);
+        let c = d.parse("psk_file = \"peer.psk\"").unwrap();
+        assert!(c.gateway.ike_port_500);
+        assert!(c.uplinks.iter().all(|u| u.ike_port_500));
+        assert_eq!(ike_of(&c).start_port, None);
+        // Off for the gateway, on again for one uplink.
+        let off = base().replace(
+            "tun = \"braid0\"\n",
+            "tun = \"braid0\"\nike_port_500 = false\n",
+        );
+        let c = parse(&off).unwrap();
+        assert!(!c.gateway.ike_port_500 && !c.uplinks[0].ike_port_500);
+        let c = parse(&off.replace(
+            "name = \"isp1\"\n",
+            "name = \"isp1\"\nike_port_500 = true\n",
+        ))
+        .unwrap();
+        assert!(c.uplinks[0].ike_port_500);
+        let c = d
+            .parse("psk_file = \"peer.psk\", start_port = 500")
+            .unwrap();
+        assert_eq!(ike_of(&c).start_port, Some(500));
+        ike_err(
+            &d,
+            "psk_file = \"peer.psk\", start_port = 500, initiator = false",
+            "ike.start_port",
+            "only for an initiator",
+        );
+        ike_err(
+            &d,
+            "psk_file = \"peer.psk\", start_port = 4500",
+            "ike.start_port",
+            "only 500",
+        );
     }
 
     fn ike_err(d: &IkeDir, ike: &str, key: &str, problem: &str) {

@@ -34,12 +34,37 @@ use braid_control::bgp::types::Family;
 
 use crate::config::{Config, Keying};
 use crate::control::{self, GatewayState, NeighborName, TunnelInfo, UplinkInfo};
-use crate::ike::{IkeContext, IkeTunnel};
+use crate::ike::{IkeContext, IkeTunnel, Port500};
 
 /// The IKE tunnels and the data path's IKE channel, for the driver that starts with the control plane.
 struct IkeSetup {
     tunnels: Vec<IkeTunnel>,
     datagrams: crossbeam_channel::Receiver<braid_dataplane::IkeDatagram>,
+    ports: Vec<Port500>,
+}
+
+/// One port 500 socket per address of the uplinks with `ike_port_500` and IKE tunnels.
+fn ports_500(config: &Config, tunnels: &[IkeTunnel]) -> Vec<Port500> {
+    let mut ports: Vec<Port500> = Vec::new();
+    for (i, u) in config.uplinks.iter().enumerate() {
+        if !u.ike_port_500
+            || u.port == crate::ike::IKE_PORT
+            || !tunnels.iter().any(|t| t.uplink == i)
+        {
+            continue;
+        }
+        match ports.iter_mut().find(|p| p.local == u.local) {
+            Some(p) => p.uplinks.push(i),
+            None => ports.push(Port500 {
+                uplinks: vec![i],
+                name: u.name.clone(),
+                local: u.local,
+                device: u.device.clone(),
+                fwmark: u.fwmark,
+            }),
+        }
+    }
+    ports
 }
 
 /// Used when an uplink's MTU can be neither configured nor read from its interface.
@@ -325,6 +350,7 @@ fn assemble(config: &Config) -> Result<Assembled> {
         (
             Some(tx),
             Some(IkeSetup {
+                ports: ports_500(config, &ike_tunnels),
                 tunnels: ike_tunnels,
                 datagrams: rx,
             }),
@@ -641,7 +667,7 @@ async fn control_plane(
         Some((setup, mut cx)) => {
             cx.speaker = speaker.clone();
             let n = setup.tunnels.len();
-            let driver = crate::ike::start(setup.tunnels, setup.datagrams, cx)?;
+            let driver = crate::ike::start(setup.tunnels, setup.datagrams, cx, setup.ports)?;
             let _ = state.ike.set(driver.table.clone());
             tracing::info!(tunnels = n, "IKE driver started");
             Some(driver)

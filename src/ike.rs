@@ -13,6 +13,13 @@
 //!   SPI (every tunnel registers the SPIs of the messages it sends and of its IKE SAs), else to the tunnel
 //!   configured with that (uplink, peer address and port), else with that (uplink, peer address) if only one
 //!   tunnel has it. A NAT'ed peer whose address or port changed is thus still found by its SPI.
+//! - **Port 500** (RFC 7296 2.23). Per uplink address with IKE tunnels and `ike_port_500`, a tokio socket on
+//!   port 500 receives plain IKE (no non-ESP marker) into the same router. A task remembers which peers it
+//!   last heard on such a socket and answers them there; once a peer floats (its next message arrives on
+//!   the uplink's port behind the marker), everything goes back through the uplink. The core's NAT hashes
+//!   name the uplink's port 4500, so a peer that starts on 500 always detects a NAT, floats and encapsulates
+//!   ESP. An initiator with `ike.start_port = 500` sends its IKE_SA_INIT to the peer's port 500 from ours;
+//!   the core floats it to the remote port for IKE_AUTH.
 //! - **Ordering, for loss-free rekeys.** After every input (message, timer, tick), the task drains *all* the
 //!   session's events and applies them (installs the new inbound SA, switches the outbound SA, removes old
 //!   ones) and waits until the data-path threads have applied them ([`Pending::wait`] on a blocking thread);
@@ -76,6 +83,22 @@ const NAT_KEEPALIVE: Duration = Duration::from_secs(20);
 const SPI_IDLE: Duration = Duration::from_secs(600);
 /// Received messages queued per tunnel before they are dropped.
 const QUEUE: usize = 256;
+
+/// Where the driver answers plain IKE on UDP port 500 (RFC 7296 section 2.23): one socket per uplink
+/// address, for the uplinks with `ike_port_500` that have IKE tunnels.
+#[derive(Clone, Debug)]
+pub struct Port500 {
+    /// The uplinks (indices) whose tunnels this socket serves (uplinks that share an address share it).
+    pub uplinks: Vec<usize>,
+    /// For the error message: the first uplink's name.
+    pub name: String,
+    pub local: std::net::IpAddr,
+    pub device: Option<String>,
+    pub fwmark: Option<u32>,
+}
+
+/// The IKE port without NAT traversal.
+pub const IKE_PORT: u16 = 500;
 
 /// One tunnel with IKE keying, as the daemon hands it over.
 #[derive(Clone)]
@@ -143,20 +166,30 @@ impl Routes {
     }
 
     fn route(&mut self, d: &IkeDatagram, now: Instant) -> Option<usize> {
-        if d.message.len() >= 8 {
-            let spi_i = u64::from_be_bytes(d.message[..8].try_into().ok()?);
+        self.route_from(d.uplink, d.from, &d.message, now)
+    }
+
+    fn route_from(
+        &mut self,
+        uplink: usize,
+        from: SocketAddr,
+        message: &[u8],
+        now: Instant,
+    ) -> Option<usize> {
+        if message.len() >= 8 {
+            let spi_i = u64::from_be_bytes(message[..8].try_into().ok()?);
             if let Some((task, used)) = self.spis.get_mut(&spi_i) {
                 *used = now;
                 return Some(*task);
             }
         }
-        if let Some(&task) = self.addrs.get(&(d.uplink, d.from)) {
+        if let Some(&task) = self.addrs.get(&(uplink, from)) {
             return Some(task);
         }
         let mut same_ip = self
             .addrs
             .iter()
-            .filter(|((u, a), _)| *u == d.uplink && a.ip() == d.from.ip())
+            .filter(|((u, a), _)| *u == uplink && a.ip() == from.ip())
             .map(|(_, &t)| t);
         match (same_ip.next(), same_ip.next()) {
             (Some(t), None) => Some(t),
@@ -171,6 +204,39 @@ pub struct IkeDriver {
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     router: tokio::task::JoinHandle<()>,
+    /// The port 500 sockets' receive loops.
+    receivers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A received IKE message as the router hands it to a tunnel task: the sender, the message, and the
+/// port 500 socket (its index) it came in on, or `None` for the uplink's port (behind the non-ESP marker).
+type Received = (SocketAddr, Vec<u8>, Option<usize>);
+
+/// Binds `local`:500 for plain IKE (with the uplink's device and fwmark, like its NAT-T socket).
+fn bind_port_500(p: &Port500) -> anyhow::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = SocketAddr::new(p.local, IKE_PORT);
+    let fail = |e: std::io::Error| {
+        anyhow::anyhow!(
+            "IKE on UDP port 500: cannot bind {addr} (uplink {:?}): {e}; set `ike_port_500 = false` on the \
+             uplink or in [gateway] to answer IKE on the uplink's port only",
+            p.name
+        )
+    };
+    let sock =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true).map_err(fail)?;
+    }
+    if let Some(d) = &p.device {
+        sock.bind_device(Some(d.as_bytes())).map_err(fail)?;
+    }
+    if let Some(m) = p.fwmark {
+        sock.set_mark(m).map_err(fail)?;
+    }
+    sock.set_nonblocking(true).map_err(fail)?;
+    sock.bind(&addr.into()).map_err(fail)?;
+    tokio::net::UdpSocket::from_std(sock.into()).map_err(fail)
 }
 
 /// What every tunnel task shares.
@@ -254,8 +320,18 @@ pub fn start(
     tunnels: Vec<IkeTunnel>,
     datagrams: crossbeam_channel::Receiver<IkeDatagram>,
     cx: IkeContext,
+    ports: Vec<Port500>,
 ) -> anyhow::Result<IkeDriver> {
     let now = Instant::now();
+    let plain: Arc<Vec<Arc<tokio::net::UdpSocket>>> = Arc::new(
+        ports
+            .iter()
+            .map(|p| bind_port_500(p).map(Arc::new))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    for p in &ports {
+        tracing::info!(local = %SocketAddr::new(p.local, IKE_PORT), uplink = %p.name, "IKE also on port 500");
+    }
     let table: IkeTable = Arc::new(Mutex::new(
         tunnels
             .iter()
@@ -291,8 +367,12 @@ pub fn start(
         cx.health.vote(t.tunnel, Source::Ike, false);
         let (tx, rx) = mpsc::channel(QUEUE);
         inboxes.push(tx);
+        let own_plain = ports.iter().position(|p| p.uplinks.contains(&t.uplink));
         let task = Task {
             i,
+            plain: plain.clone(),
+            own_plain,
+            plain_peers: HashMap::new(),
             t,
             session,
             inbox: rx,
@@ -314,23 +394,59 @@ pub fn start(
         tasks.push(tokio::spawn(task.run(stop)));
     }
     // The data path's blocking channel, into tokio.
-    let (bridge_tx, mut bridge_rx) = mpsc::channel::<IkeDatagram>(1024);
+    let (bridge_tx, mut bridge_rx) = mpsc::channel::<(IkeDatagram, Option<usize>)>(1024);
+    let marker_tx = bridge_tx.clone();
     std::thread::Builder::new()
         .name("braid-ike-rx".into())
         .spawn(move || {
             while let Ok(d) = datagrams.recv() {
-                if bridge_tx.blocking_send(d).is_err() {
+                if marker_tx.blocking_send((d, None)).is_err() {
                     break;
                 }
             }
         })?;
+    // Port 500: plain IKE, into the same router.
+    let mut receivers = Vec::new();
+    for (k, sock) in plain.iter().enumerate() {
+        let (sock, tx, uplink) = (sock.clone(), bridge_tx.clone(), ports[k].uplinks[0]);
+        receivers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match sock.recv_from(&mut buf).await {
+                    Ok((n, from)) => {
+                        let d = IkeDatagram {
+                            uplink,
+                            from,
+                            message: buf[..n].to_vec(),
+                        };
+                        if tx.send((d, Some(k))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "IKE port 500: receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }));
+    }
+    drop(bridge_tx);
     let router = tokio::spawn(async move {
         let mut unrouted = 0u64;
-        while let Some(d) = bridge_rx.recv().await {
-            let task = lock(&routes).route(&d, Instant::now());
+        while let Some((d, via)) = bridge_rx.recv().await {
+            let now = Instant::now();
+            let task = match via.and_then(|k| ports.get(k)) {
+                // A shared address: the first of its uplinks with a tunnel for the message.
+                Some(p) => p
+                    .uplinks
+                    .iter()
+                    .find_map(|&u| lock(&routes).route_from(u, d.from, &d.message, now)),
+                None => lock(&routes).route(&d, now),
+            };
             match task.and_then(|t| inboxes.get(t)) {
                 Some(inbox) => {
-                    let _ = inbox.try_send((d.from, d.message));
+                    let _ = inbox.try_send((d.from, d.message, via));
                 }
                 None => {
                     unrouted += 1;
@@ -347,6 +463,7 @@ pub fn start(
         stop,
         tasks,
         router,
+        receivers,
     })
 }
 
@@ -357,6 +474,9 @@ impl IkeDriver {
         let all = futures_join(self.tasks);
         let _ = tokio::time::timeout(timeout, all).await;
         self.router.abort();
+        for r in self.receivers {
+            r.abort();
+        }
     }
 }
 
@@ -382,6 +502,7 @@ fn ike_config(s: &IkeSettings) -> IkeConfig {
     cfg.dpd_interval = s.dpd_interval;
     cfg.retransmit = s.retransmit;
     cfg.force_encap = s.force_encap;
+    cfg.start_port = s.start_port;
     cfg.local_ts = s.local_ts.clone();
     cfg.remote_ts = s.remote_ts.clone();
     cfg
@@ -399,7 +520,13 @@ struct Task {
     i: usize,
     t: IkeTunnel,
     session: IkeSession,
-    inbox: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    inbox: mpsc::Receiver<Received>,
+    /// Every port 500 socket, and the one on this tunnel's uplink address (if it has one).
+    plain: Arc<Vec<Arc<tokio::net::UdpSocket>>>,
+    own_plain: Option<usize>,
+    /// Peers last heard on a port 500 socket: what goes to them goes back that way (RFC 7296 2.23), until
+    /// they float to the uplink's port.
+    plain_peers: HashMap<SocketAddr, usize>,
     cx: IkeContext,
     routes: Arc<Mutex<Routes>>,
     half_open: Arc<Mutex<HalfOpen>>,
@@ -449,8 +576,9 @@ impl Task {
                     return;
                 }
                 m = self.inbox.recv() => {
-                    let Some((from, msg)) = m else { return };
+                    let Some((from, msg, via)) = m else { return };
                     let now = Instant::now();
+                    self.note_via(from, via);
                     if is_ike_sa_init_request(&msg) {
                         let (on, changed) = lock(&self.half_open).under_load(now);
                         if changed {
@@ -586,8 +714,33 @@ impl Task {
                 let spi_i = u64::from_be_bytes(tx.payload[..8].try_into().unwrap_or_default());
                 lock(&self.routes).register_spi(spi_i, self.i, Instant::now());
             }
-            if let Err(e) = self.cx.sender.send(self.t.uplink, tx.to, &tx.payload) {
+            let plain = self.plain_peers.get(&tx.to).copied().or_else(|| {
+                // An initiator's IKE_SA_INIT to the peer's port 500 (ike.start_port) leaves from ours.
+                (tx.to.port() == IKE_PORT && self.t.settings.start_port == Some(IKE_PORT))
+                    .then_some(self.own_plain)
+                    .flatten()
+            });
+            let sent = match plain.and_then(|k| self.plain.get(k)) {
+                Some(sock) => sock.send_to(&tx.payload, tx.to).await.map(drop),
+                None => self.cx.sender.send(self.t.uplink, tx.to, &tx.payload),
+            };
+            if let Err(e) = sent {
                 tracing::warn!(tunnel = %self.t.name, to = %tx.to, error = %e, "sending an IKE message failed");
+            }
+        }
+    }
+
+    /// Remembers which way `from` reached us: a port 500 socket, or the uplink's port (it floated).
+    fn note_via(&mut self, from: SocketAddr, via: Option<usize>) {
+        match via {
+            Some(k) => {
+                if self.plain_peers.len() >= 16 {
+                    self.plain_peers.clear();
+                }
+                self.plain_peers.insert(from, k);
+            }
+            None => {
+                self.plain_peers.remove(&from);
             }
         }
     }
@@ -795,9 +948,10 @@ impl Task {
         self.publish();
         if established {
             tracing::info!(tunnel = %self.t.name, "IKE Delete sent");
-            if let Ok(Some((from, msg))) =
+            if let Ok(Some((from, msg, via))) =
                 tokio::time::timeout(Duration::from_millis(500), self.inbox.recv()).await
             {
+                self.note_via(from, via);
                 self.session.handle_message(Instant::now(), from, &msg);
                 self.flush().await;
             }
@@ -949,6 +1103,28 @@ mod tests {
         }
         assert_eq!(h.count(t0), 64);
         assert!(h.under_load(t0).0);
+    }
+
+    #[tokio::test]
+    async fn a_port_500_that_cannot_be_bound_is_an_error_naming_the_address() {
+        let p = Port500 {
+            uplinks: vec![0],
+            name: "isp1".into(),
+            local: "127.0.0.1".parse().unwrap(),
+            device: None,
+            fwmark: None,
+        };
+        // The second bind fails (in use); without privilege already the first does.
+        let e = match bind_port_500(&p) {
+            Ok(_held) => bind_port_500(&p).unwrap_err(),
+            Err(e) => e,
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot bind 127.0.0.1:500 (uplink \"isp1\")"),
+            "{text}"
+        );
+        assert!(text.contains("ike_port_500 = false"), "{text}");
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! network namespaces: braid as initiator and as responder, both proposal sets, ping and a verified TCP
 //! transfer through the tunnel, CHILD_SA rekeys every 10 s initiated by either side and IKE SA rekeys during
 //! 60 s of sequence-numbered probe flows (zero loss) and paced TCP flows (every byte arrives), and DPD finding
-//! a SIGKILLed charon.
+//! a SIGKILLed charon. IKE on port 500 (RFC 7296 2.23): charon initiating on its default port 500 to braid's
+//! port 500 socket, and braid starting on 500 (`ike.start_port`); both float to 4500 and ESP flows in UDP
+//! on 4500 without `encap = yes`.
 //!
 //! Topology: namespace `a` runs braid (underlay 198.51.100.1, inside 169.254.0.1/30, site 192.0.2.1);
 //! namespace `s` runs charon in a private mount namespace with its own /run and `STRONGSWAN_CONF`
 //! (underlay 198.51.100.2, site 192.0.2.129, inside 169.254.0.2). libipsec forces UDP encapsulation and
-//! rejects ESN; braid's uplink listens on 4500 only, so charon talks IKE on 4500 from the start
-//! (`local_port = remote_port = 4500`, non-ESP marker) with `encap = yes`. The traffic selectors are
+//! rejects ESN. The port 4500 cases have charon talk IKE on 4500 from the start (`local_port = remote_port =
+//! 4500`, non-ESP marker) with `encap = yes`; the port 500 cases leave charon's ports and `encap` at their
+//! defaults, so only braid's NAT detection hashes make charon float and encapsulate. The traffic selectors are
 //! 0.0.0.0/0 both ways (route-based): charon installs no routes (`install_routes = no`); the test routes the
 //! braid side's prefixes into libipsec's TUN device `ipsec0`.
 
@@ -42,6 +45,10 @@ struct Case {
     /// charon's IKE and child `rekey_time`.
     swan_ike_rekey: &'static str,
     swan_child_rekey: &'static str,
+    /// IKE starts on port 500 (charon's defaults; braid's `start_port = 500` when it initiates).
+    on_500: bool,
+    /// The 60 s of traffic across rekeys (else handshake, pings and transfers only).
+    long: bool,
 }
 
 struct Lab {
@@ -131,10 +138,15 @@ uplink = "isp1"
 remote = "{S_UL}:4500"
 inside = "{A_IN}/30"
 routes = ["192.0.2.128/25"]
-ike = {{ psk_file = "peer.psk", initiator = {init}, proposal = "{ike}", esp_proposal = "{esp}", lifetime = "{life}", child_lifetime = "{child}", dpd_interval = "2s", retransmit = {{ timeout = "500ms", factor = 1.5, tries = 3 }} }}
+ike = {{ psk_file = "peer.psk", initiator = {init}, {start}proposal = "{ike}", esp_proposal = "{esp}", lifetime = "{life}", child_lifetime = "{child}", dpd_interval = "2s", retransmit = {{ timeout = "500ms", factor = 1.5, tries = 3 }} }}
 "#,
             dir = self.dir.display(),
             init = case.braid_initiates,
+            start = if case.on_500 && case.braid_initiates {
+                "start_port = 500, "
+            } else {
+                ""
+            },
             ike = case.ike_proposal,
             esp = case.esp_proposal,
             life = case.braid_lifetime,
@@ -216,10 +228,7 @@ swanctl {{
     version = 2
     local_addrs = {S_UL}
     remote_addrs = {A_UL}
-    local_port = 4500
-    remote_port = 4500
-    encap = yes
-    proposals = {ike}
+{ports}    proposals = {ike}
     rekey_time = {ike_rekey}
     dpd_delay = 2s
     local {{
@@ -249,6 +258,11 @@ secrets {{
   }}
 }}
 "#,
+            ports = if case.on_500 {
+                ""
+            } else {
+                "    local_port = 4500\n    remote_port = 4500\n    encap = yes\n"
+            },
             ike = case.ike_proposal,
             esp = case.esp_proposal,
             ike_rekey = case.swan_ike_rekey,
@@ -426,8 +440,39 @@ fn run_case(case: &Case) -> Lab {
         format!("{}", case.esp_proposal),
         "{t}"
     );
-    // encap = yes fakes charon's NAT detection hash: braid sees the peer "behind a NAT".
-    assert_eq!(t["ike"]["nat_remote"], true, "{t}");
+    if case.on_500 {
+        // braid's NAT detection hashes name its port 4500 (or are fake, as initiator), so braid looks
+        // "behind a NAT" and charon floats and encapsulates ESP (kernel-libipsec also fakes charon's own
+        // hash, so braid sees charon "behind a NAT" too); both ended up on 4500.
+        assert_eq!(t["ike"]["nat_local"], true, "{t}");
+        assert_eq!(t["ike"]["remote"], format!("{S_UL}:4500"), "{t}");
+        let sas = lab
+            .swanctl(&["--list-sas"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        assert!(
+            sas.contains(&format!("{S_UL}[4500]"))
+                && sas.contains(&format!("{A_UL}[4500]"))
+                && sas.contains("TUNNEL-in-UDP"),
+            "charon's IKE SA on 4500 and ESP in UDP:\n{sas}"
+        );
+        // The IKE_SA_INIT went between the two ports 500.
+        let (from, to) = if case.braid_initiates {
+            (A_UL, S_UL)
+        } else {
+            (S_UL, A_UL)
+        };
+        let init = format!("from {from}[500] to {to}[500]");
+        wait_until(
+            "charon's log shows the IKE_SA_INIT between the ports 500",
+            Duration::from_secs(5),
+            || std::fs::read_to_string(lab.dir.join("charon.log")).is_ok_and(|l| l.contains(&init)),
+            || lab.diag(),
+        );
+    } else {
+        // encap = yes fakes charon's NAT detection hash: braid sees the peer "behind a NAT".
+        assert_eq!(t["ike"]["nat_remote"], true, "{t}");
+    }
     lab.ping(&lab.a, A_IN, S_IN);
     lab.ping(&lab.a, A_SITE, S_SITE);
     lab.ping(&lab.s, S_SITE, A_SITE);
@@ -435,6 +480,9 @@ fn run_case(case: &Case) -> Lab {
     assert_eq!(v["ok"], true, "{v}\n{}", lab.diag());
     let v = lab.transfer(&lab.s, &lab.a, A_SITE, 5_000_000);
     assert_eq!(v["ok"], true, "{v}\n{}", lab.diag());
+    if !case.long {
+        return lab;
+    }
 
     // 60 s of traffic across the rekeys: sequence-numbered probe flows both ways (8 x 200 packets/s each
     // way) and 4 paced TCP flows (2.5 Mbit/s each, 75 MB in all) from strongSwan's side to braid's.
@@ -536,6 +584,8 @@ fn interop_braid_initiates_aes_gcm_ecp256_rekeys_and_dpd() {
         braid_child_lifetime: "10s",
         swan_ike_rekey: "4h",
         swan_child_rekey: "1h",
+        on_500: false,
+        long: true,
     });
     // DPD: SIGKILL charon; braid probes after 2 s of silence, retransmits 3 times (4.06 s), declares it dead.
     let killed = Instant::now();
@@ -565,10 +615,11 @@ fn interop_braid_initiates_aes_gcm_ecp256_rekeys_and_dpd() {
 }
 
 #[test]
-fn interop_strongswan_initiates_chacha20_x25519_and_rekeys() {
-    if !ready("interop_strongswan_initiates_chacha20_x25519_and_rekeys") {
+fn interop_strongswan_initiates_on_500_chacha20_x25519_and_rekeys() {
+    if !ready("interop_strongswan_initiates_on_500_chacha20_x25519_and_rekeys") {
         return;
     }
+    // charon with its default ports and no `encap`: IKE_SA_INIT to braid's port 500, then both on 4500.
     // strongSwan rekeys the child SA every ~10 s (rekey_time 10 s, life 11 s) and the IKE SA at ~25 s.
     run_case(&Case {
         braid_initiates: false,
@@ -578,5 +629,26 @@ fn interop_strongswan_initiates_chacha20_x25519_and_rekeys() {
         braid_child_lifetime: "1h",
         swan_ike_rekey: "25s",
         swan_child_rekey: "10s",
+        on_500: true,
+        long: true,
+    });
+}
+
+#[test]
+fn interop_braid_initiates_on_500() {
+    if !ready("interop_braid_initiates_on_500") {
+        return;
+    }
+    // braid's `start_port = 500`: IKE_SA_INIT to charon's port 500, IKE_AUTH and ESP on 4500 (short case).
+    run_case(&Case {
+        braid_initiates: true,
+        ike_proposal: "aes256gcm16-prfsha256-ecp256",
+        esp_proposal: "aes256gcm16-noesn",
+        braid_lifetime: "4h",
+        braid_child_lifetime: "1h",
+        swan_ike_rekey: "4h",
+        swan_child_rekey: "1h",
+        on_500: true,
+        long: false,
     });
 }

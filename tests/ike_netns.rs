@@ -1,6 +1,7 @@
 //! Two `braid run` gateways keyed by IKEv2 (PSK) in network namespaces: the handshake, traffic both ways with
 //! both proposal sets, child SA rekeys every few seconds and an IKE SA rekey under sequence-numbered probe flows
-//! with zero loss, a graceful stop (Delete), and DPD finding a SIGKILLed peer.
+//! with zero loss, a graceful stop (Delete), DPD finding a SIGKILLed peer, and an initiator starting on the
+//! responder's port 500.
 
 mod common;
 
@@ -221,9 +222,19 @@ fn ike_chacha20_x25519_handshake_ping_and_tcp() {
     let p = ike_pair(|i| {
         i.proposal = "chacha20poly1305-prfsha256-x25519".into();
         i.esp_proposal = "chacha20poly1305-esn".into();
+        // A starts on B's port 500 (plain IKE) and floats to 4500 for IKE_AUTH (RFC 7296 2.23).
+        i.extra_a = "start_port = 500".into();
     });
     wait_established(&p);
     let a = ike_state(&p, Side::A);
+    // Both ended up on the uplinks' port 4500; A's fake NAT hash made B see it "behind a NAT".
+    assert_eq!(a["nat_local"], true, "{a}");
+    let b = ike_state(&p, Side::B);
+    assert_eq!(b["nat_remote"], true, "{b}");
+    assert!(
+        b["remote"].as_str().is_some_and(|r| r.ends_with(":4500")),
+        "{b}"
+    );
     assert_eq!(
         a["ike_algorithms"], "chacha20poly1305-prfsha256-x25519",
         "{a}"

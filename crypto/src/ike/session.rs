@@ -159,6 +159,12 @@ pub struct IkeConfig {
     /// Fake our NAT_DETECTION_SOURCE_IP hash so that the peer believes we are behind a NAT
     /// (strongSwan's `encap=yes`).
     pub force_encap: bool,
+    /// Initiator: send IKE_SA_INIT to this port of the peer (500) and float to the peer's
+    /// configured port (4500) for IKE_AUTH and everything after (RFC 7296 section 2.23, RFC 3947).
+    /// A session that starts on another port fakes its NAT_DETECTION_SOURCE_IP (as with
+    /// `force_encap`), so the peer always detects a NAT and encapsulates ESP in UDP, the only ESP
+    /// braid speaks. `None`: start on the configured port.
+    pub start_port: Option<u16>,
     /// How long an old inbound SA stays after the Delete exchange that retired it.
     pub grace: Duration,
     /// How long a responder keeps an IKE SA whose IKE_AUTH has not arrived.
@@ -199,6 +205,7 @@ impl IkeConfig {
             dpd_interval: Some(Duration::from_secs(30)),
             retransmit: Retransmit::default(),
             force_encap: false,
+            start_port: None,
             grace: Duration::from_secs(5),
             half_open_timeout: Duration::from_secs(30),
         }
@@ -718,6 +725,10 @@ pub struct IkeSession {
     cfg: IkeConfig,
     local: SocketAddr,
     remote: SocketAddr,
+    /// The peer's configured port, where an IKE SA started on `cfg.start_port` floats to.
+    home_port: u16,
+    /// Whether the IKE_SA_INIT under way went to `cfg.start_port` (and floats after it).
+    floating: bool,
     rng: Drbg,
     init: Option<InitState>,
     sas: Vec<IkeSa>,
@@ -943,6 +954,8 @@ impl IkeSession {
             cfg,
             local,
             remote,
+            home_port: remote.port(),
+            floating: false,
             rng,
             init: None,
             sas: Vec::new(),
@@ -988,6 +1001,11 @@ impl IkeSession {
         let spi_i = self.new_ike_spi();
         let ni = self.rng.bytes(NONCE_LEN);
         let Some(dh) = self.new_dh(group) else { return };
+        self.floating = false;
+        if let Some(p) = self.cfg.start_port.filter(|&p| p != self.home_port) {
+            self.remote.set_port(p);
+            self.floating = true;
+        }
         self.init = Some(InitState {
             spi_i,
             ni,
@@ -1620,7 +1638,7 @@ impl IkeSession {
         });
         p.push(Payload::Nonce(init.ni.clone()));
         let spi_i = init.spi_i;
-        let src = if self.cfg.force_encap {
+        let src = if self.cfg.force_encap || self.floating {
             self.rng.bytes(20)
         } else {
             nat_hash(spi_i, 0, self.local)
@@ -1745,7 +1763,7 @@ impl IkeSession {
         if let Some(d) = dst {
             nat.local_behind_nat = d.data != nat_hash(spi_i, spi_r, self.local);
         }
-        if self.cfg.force_encap {
+        if self.cfg.force_encap || self.floating {
             nat.local_behind_nat = true;
         }
         nat
@@ -2001,6 +2019,11 @@ impl IkeSession {
         let skeyseed = keys::skeyseed(&init.ni, nr, g_ir.as_bytes());
         let keys = IkeSaKeys::derive(&skeyseed, &init.ni, nr, init.spi_i, h.spi_r);
         let nat = self.nat_check(&p, init.spi_i, h.spi_r, from);
+        if self.floating {
+            // RFC 7296 section 2.23: after IKE_SA_INIT, on to the NAT-T port (and the non-ESP marker).
+            self.floating = false;
+            self.remote.set_port(self.home_port);
+        }
         let Some((mut sa, sk_pi, sk_pr)) = IkeSa::new(
             Role::Negotiating,
             init.spi_i,

@@ -254,3 +254,55 @@ fn retransmitted_request_gets_the_cached_response_once_authenticated() {
         .count();
     assert_eq!(installs, 1, "one new child for two copies of the request");
 }
+
+/// RFC 7296 section 2.23: an initiator with `start_port = 500` sends IKE_SA_INIT to the peer's
+/// port 500 from its own port 500, makes the peer see a NAT (so it encapsulates ESP), and floats
+/// to the configured port (4500) for IKE_AUTH and everything after.
+#[test]
+fn initiator_starts_on_port_500_and_floats_to_4500() {
+    let now = Instant::now();
+    let a: SocketAddr = "198.51.100.1:4500".parse().unwrap();
+    let b: SocketAddr = "203.0.113.1:4500".parse().unwrap();
+    let (a500, b500): (SocketAddr, SocketAddr) = (
+        "198.51.100.1:500".parse().unwrap(),
+        "203.0.113.1:500".parse().unwrap(),
+    );
+    let mut ci = cfg(true, "aes256gcm16");
+    ci.start_port = Some(500);
+    let mut i = IkeSession::with_seed(ci, a, b, now, [1; 32]);
+    let mut r = IkeSession::with_seed(cfg(false, "aes256gcm16"), b, a, now, [2; 32]);
+    i.start(now);
+    let init = i.poll_transmit().unwrap();
+    assert_eq!(init.to, b500, "IKE_SA_INIT goes to port 500");
+    assert!(i.poll_transmit().is_none());
+    // The responder got it on its port 500 from our port 500 and answers there.
+    r.handle_message(now, a500, &init.payload);
+    let resp = r.poll_transmit().unwrap();
+    assert_eq!(resp.to, a500);
+    i.handle_message(now, b500, &resp.payload);
+    // IKE_AUTH floats to the configured port.
+    let auth = i.poll_transmit().unwrap();
+    assert_eq!(auth.to, b);
+    // It arrives from our port 4500: the responder saw a NAT and follows us there.
+    r.handle_message(now, a, &auth.payload);
+    let auth_resp = r.poll_transmit().unwrap();
+    assert_eq!(auth_resp.to, a);
+    i.handle_message(now, b, &auth_resp.payload);
+    assert_eq!(i.state(), SessionState::Established);
+    assert_eq!(r.state(), SessionState::Established);
+    let nat = |s: &IkeSession| s.status().ike.unwrap().nat;
+    assert!(nat(&i).local_behind_nat, "the initiator pretends a NAT");
+    assert!(
+        nat(&r).remote_behind_nat,
+        "so the responder encapsulates ESP"
+    );
+    assert_eq!(i.status().remote, b);
+    assert_eq!(r.status().remote, a);
+    let mut events = Vec::new();
+    while let Some(e) = r.poll_event() {
+        events.push(e);
+    }
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::RemoteAddressChanged { remote } if *remote == a)));
+}
