@@ -371,6 +371,7 @@ pub fn fold(mut acc: u64) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::XorShift;
     use crate::vnet::{GSO_ECN, GSO_UDP};
 
     /// The RFC 1071 checksum, written independently of [`sum`]: 16-bit words, end-around carry each step.
@@ -776,31 +777,17 @@ mod tests {
         assert_eq!(e(gso(GSO_TCPV6, 1000, 48, 16), &p), GsoError::BadHeaders);
     }
 
-    /// A small xorshift, so the property test needs no dependency.
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     #[test]
     fn random_super_packets_round_trip_byte_exact() {
         let mut r = XorShift(0x9e37_79b9_7f4a_7c15);
         for round in 0..300 {
             let v6_ = r.below(2) == 1;
             let is_tcp = r.below(3) != 0;
-            let data = payload(r.below(9000) as usize + 1, round as u8);
+            let data = payload(r.below(9000) + 1, round as u8);
             let gso_size = r.below(2000) as u16 + 1;
             let seq = r.next() as u32;
             let l4hdr = if is_tcp {
-                tcp(seq, r.next() as u8, 4 * r.below(11) as usize)
+                tcp(seq, r.next() as u8, 4 * r.below(11))
             } else {
                 udp(8 + data.len())
             };
@@ -808,7 +795,7 @@ mod tests {
             let (pkt, l4) = if v6_ {
                 (v6(proto, &[], &l4hdr, &data), 40)
             } else {
-                let opts = 4 * r.below(11) as usize;
+                let opts = 4 * r.below(11);
                 (v4(r.next() as u16, proto, opts, &l4hdr, &data), 20 + opts)
             };
             let kind = match (is_tcp, v6_) {
@@ -838,14 +825,14 @@ mod tests {
         let mut r = XorShift(12345);
         let mut out = vec![0u8; 70_000];
         for _ in 0..20_000 {
-            let n = r.below(200) as usize;
+            let n = r.below(200);
             let mut pkt: Vec<u8> = (0..n).map(|_| r.next() as u8).collect();
             if let Some(b) = pkt.first_mut() {
                 *b = if r.below(2) == 0 { 0x45 } else { 0x60 };
             }
             let hdr = VnetHdr {
                 flags: r.below(2) as u8,
-                gso_type: [0, 1, 3, 4, 5, 0x81][r.below(6) as usize],
+                gso_type: [0, 1, 3, 4, 5, 0x81][r.below(6)],
                 hdr_len: r.next() as u16,
                 gso_size: r.below(64) as u16,
                 csum_start: r.below(80) as u16,

@@ -22,6 +22,8 @@ pub mod shaper;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
+#[cfg(test)]
+mod testutil;
 pub mod tun;
 pub mod uplink;
 pub mod vnet;

@@ -270,13 +270,23 @@ pub const RECV_BATCH_MAX: usize = 64;
 
 /// Turns UDP GRO on or off for socket `fd` ([`RecvBatch`] parses what it produces).
 pub fn set_udp_gro(fd: RawFd, on: bool) -> io::Result<()> {
-    let value: libc::c_int = on.into();
-    // SAFETY: `value` is a live c_int and the length passed is its size; `fd` is the caller's socket.
+    setsockopt_int(fd, libc::SOL_UDP, UDP_GRO, on.into())
+}
+
+/// `setsockopt(2)` of an `int` option on the caller's socket `fd`.
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int and the length passed is its size; `fd` is the caller's socket (a bad
+    // one is an `EBADF`, not undefined behaviour).
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_UDP,
-            UDP_GRO,
+            level,
+            name,
             (&value as *const libc::c_int).cast(),
             mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -466,21 +476,7 @@ mod recv_batch_tests {
 
     /// `UDP_SEGMENT` as a socket option: every send is cut into datagrams of this size (the test's sender).
     fn set_udp_segment(sock: &UdpSocket, size: libc::c_int) -> io::Result<()> {
-        // SAFETY: a live c_int of the size passed; the socket is ours.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_UDP,
-                103,
-                (&size as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        setsockopt_int(sock.as_raw_fd(), libc::SOL_UDP, 103, size)
     }
 
     #[test]
@@ -604,20 +600,7 @@ pub fn set_gtsm(fd: RawFd, ipv6: bool) -> io::Result<()> {
         ]
     };
     for (level, name) in opts {
-        let value: libc::c_int = 255;
-        // SAFETY: `value` is a live c_int and the length passed is its size; `fd` is the caller's socket.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        setsockopt_int(fd, level, name, 255)?;
     }
     Ok(())
 }
@@ -665,21 +648,7 @@ impl Netlink {
         name: libc::c_int,
         value: libc::c_int,
     ) -> io::Result<()> {
-        // SAFETY: `value` is a live c_int and the length passed is its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        setsockopt_int(self.fd.as_raw_fd(), level, name, value)
     }
 
     /// The next `count` sequence numbers; returns the first.

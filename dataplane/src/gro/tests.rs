@@ -2,6 +2,7 @@
 //! kernel does with a super-packet, with RFC 1071 checksums from `crate::wire`.
 
 use super::*;
+use crate::testutil::XorShift;
 use crate::vnet::{VnetHdr, GSO_NONE};
 use crate::wire::checksum;
 
@@ -718,25 +719,6 @@ fn garbage_never_panics() {
         gro.push(0, 0, &p[..len], &mut |_| {});
     }
     gro.flush(&mut |_| {});
-}
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
 }
 
 /// Random flows (IPv4/IPv6, TCP/UDP), mostly well-behaved with occasional gaps, flag changes, short segments
