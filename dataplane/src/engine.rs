@@ -1477,10 +1477,7 @@ impl Inbound {
                         add(&tun_stats.gro_writes, 1);
                         add(&tun_stats.gro_packets, s.pieces.len() as u64);
                         for piece in s.pieces {
-                            let p = packets[piece.id as usize];
-                            let d = &mut delivered[p.tunnel as usize];
-                            d.0 += 1;
-                            d.1 += p.len as u64;
+                            count_delivered(delivered, packets[piece.id as usize]);
                         }
                     }
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -1543,11 +1540,7 @@ fn deliver(
 ) {
     // One packet per write on a TUN device: it is taken whole or refused.
     match tun.write(frame) {
-        Ok(n) if n == frame.len() => {
-            let d = &mut delivered[p.tunnel as usize];
-            d.0 += 1;
-            d.1 += p.len as u64;
-        }
+        Ok(n) if n == frame.len() => count_delivered(delivered, p),
         Ok(_) => tunnels[p.tunnel as usize]
             .stats
             .drops
@@ -1560,6 +1553,13 @@ fn deliver(
             warn_limited(last_warn, || tracing::warn!(error = %e, "TUN write failed"));
         }
     }
+}
+
+/// Adds packet `p` to its tunnel's delivered (packets, octets) of this batch.
+fn count_delivered(delivered: &mut [(u64, u64)], p: RxPacket) {
+    let d = &mut delivered[p.tunnel as usize];
+    d.0 += 1;
+    d.1 += u64::from(p.len);
 }
 
 /// Whether tunnel `index` may carry packets from `src`: its own inside/static prefixes, or a FIB route for `src`
