@@ -382,9 +382,8 @@ fn uplinks_show_counts_and_ike_marker_is_passed_up() {
 
 /// The inbound fast path: B receives in batches and writes coalesced TCP super-packets to its TUN device;
 /// verified 50 MB IPv4 and 8 MB IPv6 transfers from A to B arrive intact, with no drops on the way.
-/// UDP GRO messages need either a GSO sender (the outbound fast path) or a veth that GROs forwarded-style UDP
-/// (GRO plus `rx-udp-gro-forwarding` on B's side, or no TSO on A's): GRO alone is not enough on 6.18, so
-/// `gro_receives` is reported here, not required (`sys::recv_batch_tests` proves the GRO parsing).
+/// A's outbound fast path sends runs of ESP datagrams with UDP GSO, so B's uplink socket (UDP GRO on) must
+/// receive messages that carry several datagrams (`gro_receives`); `sys::recv_batch_tests` proves the parsing.
 #[test]
 fn inbound_udp_gro_and_coalesced_tun_writes_ipv4_and_ipv6() {
     if !netns_ready(
@@ -428,6 +427,10 @@ fn inbound_udp_gro_and_coalesced_tun_writes_ipv4_and_ipv6() {
     assert!(
         counter(&u, "rx_packets") > counter(&u, "rx_batches"),
         "no batch of more than one datagram: {u}"
+    );
+    assert!(
+        counter(&u, "gro_receives") > 0,
+        "no UDP GRO message from A's GSO sends: {u}"
     );
 
     let v6 = p
