@@ -200,6 +200,7 @@ ike = {{ psk_file = "peer.psk", initiator = {init}, {start}proposal = "{ike}", e
   filelog {{
     charon {{
       path = {d}/charon.log
+      flush_line = yes
       time_format = %H:%M:%S
       default = 1
       ike = 2
