@@ -313,20 +313,20 @@ fn run_step(
             settled_ms = Some(at.elapsed().as_millis() as u64);
         }
     }
-    // Let the last moves finish while the probes still run. After a gateway comes back, record anew where the
-    // cores send each flow: the flows they moved to it are touched too.
+    // Let the last moves finish while the probes still run. After a repair, record anew where each flow goes
+    // (the core's gateway and that gateway's tunnel): a flow the repair moved (back) onto the repaired element
+    // crossed it, so it is touched too. The attribution before the step was taken while the element was
+    // broken, so it cannot name those flows.
     std::thread::sleep(Duration::from_millis(1000));
-    let gateway_back = matches!(
-        step,
-        Step::Repair(Fault::GatewayKill(_) | Fault::GatewayStop(_))
-    );
-    if gateway_back {
+    let repair = matches!(step, Step::Repair(_));
+    if repair {
+        // The cores' recording sets fill with every gateway a flow used: start them anew.
         core_hops_all(topo, opts, sport_base)?;
     }
     std::thread::sleep(Duration::from_millis(500));
     let window = at.elapsed().as_secs_f64();
-    let after = if gateway_back {
-        Some(core_hops_all(topo, opts, sport_base)?)
+    let after = if repair {
+        Some(attribute_all(topo, opts, sport_base)?)
     } else {
         None
     };
@@ -346,9 +346,7 @@ fn run_step(
             let sent = sent.get(i).copied().unwrap_or(0);
             let received = track.map_or(0, |t| t.received);
             let attr = before[d][i];
-            let moved = after
-                .as_ref()
-                .is_some_and(|a| attr.map(|x| x.gateway) != a[d][i]);
+            let moved = after.as_ref().is_some_and(|a| attr != a[d][i]);
             let touched = moved || attr.is_none_or(|a| involves(topo, step, a));
             per_flow.push(FlowResult {
                 direction: dir.label,

@@ -59,9 +59,10 @@ fn drill_each_fault_heals_itself_and_untouched_flows_lose_nothing() {
         assert_eq!(
             r.untouched_lost,
             0,
-            "{}: untouched flows lost packets:\n{}",
+            "{}: untouched flows lost packets:\n{}\ndrops: {:?}",
             r.step,
-            flows()
+            flows(),
+            r.gateway_drops
         );
         match step {
             Step::Baseline | Step::Break(Fault::GatewayStop(_)) => {
@@ -115,7 +116,11 @@ fn without_bfd_inbound_silence_takes_a_cut_tunnel_out_of_use() {
         cut.per_flow
     );
     for r in &d.steps {
-        assert_eq!(r.untouched_lost, 0, "{}: {:?}", r.step, r.per_flow);
+        assert_eq!(
+            r.untouched_lost, 0,
+            "{}: {:?}\ndrops: {:?}",
+            r.step, r.per_flow, r.gateway_drops
+        );
         assert_eq!(r.not_restored, 0, "{}", r.step);
     }
 }
