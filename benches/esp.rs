@@ -55,7 +55,7 @@ fn seal(c: &mut Criterion) {
         for len in SIZES {
             group.throughput(Throughput::Bytes(len as u64));
             group.bench_with_input(BenchmarkId::new(cipher.name(), len), &len, |b, &len| {
-                let mut sa = OutboundSa::new(SPI, &key(cipher), false);
+                let sa = OutboundSa::new(SPI, &key(cipher), false);
                 let mut buf = packet_buf(len);
                 b.iter(|| {
                     let esp = sa
@@ -78,7 +78,7 @@ fn open(c: &mut Criterion) {
     for cipher in Cipher::ALL {
         for len in SIZES {
             let key = key(cipher);
-            let mut out = OutboundSa::new(SPI, &key, false);
+            let out = OutboundSa::new(SPI, &key, false);
             let sealed: Vec<Vec<u8>> = (0..BATCH)
                 .map(|_| {
                     let mut buf = packet_buf(len);

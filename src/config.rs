@@ -23,8 +23,12 @@ use zeroize::Zeroizing;
 
 /// The default UDP port of ESP-in-UDP and IKE NAT-T (RFC 3948).
 pub const DEFAULT_PORT: u16 = 4500;
-/// The default anti-replay window, in packets.
-pub const DEFAULT_REPLAY_WINDOW: u32 = 1024;
+/// The default anti-replay window, in packets: wide enough for the reordering a sender with several workers
+/// (a braid peer) brings, one batch per worker (RFC 4303 3.4.3 leaves the size to the receiver); its bitmap is
+/// 1 KiB per SA.
+pub const DEFAULT_REPLAY_WINDOW: u32 = 8192;
+/// The most data-path workers per direction.
+pub const MAX_WORKERS: usize = 64;
 /// The largest anti-replay window braid accepts.
 pub const MAX_REPLAY_WINDOW: u32 = 65536;
 /// Default socket buffer size per uplink.
@@ -144,6 +148,8 @@ pub struct Gateway {
     pub kernel_routes: bool,
     /// Spread packets (not flows) over a group's tunnels: reorders packets within a flow.
     pub spray: bool,
+    /// Data-path workers per direction (TUN queues and uplink sockets); default: the machine's cores.
+    pub workers: usize,
     /// IKE responders demand a cookie (RFC 7296 2.6) while at least this many half-open IKE SAs (answered
     /// IKE_SA_INIT, no IKE_AUTH yet, within the last 30 s) exist across all tunnels; 0 = always.
     pub ike_cookie_threshold: usize,
@@ -400,6 +406,7 @@ struct RawGateway {
     spray: Option<bool>,
     ike_cookie_threshold: Option<usize>,
     ike_port_500: Option<bool>,
+    workers: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -624,6 +631,18 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let workers = match g.workers {
+        Some(n) if !(1..=MAX_WORKERS).contains(&n) => {
+            return Err(cx.err(
+                "gateway.workers",
+                format!("{n} is outside 1..={MAX_WORKERS}"),
+            ))
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_WORKERS),
+    };
     let control_socket = g
         .control_socket
         .map(|p| if p.is_relative() { cx.dir.join(p) } else { p })
@@ -638,6 +657,7 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         metrics,
         kernel_routes: g.kernel_routes.unwrap_or(false),
         spray: g.spray.unwrap_or(false),
+        workers,
         ike_cookie_threshold: g
             .ike_cookie_threshold
             .unwrap_or(DEFAULT_IKE_COOKIE_THRESHOLD),
@@ -1722,7 +1742,7 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
                 "2001:db8:ffff::3".parse().unwrap()
             ]
         );
-        assert_eq!(t.replay_window, 1024);
+        assert_eq!(t.replay_window, 8192);
         let Keying::Static(s) = &t.keying else {
             panic!("static keying expected")
         };

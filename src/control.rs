@@ -72,6 +72,8 @@ pub struct GatewayState {
     rates: Mutex<Vec<(u64, Instant, u64)>>,
     /// The forwarding table's owner (`None` on a gateway without tunnels).
     pub installer: Option<Arc<Mutex<RouteInstaller>>>,
+    /// The data path's workers' counters (empty before it starts).
+    pub workers: Arc<[braid_dataplane::WorkerStats]>,
     /// BGP neighbours by index.
     pub neighbors: Vec<NeighborName>,
     /// Which tunnels the data path may use (`None` without a data path).
@@ -110,6 +112,7 @@ impl GatewayState {
             tun_stats,
             rates,
             installer: None,
+            workers: Arc::new([]),
             neighbors: Vec::new(),
             liveness: None,
             bfd: std::sync::OnceLock::new(),
@@ -237,7 +240,10 @@ impl GatewayState {
             "tun": { "name": self.tun, "mtu": self.tun_mtu, "rx_packets": ld(&self.tun_stats.rx_packets),
                      "gro_writes": ld(&self.tun_stats.gro_writes), "gro_packets": ld(&self.tun_stats.gro_packets), "gro_fallbacks": ld(&self.tun_stats.gro_fallbacks),
                      "gso_reads": ld(&self.tun_stats.gso_reads), "gso_segments": ld(&self.tun_stats.gso_segments),
-                     "drops": Self::drops_json(&self.tun_stats.drops) },
+                     "drops": Self::drops_json(&self.tun_stats.drops),
+                     "workers": self.workers.iter().map(|w| json!({
+                         "tun_reads": ld(&w.tun_reads), "uplink_datagrams": ld(&w.uplink_datagrams),
+                     })).collect::<Vec<_>>() },
             "tunnels": tunnels,
         })
     }

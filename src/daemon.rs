@@ -23,7 +23,7 @@ use braid_control::install::{RouteInstaller, TunnelRoutes};
 use braid_crypto::{InboundSa, OutboundSa, SaKey, Spi};
 use braid_dataplane::engine::Cap;
 use braid_dataplane::{
-    open_uplink_socket, sys, tunnel_mtu, Dataplane, DataplaneSpec, Tun, TunStats, TunnelIo,
+    open_uplink_sockets, sys, tunnel_mtu, Dataplane, DataplaneSpec, Tun, TunStats, TunnelIo,
     TunnelStats, UplinkIo, UplinkSocketSpec, UplinkStats,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -156,12 +156,15 @@ fn assemble(config: &Config) -> Result<Assembled> {
     let mut uplink_infos = Vec::new();
     let mut mtus = Vec::new();
     for u in &config.uplinks {
-        let socket = open_uplink_socket(&UplinkSocketSpec {
-            local: u.local_addr(),
-            device: u.device.clone(),
-            fwmark: u.fwmark,
-            socket_buffer: u.socket_buffer,
-        })
+        let sockets = open_uplink_sockets(
+            &UplinkSocketSpec {
+                local: u.local_addr(),
+                device: u.device.clone(),
+                fwmark: u.fwmark,
+                socket_buffer: u.socket_buffer,
+            },
+            g.workers,
+        )
         .with_context(|| format!("uplink {:?}", u.name))?;
         let mtu = uplink_mtu(u);
         let stats = Arc::new(UplinkStats::default());
@@ -175,7 +178,7 @@ fn assemble(config: &Config) -> Result<Assembled> {
         });
         uplinks.push(UplinkIo {
             name: u.name.clone(),
-            socket,
+            sockets,
             stats: stats.clone(),
             cap,
         });
@@ -336,9 +339,10 @@ fn assemble(config: &Config) -> Result<Assembled> {
             "TUN MTU below 1280: the kernel disables IPv6 on the device"
         );
     }
-    let tun = Tun::create(&g.tun, tun_mtu, &inside_addrs)
+    let tun = Tun::create_queues(&g.tun, tun_mtu, &inside_addrs, g.workers)
         .context("setting up the TUN device (needs CAP_NET_ADMIN)")?;
-    tracing::info!(tun = %tun.name(), mtu = tun_mtu, addresses = inside_addrs.len(), "TUN device up");
+    tracing::info!(tun = %tun.name(), mtu = tun_mtu, addresses = inside_addrs.len(), queues = tun.queues(),
+        "TUN device up");
 
     let installer = RouteInstaller::new(tunnel_routes, neighbor_tunnels);
     let liveness = braid_dataplane::Liveness::new(tunnel_infos.len());
@@ -360,7 +364,7 @@ fn assemble(config: &Config) -> Result<Assembled> {
         .build_hasher()
         .finish();
     let dataplane = Dataplane::start(DataplaneSpec {
-        tun: tun.into_file(),
+        tun: tun.into_files(),
         uplinks,
         tunnels,
         fib: installer.fib(),
@@ -398,6 +402,7 @@ fn assemble(config: &Config) -> Result<Assembled> {
     state.neighbors = neighbor_names;
     state.installer = Some(Arc::new(Mutex::new(installer)));
     state.liveness = Some(liveness);
+    state.workers = dataplane.worker_stats();
     state.health = Some(health);
     state.sas = Some(sas);
     state.flow_seed = flow_seed;

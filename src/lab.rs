@@ -93,6 +93,8 @@ pub struct PairOptions {
     pub wrong_key_on_b: bool,
     /// `[gateway] mtu` on both sides (default: derived from the uplink).
     pub gateway_mtu: Option<u32>,
+    /// `[gateway] workers` on both sides (default: the machine's cores).
+    pub workers: Option<usize>,
     /// Route by BGP over the tunnel instead of static routes: A is AS 65001 and originates site A, B is AS 65002
     /// and originates site B; both mirror BGP routes into the kernel (`kernel_routes = true`).
     pub bgp: bool,
@@ -146,6 +148,7 @@ impl PairOptions {
             replay_window: None,
             wrong_key_on_b: false,
             gateway_mtu: None,
+            workers: None,
             bgp: false,
             b_extra_neighbors: String::new(),
             bfd: None,
@@ -211,6 +214,9 @@ fn gateway_config(
     );
     if let Some(m) = opts.gateway_mtu {
         s += &format!("mtu = {m}\n");
+    }
+    if let Some(n) = opts.workers {
+        s += &format!("workers = {n}\n");
     }
     // With BGP, the routes are learned over the tunnel instead of configured.
     let routes = if opts.bgp { &[][..] } else { routes };
@@ -585,15 +591,29 @@ impl Pair {
         bytes: u64,
         seed: u64,
     ) -> Result<Value> {
+        self.transfer_port(binary, from_side, to_addr, 5001, bytes, seed)
+    }
+
+    /// [`transfer`](Self::transfer) to port `port` (so that several can run at once).
+    pub fn transfer_port(
+        &self,
+        binary: &Path,
+        from_side: Side,
+        to_addr: &str,
+        port: u16,
+        bytes: u64,
+        seed: u64,
+    ) -> Result<Value> {
         let to_side = match from_side {
             Side::A => Side::B,
             Side::B => Side::A,
         };
-        transfer(
+        transfer_port(
             binary,
             self.ns(from_side),
             self.ns(to_side),
             to_addr,
+            port,
             bytes,
             seed,
         )
@@ -643,8 +663,21 @@ pub fn transfer(
     bytes: u64,
     seed: u64,
 ) -> Result<Value> {
+    transfer_port(binary, from, to, to_addr, 5001, bytes, seed)
+}
+
+/// [`transfer`] to port `port`.
+pub fn transfer_port(
+    binary: &Path,
+    from: &Netns,
+    to: &Netns,
+    to_addr: &str,
+    port: u16,
+    bytes: u64,
+    seed: u64,
+) -> Result<Value> {
     let bin = binary.to_str().context("binary path is not UTF-8")?;
-    let listen = socket_string(to_addr, 5001);
+    let listen = socket_string(to_addr, port);
     let b = bytes.to_string();
     let s = seed.to_string();
     let mut sink = to

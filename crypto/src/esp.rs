@@ -37,6 +37,7 @@
 //! to do it from here.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroize;
@@ -334,15 +335,49 @@ impl std::fmt::Display for SealError {
 impl std::error::Error for SealError {}
 
 /// The sending half of a child SA: seals inner packets into ESP packets.
+///
+/// Shareable between threads (`&self` everywhere): the sequence number is an atomic counter, so several
+/// data-path workers may seal with one SA at once, each packet with its own sequence number (and so its own
+/// nonce). A worker that seals several packets at once (the segments of one super-packet) reserves their
+/// numbers with one atomic operation ([`reserve`](Self::reserve)) and seals each with
+/// [`seal_next`](Self::seal_next); its packets and those of other workers may then leave out of sequence
+/// order, which the receiver's anti-replay window absorbs (RFC 4303 3.4.3). A number that is reserved but
+/// never used leaves a gap, which ESP allows.
 pub struct OutboundSa {
     spi: Spi,
     esn: bool,
     key: SaKey,
-    /// The last sequence number used; 0 before the first packet.
-    last_seq: u64,
-    packets: u64,
-    bytes: u64,
+    /// Tells this SA's [`SeqRange`]s from other SAs'.
+    id: u64,
+    /// The last sequence number handed out; 0 before the first packet.
+    last_seq: AtomicU64,
+    packets: AtomicU64,
+    bytes: AtomicU64,
 }
+
+/// Sequence numbers reserved on one [`OutboundSa`] by [`OutboundSa::reserve`], used one by one by
+/// [`OutboundSa::seal_next`]. Neither `Clone` nor `Copy`: a number can be used once only.
+#[derive(Debug)]
+pub struct SeqRange {
+    sa: u64,
+    next: u64,
+    left: u64,
+}
+
+impl SeqRange {
+    /// Numbers left.
+    pub fn len(&self) -> u64 {
+        self.left
+    }
+
+    /// Whether every number has been used.
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+}
+
+/// Tells SAs apart for [`SeqRange`] (never reused within a process).
+static NEXT_SA_ID: AtomicU64 = AtomicU64::new(1);
 
 impl OutboundSa {
     /// An SA sending with `spi` (the SPI the peer chose for its inbound SA) and `key`. The
@@ -352,9 +387,10 @@ impl OutboundSa {
             spi,
             esn,
             key: key.clone(),
-            last_seq: 0,
-            packets: 0,
-            bytes: 0,
+            id: NEXT_SA_ID.fetch_add(1, Relaxed),
+            last_seq: AtomicU64::new(0),
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         }
     }
 
@@ -373,24 +409,50 @@ impl OutboundSa {
         self.key.cipher
     }
 
-    /// The sequence number of the last packet sealed; 0 before the first.
+    /// The last sequence number handed out (sealed, or reserved for sealing); 0 before the first.
     pub fn last_seq(&self) -> u64 {
-        self.last_seq
+        self.last_seq.load(Relaxed)
     }
 
     /// How many more packets this SA can seal before [`SealError::SeqExhausted`].
     pub fn remaining(&self) -> u64 {
-        self.seq_limit() - self.last_seq
+        self.seq_limit().saturating_sub(self.last_seq())
     }
 
-    /// Packets sealed so far.
+    /// Packets counted so far: by [`seal`](Self::seal) and by [`count`](Self::count).
     pub fn packets(&self) -> u64 {
-        self.packets
+        self.packets.load(Relaxed)
     }
 
-    /// Inner-packet octets sealed so far.
+    /// Inner-packet octets counted so far.
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.bytes.load(Relaxed)
+    }
+
+    /// Adds packets and inner octets sealed with [`seal_next`](Self::seal_next) to the SA's counters (callers
+    /// count once per batch, not per packet).
+    pub fn count(&self, packets: u64, bytes: u64) {
+        self.packets.fetch_add(packets, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// Reserves the next `n` sequence numbers (one atomic operation, whichever thread asks).
+    ///
+    /// # Errors
+    /// [`SealError::SeqExhausted`] if fewer than `n` are left; nothing is reserved then.
+    pub fn reserve(&self, n: u64) -> Result<SeqRange, SealError> {
+        let limit = self.seq_limit();
+        let last = self
+            .last_seq
+            .fetch_update(Relaxed, Relaxed, |s| {
+                s.checked_add(n).filter(|&e| e <= limit)
+            })
+            .map_err(|_| SealError::SeqExhausted)?;
+        Ok(SeqRange {
+            sa: self.id,
+            next: last.wrapping_add(1),
+            left: n,
+        })
     }
 
     /// Seals the inner packet at `buf[payload]` in place into an ESP packet.
@@ -411,22 +473,43 @@ impl OutboundSa {
     /// # Panics
     /// Never.
     pub fn seal(
-        &mut self,
+        &self,
         buf: &mut [u8],
         payload: Range<usize>,
         next: NextHeader,
     ) -> Result<Range<usize>, SealError> {
-        self.seal_with(buf, payload, next as u8, None)
+        let inner_len = payload.len() as u64;
+        let esp = self.seal_with(buf, payload, next as u8, None, None)?;
+        self.count(1, inner_len);
+        Ok(esp)
+    }
+
+    /// [`seal`](Self::seal) with the next number of `seq` (reserved on this SA), without counting the
+    /// packet (see [`count`](Self::count)).
+    ///
+    /// # Errors
+    /// As [`seal`](Self::seal); [`SealError::SeqExhausted`] also when `seq` is used up or was reserved on
+    /// another SA. On error `seq` is unchanged.
+    #[inline]
+    pub fn seal_next(
+        &self,
+        buf: &mut [u8],
+        payload: Range<usize>,
+        next: NextHeader,
+        seq: &mut SeqRange,
+    ) -> Result<Range<usize>, SealError> {
+        self.seal_with(buf, payload, next as u8, Some(seq), None)
     }
 
     /// [`seal`](Self::seal) with any next header octet and, for known-answer tests only, a
     /// chosen IV instead of the sequence number.
     #[inline(always)]
     fn seal_with(
-        &mut self,
+        &self,
         buf: &mut [u8],
         payload: Range<usize>,
         next_header: u8,
+        seq: Option<&mut SeqRange>,
         iv: Option<[u8; IV_LEN]>,
     ) -> Result<Range<usize>, SealError> {
         let Range { start, end } = payload;
@@ -443,7 +526,7 @@ impl OutboundSa {
         if ct_end + ICV_LEN > buf.len() {
             return Err(SealError::NoTailroom);
         }
-        let seq = self.next_seq()?;
+        let seq = self.take(seq)?;
 
         let trailer = &mut buf[end..ct_end];
         for (i, octet) in trailer[..pad_len].iter_mut().enumerate() {
@@ -452,10 +535,7 @@ impl OutboundSa {
         trailer[pad_len] = pad_len as u8;
         trailer[pad_len + 1] = next_header;
 
-        let esp = self.encrypt(buf, start - HEADROOM, ct_end, seq, iv)?;
-        self.packets = self.packets.saturating_add(1);
-        self.bytes = self.bytes.saturating_add(inner_len as u64);
-        Ok(esp)
+        self.encrypt(buf, start - HEADROOM, ct_end, seq, iv)
     }
 
     /// Test and fuzz hook: seals `buf[plaintext]` exactly as given (the caller supplies any
@@ -465,7 +545,7 @@ impl OutboundSa {
     #[cfg(any(test, fuzzing))]
     #[doc(hidden)]
     pub fn seal_raw(
-        &mut self,
+        &self,
         buf: &mut [u8],
         plaintext: Range<usize>,
         iv: Option<[u8; IV_LEN]>,
@@ -477,27 +557,30 @@ impl OutboundSa {
         if start > end || end.checked_add(ICV_LEN).is_none_or(|e| e > buf.len()) {
             return Err(SealError::NoTailroom);
         }
-        let seq = self.next_seq()?;
+        let seq = self.take(None)?;
         self.encrypt(buf, start - HEADROOM, end, seq, iv)
     }
 
     /// Test hook: positions the SA as if `last_seq` had just been sent.
     #[cfg(test)]
     pub(crate) fn set_last_seq(&mut self, last_seq: u64) {
-        self.last_seq = last_seq;
+        self.last_seq.store(last_seq, Relaxed);
     }
 
     /// Test hook: [`seal`](Self::seal) with a chosen IV and raw next header octet, for
     /// reproducing published vectors whose IV is not a counter.
     #[cfg(test)]
     pub(crate) fn seal_with_iv(
-        &mut self,
+        &self,
         buf: &mut [u8],
         payload: Range<usize>,
         next_header: u8,
         iv: [u8; IV_LEN],
     ) -> Result<Range<usize>, SealError> {
-        self.seal_with(buf, payload, next_header, Some(iv))
+        let inner_len = payload.len() as u64;
+        let esp = self.seal_with(buf, payload, next_header, None, Some(iv))?;
+        self.count(1, inner_len);
+        Ok(esp)
     }
 
     /// The highest sequence number this SA may use.
@@ -509,21 +592,28 @@ impl OutboundSa {
         }
     }
 
-    fn next_seq(&self) -> Result<u64, SealError> {
-        if self.last_seq >= self.seq_limit() {
-            Err(SealError::SeqExhausted)
-        } else {
-            Ok(self.last_seq + 1)
+    /// The next number of `seq`, or (`None`) a newly reserved one.
+    #[inline(always)]
+    fn take(&self, seq: Option<&mut SeqRange>) -> Result<u64, SealError> {
+        match seq {
+            Some(r) if r.sa == self.id && r.left > 0 => {
+                let seq = r.next;
+                r.next = r.next.wrapping_add(1);
+                r.left -= 1;
+                Ok(seq)
+            }
+            Some(_) => Err(SealError::SeqExhausted),
+            None => Ok(self.reserve(1)?.next),
         }
     }
 
     /// Writes the header at `buf[esp_start..esp_start + HEADROOM]`, encrypts
-    /// `buf[esp_start + HEADROOM..ct_end]` and writes the ICV after it; commits `seq`.
+    /// `buf[esp_start + HEADROOM..ct_end]` and writes the ICV after it.
     /// The caller has checked `esp_start + HEADROOM <= ct_end` and `ct_end + ICV_LEN <=
     /// buf.len()`.
     #[inline(always)]
     fn encrypt(
-        &mut self,
+        &self,
         buf: &mut [u8],
         esp_start: usize,
         ct_end: usize,
@@ -553,7 +643,6 @@ impl OutboundSa {
             // no packet buffer holds; report it as a buffer that cannot be used.
             .map_err(|_| SealError::NoTailroom)?;
         icv.copy_from_slice(tag.as_ref());
-        self.last_seq = seq;
         Ok(esp_start..esp_end)
     }
 }

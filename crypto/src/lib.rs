@@ -24,8 +24,8 @@ pub mod udp_encap;
 
 pub use esp::{
     max_inner_len, sealed_len, Cipher, InboundSa, KeyLenError, NextHeader, OpenError, Opened,
-    OutboundSa, SaKey, SealError, Spi, UnknownCipher, ESP_HEADER_LEN, HEADROOM, ICV_LEN, IV_LEN,
-    KEYMAT_LEN, KEY_LEN, MAX_TAILROOM, MIN_ESP_LEN, SALT_LEN,
+    OutboundSa, SaKey, SealError, SeqRange, Spi, UnknownCipher, ESP_HEADER_LEN, HEADROOM, ICV_LEN,
+    IV_LEN, KEYMAT_LEN, KEY_LEN, MAX_TAILROOM, MIN_ESP_LEN, SALT_LEN,
 };
 pub use replay::{ReplayError, ReplayWindow, MAX_REPLAY_WINDOW};
 pub use udp_encap::{classify, UdpPayload, NON_ESP_MARKER};

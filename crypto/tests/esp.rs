@@ -15,7 +15,7 @@ fn round_trips_random_sizes() {
     let mut rng = Rng::new(0x4303);
     for cipher in Cipher::ALL {
         for esn in [false, true] {
-            let (mut out, mut inb) = pair(cipher, esn, 1024);
+            let (out, mut inb) = pair(cipher, esn, 1024);
             let mut total = 0u64;
             for i in 0..400u64 {
                 // Always cover the edges, then random sizes.
@@ -109,7 +109,7 @@ fn padding_on_the_wire() {
 #[test]
 fn seal_buffer_errors() {
     for cipher in Cipher::ALL {
-        let (mut out, mut inb) = pair(cipher, false, 64);
+        let (out, mut inb) = pair(cipher, false, 64);
         let inner = [0x45u8; 41]; // 41 + 2 -> 44: one octet of padding
         let need = sealed_len(inner.len());
         let mut buf = vec![0u8; 64 + need];

@@ -76,13 +76,13 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use braid_crypto::udp_encap::NAT_KEEPALIVE;
 use braid_crypto::{
-    classify, InboundSa, NextHeader, OutboundSa, SealError, Spi, UdpPayload, NON_ESP_MARKER,
+    classify, InboundSa, NextHeader, OutboundSa, SealError, UdpPayload, NON_ESP_MARKER,
 };
 use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
@@ -94,10 +94,12 @@ use crate::flow::flow_hash_inspected;
 use crate::gro::{self, Gro, Output};
 use crate::gso::Plan;
 use crate::prefix::Prefix;
-use crate::sa::{Board, InboundSas, OutboundEntry, RxCommand, SaControl, SaError, TxCommand};
+use crate::sa::{
+    Board, InboundEntry, InboundSas, OutboundEntry, RxCommand, SaControl, SaError, TxCommand,
+};
 use crate::scheduler;
 use crate::shaper::{Admit, TokenBucket};
-use crate::stats::{add, DropReason, TunStats, TunnelStats, UplinkStats};
+use crate::stats::{add, DropReason, TunStats, TunnelStats, UplinkStats, WorkerStats};
 use crate::sys::{self, RecvBatch, SendBatch, SendMsg, UDP_GSO_MAX_BYTES, UDP_MAX_SEGMENTS};
 use crate::vnet::{VnetHdr, VNET_HDR_LEN};
 use crate::wire::{self, Inner};
@@ -130,7 +132,10 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// An uplink as the data path sees it.
 pub struct UplinkIo {
     pub name: String,
-    pub socket: UdpSocket,
+    /// Its sockets, all bound to the uplink's address and port: one per inbound worker (an `SO_REUSEPORT`
+    /// group, [`crate::open_uplink_sockets`]), at least one. Inbound worker `i` receives on socket `i` of each
+    /// uplink that has one; outbound workers send from any of them.
+    pub sockets: Vec<UdpSocket>,
     pub stats: Arc<UplinkStats>,
     /// The egress cap, if any.
     pub cap: Option<Cap>,
@@ -253,7 +258,9 @@ pub struct IkeDatagram {
 
 /// Everything the data path needs to start.
 pub struct DataplaneSpec {
-    pub tun: File,
+    /// The TUN device's queues, one per outbound worker (a multi-queue device, [`crate::Tun::create`]), at
+    /// least one. The kernel hashes each flow to one queue, so one worker sees a flow's packets, in order.
+    pub tun: Vec<File>,
     pub uplinks: Vec<UplinkIo>,
     pub tunnels: Vec<TunnelIo>,
     /// The forwarding table the control plane publishes; members are indexes into `tunnels`.
@@ -272,6 +279,7 @@ pub struct DataplaneSpec {
 /// A running data path. Dropping it stops the threads.
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
+    workers: Arc<[WorkerStats]>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
     epoch: Instant,
@@ -288,21 +296,35 @@ impl Dataplane {
     pub fn start(spec: DataplaneSpec) -> io::Result<Dataplane> {
         let epoch = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
-        enable_offloads(&spec.tun);
-        let tun = Arc::new(spec.tun);
+        if spec.tun.is_empty() || spec.uplinks.iter().any(|u| u.sockets.is_empty()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the data path needs a TUN queue and a socket per uplink",
+            ));
+        }
+        // The offloads are the device's, whichever queue sets them.
+        enable_offloads(&spec.tun[0]);
+        let tuns: Vec<Arc<File>> = spec.tun.into_iter().map(Arc::new).collect();
         let mut sockets = Vec::new();
         let mut uplink_stats = Vec::new();
-        let mut shapers = Vec::new();
-        let uplink_count = spec.uplinks.len();
+        let mut caps = Vec::new();
         for u in spec.uplinks {
-            sockets.push(u.socket);
+            sockets.push(u.sockets);
             uplink_stats.push(u.stats);
-            shapers.push(u.cap.map(|c| Shaper {
-                bucket: TokenBucket::new(c.rate_bps, c.burst_bytes, epoch),
-                held: VecDeque::new(),
+            caps.push(u.cap.map(|c| {
+                Arc::new(Mutex::new(TokenBucket::new(
+                    c.rate_bps,
+                    c.burst_bytes,
+                    epoch,
+                )))
             }));
         }
         let sockets = Arc::new(sockets);
+        let tx_workers = tuns.len();
+        let rx_workers = sockets.iter().map(Vec::len).max().unwrap_or(1);
+        let workers: Arc<[WorkerStats]> = (0..tx_workers.max(rx_workers))
+            .map(|_| WorkerStats::default())
+            .collect();
 
         let board = Arc::new(Board::new(spec.tunnels.iter().map(|t| t.remote)));
         let mut outbound = Vec::with_capacity(spec.tunnels.len());
@@ -319,7 +341,7 @@ impl Dataplane {
                 })?;
             }
             board.set_inbound(i, sas.counters(i));
-            let sa = t.outbound.map(OutboundEntry::new);
+            let sa = t.outbound.map(|sa| Arc::new(OutboundEntry::new(sa)));
             board.set_outbound(i, sa.as_ref().map(|e| e.counters.clone()));
             outbound.push(OutTunnel {
                 uplink: t.uplink,
@@ -337,86 +359,123 @@ impl Dataplane {
             });
         }
 
-        let tx_poll = Poll::new()?;
-        let tx_waker = Arc::new(Waker::new(tx_poll.registry(), WAKE)?);
-        tx_poll
-            .registry()
-            .register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
-        let rx_poll = Poll::new()?;
-        let rx_waker = Arc::new(Waker::new(rx_poll.registry(), WAKE)?);
-        for (i, s) in sockets.iter().enumerate() {
-            rx_poll.registry().register(
-                &mut SourceFd(&s.as_raw_fd()),
-                Token(i),
-                Interest::READABLE,
-            )?;
+        let mut tx_polls = Vec::new();
+        let mut tx_wakers = Vec::new();
+        for tun in &tuns {
+            let poll = Poll::new()?;
+            tx_wakers.push(Arc::new(Waker::new(poll.registry(), WAKE)?));
+            poll.registry()
+                .register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
+            tx_polls.push(poll);
         }
-        let (control, queues) = SaControl::new(board.clone(), tx_waker.clone(), rx_waker.clone());
+        let mut rx_polls = Vec::new();
+        let mut rx_wakers = Vec::new();
+        for w in 0..rx_workers {
+            let poll = Poll::new()?;
+            rx_wakers.push(Arc::new(Waker::new(poll.registry(), WAKE)?));
+            for (u, group) in sockets.iter().enumerate() {
+                if let Some(s) = group.get(w) {
+                    poll.registry().register(
+                        &mut SourceFd(&s.as_raw_fd()),
+                        Token(u),
+                        Interest::READABLE,
+                    )?;
+                }
+            }
+            rx_polls.push(poll);
+        }
+        let (control, queues) = SaControl::new(board.clone(), tx_wakers.clone(), rx_wakers.clone());
         let ike = IkeSender {
             sockets: sockets.clone(),
             stats: uplink_stats.clone().into(),
         };
 
-        let (rx_tun_stats, inbound_tunnels) = (spec.tun_stats.clone(), inbound.len());
-        let tx = Outbound {
-            poll: tx_poll,
-            stop: stop.clone(),
-            tun: tun.clone(),
-            sockets: sockets.clone(),
-            uplink_stats: uplink_stats.clone(),
-            tunnels: outbound,
-            commands: queues.tx,
-            board: board.clone(),
-            fib: spec.fib.clone(),
-            tun_stats: spec.tun_stats,
-            last_warn: None,
-            shapers,
-            held: 0,
-            pool: Vec::new(),
-            flows: vec![FlowSlot::default(); FLOW_SLOTS].into_boxed_slice(),
-            spray: spec.spray,
-            spray_counter: 0,
-            flow_seed: spec.flow_seed,
-            liveness: spec.liveness,
-            epoch,
-            now_s: 0,
-            batch: TxBatch::new(),
-            gso_on: vec![true; uplink_count],
-            gso_retry: vec![None; uplink_count],
-        };
-        let rx = Inbound {
-            poll: rx_poll,
-            stop: stop.clone(),
-            tun,
-            sockets,
-            uplink_stats,
-            tunnels: inbound,
-            fib: spec.fib,
-            sas,
-            commands: queues.rx,
-            board,
-            ike: spec.ike,
-            epoch,
-            last_warn: None,
-            tun_stats: rx_tun_stats,
-            batch: RecvBatch::new(RX_BATCH, RX_SLOT),
-            packets: Vec::with_capacity(RX_DATAGRAMS),
-            gro: Gro::new(),
-            delivered: vec![(0, 0); inbound_tunnels],
-            touched_tunnels: Vec::new(),
-            touched_sas: Vec::new(),
-        };
-        let threads = vec![
-            std::thread::Builder::new()
-                .name("braid-tx".into())
-                .spawn(move || tx.run())?,
-            std::thread::Builder::new()
-                .name("braid-rx".into())
-                .spawn(move || rx.run())?,
-        ];
+        let mut threads = Vec::new();
+        for (w, (poll, commands)) in tx_polls.into_iter().zip(queues.tx).enumerate() {
+            let tx = Outbound {
+                poll,
+                stop: stop.clone(),
+                tun: tuns[w].clone(),
+                sockets: sockets.clone(),
+                worker: w,
+                worker_stats: workers.clone(),
+                reads: ReadCounts::default(),
+                uplink_stats: uplink_stats.clone(),
+                tunnels: outbound.clone(),
+                commands,
+                board: board.clone(),
+                fib: spec.fib.clone(),
+                tun_stats: spec.tun_stats.clone(),
+                last_warn: None,
+                shapers: caps
+                    .iter()
+                    .map(|c| {
+                        c.as_ref().map(|bucket| Shaper {
+                            bucket: bucket.clone(),
+                            held: VecDeque::new(),
+                        })
+                    })
+                    .collect(),
+                held: 0,
+                pool: Vec::new(),
+                flows: vec![FlowSlot::default(); FLOW_SLOTS].into_boxed_slice(),
+                spray: spec.spray,
+                spray_counter: w as u64,
+                flow_seed: spec.flow_seed,
+                liveness: spec.liveness.clone(),
+                epoch,
+                now_s: 0,
+                batch: TxBatch::new(),
+                gso_on: vec![true; sockets.len()],
+                gso_retry: vec![None; sockets.len()],
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("braid-tx{w}"))
+                    .spawn(move || tx.run())?,
+            );
+        }
+        for (w, (poll, commands)) in rx_polls.into_iter().zip(queues.rx).enumerate() {
+            let rx = Inbound {
+                poll,
+                stop: stop.clone(),
+                tun: tuns[w % tuns.len()].clone(),
+                sockets: sockets.clone(),
+                worker: w,
+                worker_stats: workers.clone(),
+                uplink_stats: uplink_stats.clone(),
+                tunnels: inbound.clone(),
+                fib: spec.fib.clone(),
+                sas: sas.clone(),
+                commands,
+                board: board.clone(),
+                ike: spec.ike.clone(),
+                epoch,
+                last_warn: None,
+                tun_stats: spec.tun_stats.clone(),
+                batch: RecvBatch::new(RX_BATCH, RX_SLOT),
+                packets: Vec::with_capacity(RX_DATAGRAMS),
+                gro: Gro::new(),
+                delivered: vec![(0, 0); inbound.len()],
+                touched_tunnels: Vec::new(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("braid-rx{w}"))
+                    .spawn(move || rx.run())?,
+            );
+        }
+        tracing::info!(
+            outbound = tx_workers,
+            inbound = rx_workers,
+            "data path workers started"
+        );
+        let mut wakers = tx_wakers;
+        wakers.extend(rx_wakers);
         Ok(Dataplane {
             stop,
-            wakers: vec![tx_waker, rx_waker],
+            workers,
+            wakers,
             threads,
             epoch,
             control,
@@ -432,6 +491,11 @@ impl Dataplane {
     /// The handle that sends IKE messages from the uplink sockets (cheap to clone).
     pub fn ike_sender(&self) -> IkeSender {
         self.ike.clone()
+    }
+
+    /// Each worker's counters (worker `i`: outbound thread `i` and inbound thread `i`).
+    pub fn worker_stats(&self) -> Arc<[WorkerStats]> {
+        self.workers.clone()
     }
 
     /// When the data path started; `TunnelStats::last_rx_ms` counts from here.
@@ -466,7 +530,7 @@ impl Drop for Dataplane {
 /// from the calling thread, on the same sockets the data path uses (a datagram send is atomic, no lock).
 #[derive(Clone)]
 pub struct IkeSender {
-    sockets: Arc<Vec<UdpSocket>>,
+    sockets: Arc<Vec<Vec<UdpSocket>>>,
     stats: Arc<[Arc<UplinkStats>]>,
 }
 
@@ -502,9 +566,12 @@ impl IkeSender {
     }
 
     fn socket(&self, uplink: usize) -> io::Result<&UdpSocket> {
-        self.sockets.get(uplink).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("no uplink {uplink}"))
-        })
+        self.sockets
+            .get(uplink)
+            .and_then(|g| g.first())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("no uplink {uplink}"))
+            })
     }
 
     fn send_raw(&self, uplink: usize, to: SocketAddr, datagram: &[u8]) -> io::Result<()> {
@@ -512,16 +579,18 @@ impl IkeSender {
     }
 }
 
+#[derive(Clone)]
 struct OutTunnel {
     uplink: usize,
     remote: SocketAddr,
-    sa: Option<OutboundEntry>,
+    sa: Option<Arc<OutboundEntry>>,
     max_inner: usize,
     icmp_source_v4: Option<Ipv4Addr>,
     icmp_source_v6: Option<Ipv6Addr>,
     stats: Arc<TunnelStats>,
 }
 
+#[derive(Clone)]
 struct InTunnel {
     /// This tunnel's index, as FIB members name it.
     index: u32,
@@ -541,8 +610,14 @@ fn warn_limited(last: &mut Option<Instant>, f: impl FnOnce()) {
 struct Outbound {
     poll: Poll,
     stop: Arc<AtomicBool>,
+    /// This worker's TUN queue.
     tun: Arc<File>,
-    sockets: Arc<Vec<UdpSocket>>,
+    /// Per uplink, its sockets; this worker sends from socket `worker % len`.
+    sockets: Arc<Vec<Vec<UdpSocket>>>,
+    worker: usize,
+    worker_stats: Arc<[WorkerStats]>,
+    /// Reads since the last flush, counted into the shared counters once per batch.
+    reads: ReadCounts,
     uplink_stats: Vec<Arc<UplinkStats>>,
     tunnels: Vec<OutTunnel>,
     commands: Receiver<TxCommand>,
@@ -584,8 +659,17 @@ struct TxBatch {
     /// The messages of one `sendmmsg` and, for each, the datagrams it carries (`first..last`).
     send: SendBatch,
     runs: Vec<(usize, usize)>,
-    /// Tunnels whose outbound SA sealed in this batch: their counters are published once, at the flush.
-    sealed: Vec<usize>,
+    /// Tunnels whose outbound SA sealed in this batch, with the packets and inner octets sealed: their SA
+    /// counters move once, at the flush.
+    sealed: Vec<(usize, u64, u64)>,
+}
+
+/// TUN reads of one outbound worker not yet added to the shared counters.
+#[derive(Default)]
+struct ReadCounts {
+    reads: u64,
+    gso_reads: u64,
+    gso_segments: u64,
 }
 
 /// One sealed datagram in the batch.
@@ -635,10 +719,19 @@ fn enable_offloads(tun: &File) {
     }
 }
 
-/// One uplink's cap: the bucket and the datagrams it holds back, oldest first.
+/// One uplink's cap as one outbound worker sees it: the bucket (shared by all workers, locked per datagram
+/// admitted on a capped uplink only) and the datagrams this worker holds back, oldest first.
 struct Shaper {
-    bucket: TokenBucket,
+    bucket: Arc<Mutex<TokenBucket>>,
     held: VecDeque<Held>,
+}
+
+impl Shaper {
+    fn bucket(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
+        self.bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A sealed datagram waiting for its tokens.
@@ -659,6 +752,12 @@ struct FlowSlot {
 }
 
 impl Outbound {
+    /// This worker's socket on uplink `u`.
+    fn socket(&self, u: usize) -> &UdpSocket {
+        let group = &self.sockets[u];
+        &group[self.worker % group.len()]
+    }
+
     fn run(mut self) {
         let mut events = Events::with_capacity(8);
         let mut buf = PacketBuf::new();
@@ -702,7 +801,7 @@ impl Outbound {
                         break;
                     }
                 };
-                add(&self.tun_stats.rx_packets, 1);
+                self.reads.reads += 1;
                 let Some(n) = n.checked_sub(VNET_HDR_LEN) else {
                     self.tun_stats.drops.count(DropReason::InnerMalformed);
                     continue;
@@ -756,7 +855,9 @@ impl Outbound {
                 };
                 self.held -= 1;
                 let tunnel = &self.tunnels[h.tunnel];
-                let result = send(&self.sockets[u], &h.datagram, tunnel.remote);
+                let group = &self.sockets[u];
+                let socket = &group[self.worker % group.len()];
+                let result = send(socket, &h.datagram, tunnel.remote);
                 account(
                     result,
                     tunnel,
@@ -823,7 +924,7 @@ impl Outbound {
             return false;
         };
         match &self.shapers[t.uplink] {
-            Some(s) => s.bucket.headroom(now) >= MIN_HEADROOM,
+            Some(s) => s.bucket().headroom(now) >= MIN_HEADROOM,
             None => true,
         }
     }
@@ -845,8 +946,8 @@ impl Outbound {
         };
         let count = plan.count();
         if plan.is_gso() {
-            add(&self.tun_stats.gso_reads, 1);
-            add(&self.tun_stats.gso_segments, count as u64);
+            self.reads.gso_reads += 1;
+            self.reads.gso_segments += count as u64;
         }
         let fib = self.fib.load();
         let Some(group) = fib.lookup(inner.dst) else {
@@ -908,43 +1009,61 @@ impl Outbound {
         };
         let u = tunnel.uplink;
         let on_wire_extra = crate::outer_overhead(tunnel.remote.is_ipv6());
-        if !self.batch.sealed.contains(&t) {
-            self.batch.sealed.push(t);
-        }
+        // The segments' sequence numbers: one atomic step for the whole read, whichever workers share the SA.
+        let Some(sa) = tunnel.sa.clone() else {
+            return tunnel
+                .stats
+                .drops
+                .count_many(DropReason::NoSa, count as u64);
+        };
+        let mut seq = match sa.sa.reserve(count as u64) {
+            Ok(r) => r,
+            Err(_) => {
+                return tunnel
+                    .stats
+                    .drops
+                    .count_many(DropReason::SeqExhausted, count as u64)
+            }
+        };
+        let mut sealed = (0u64, 0u64);
         // The cap's clock: once per read, not per segment.
         let now = self.shapers[u].as_ref().map(|_| Instant::now());
         for i in 0..count {
             let len = plan.segment_len(i);
             if !self.batch.fits(len) {
+                self.note_sealed(t, std::mem::take(&mut sealed));
                 self.flush();
-                self.batch.sealed.push(t);
             }
             let slot = self.batch.end;
             plan.write(pkt, i, &mut self.batch.buf[slot + HEADROOM..]);
-            let tunnel = &mut self.tunnels[t];
-            let Some(out) = &mut tunnel.sa else {
-                return tunnel.stats.drops.count(DropReason::NoSa);
-            };
-            let esp = match out.sa.seal(
+            let esp = match sa.sa.seal_next(
                 &mut self.batch.buf,
                 slot + HEADROOM..slot + HEADROOM + len,
                 next,
+                &mut seq,
             ) {
                 Ok(r) => r,
                 Err(SealError::SeqExhausted) => {
-                    return tunnel
+                    self.note_sealed(t, sealed);
+                    return self.tunnels[t]
                         .stats
                         .drops
-                        .count_many(DropReason::SeqExhausted, (count - i) as u64)
+                        .count_many(DropReason::SeqExhausted, (count - i) as u64);
                 }
                 Err(_) => {
-                    tunnel.stats.drops.count(DropReason::InnerMalformed);
+                    self.tunnels[t]
+                        .stats
+                        .drops
+                        .count(DropReason::InnerMalformed);
                     continue;
                 }
             };
+            sealed.0 += 1;
+            sealed.1 += len as u64;
             if let (Some(shaper), Some(now)) = (&mut self.shapers[u], now) {
                 let datagram = &self.batch.buf[esp.clone()];
-                let due = match shaper.bucket.admit(now, datagram.len() + on_wire_extra) {
+                let verdict = shaper.bucket().admit(now, datagram.len() + on_wire_extra);
+                let due = match verdict {
                     // Tokens now, and nothing held ahead of it: into the batch.
                     Admit::Send if shaper.held.is_empty() => None,
                     Admit::Send => Some(now),
@@ -978,6 +1097,21 @@ impl Outbound {
                 gso,
             });
             self.batch.end = esp.end;
+        }
+        self.note_sealed(t, sealed);
+    }
+
+    /// Remembers that tunnel `t`'s SA sealed `(packets, octets)` in this batch, for its counters at the flush.
+    fn note_sealed(&mut self, t: usize, (packets, bytes): (u64, u64)) {
+        if packets == 0 {
+            return;
+        }
+        match self.batch.sealed.iter_mut().find(|s| s.0 == t) {
+            Some(s) => {
+                s.1 += packets;
+                s.2 += bytes;
+            }
+            None => self.batch.sealed.push((t, packets, bytes)),
         }
     }
 
@@ -1035,14 +1169,24 @@ impl Outbound {
             }
             self.send_runs(u);
         }
-        for &t in &self.batch.sealed {
+        for &(t, packets, bytes) in &self.batch.sealed {
             if let Some(e) = &self.tunnels[t].sa {
+                e.sa.count(packets, bytes);
                 e.counters.publish_outbound(&e.sa);
             }
         }
         self.batch.sealed.clear();
         self.batch.datagrams.clear();
         self.batch.end = 0;
+        let reads = std::mem::take(&mut self.reads);
+        if reads.reads > 0 {
+            add(&self.tun_stats.rx_packets, reads.reads);
+            add(&self.worker_stats[self.worker].tun_reads, reads.reads);
+        }
+        if reads.gso_reads > 0 {
+            add(&self.tun_stats.gso_reads, reads.gso_reads);
+            add(&self.tun_stats.gso_segments, reads.gso_segments);
+        }
         if self.held > 0 {
             self.release_due(Instant::now());
         }
@@ -1055,7 +1199,7 @@ impl Outbound {
     /// the route's MTU, e.g. the uplink's MTU was lowered: single datagrams are still fragmented by the
     /// kernel, as before the fast path, while a GSO message is refused whole).
     fn send_runs(&mut self, u: usize) {
-        let fd = self.sockets[u].as_raw_fd();
+        let fd = self.socket(u).as_raw_fd();
         let messages = self.batch.send.len();
         let mut from = 0;
         while from < messages {
@@ -1097,7 +1241,7 @@ impl Outbound {
                             let d = self.batch.datagrams[d];
                             let tunnel = &self.tunnels[d.tunnel];
                             let datagram = &self.batch.buf[d.start..d.start + d.len];
-                            let result = send(&self.sockets[u], datagram, tunnel.remote);
+                            let result = send(self.socket(u), datagram, tunnel.remote);
                             account(
                                 result,
                                 tunnel,
@@ -1157,8 +1301,8 @@ fn apply_tx(tunnels: &mut [OutTunnel], board: &Board, command: TxCommand) {
     match command {
         TxCommand::SetOutbound { tunnel, sa, done } => {
             let applied = tunnels.get_mut(tunnel).map(|t| {
-                t.sa = sa.map(|sa| OutboundEntry::new(*sa));
-                board.set_outbound(tunnel, t.sa.as_ref().map(|e| e.counters.clone()));
+                board.set_outbound(tunnel, sa.as_ref().map(|e| e.counters.clone()));
+                t.sa = sa;
             });
             let _ = done.send(applied.ok_or(SaError::UnknownTunnel(tunnel)));
         }
@@ -1240,12 +1384,16 @@ struct RxPacket {
 struct Inbound {
     poll: Poll,
     stop: Arc<AtomicBool>,
+    /// The TUN queue this worker writes to.
     tun: Arc<File>,
-    sockets: Arc<Vec<UdpSocket>>,
+    /// Per uplink, its sockets; this worker receives on socket `worker` of each uplink that has one.
+    sockets: Arc<Vec<Vec<UdpSocket>>>,
+    worker: usize,
+    worker_stats: Arc<[WorkerStats]>,
     uplink_stats: Vec<Arc<UplinkStats>>,
     tunnels: Vec<InTunnel>,
     fib: Arc<FibCell>,
-    /// Every tunnel's inbound SAs by SPI, across all uplinks.
+    /// Every tunnel's inbound SAs by SPI, across all uplinks (shared entries; this worker's map).
     sas: InboundSas,
     commands: Receiver<RxCommand>,
     board: Arc<Board>,
@@ -1260,10 +1408,8 @@ struct Inbound {
     gro: Gro,
     /// Per tunnel, what the current batch delivered to the TUN device: packets, octets.
     delivered: Vec<(u64, u64)>,
-    /// Tunnels and SAs that authenticated a packet in the current batch (their counters are published once
-    /// per batch).
+    /// Tunnels that authenticated a packet in the current batch (their counters move once per batch).
     touched_tunnels: Vec<u32>,
-    touched_sas: Vec<Spi>,
 }
 
 impl Inbound {
@@ -1291,7 +1437,10 @@ impl Inbound {
                     if !self.commands.is_empty() {
                         self.apply_commands();
                     }
-                    match self.batch.recv(self.sockets[u].as_raw_fd()) {
+                    let Some(socket) = self.sockets[u].get(self.worker) else {
+                        break;
+                    };
+                    match self.batch.recv(socket.as_raw_fd()) {
                         Ok(n) => self.receive_batch(u, n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -1324,13 +1473,24 @@ impl Inbound {
         let now_ms = (self.epoch.elapsed().as_millis() as u64).max(1);
         self.packets.clear();
         let (mut datagrams, mut octets, mut coalesced) = (0u64, 0u64, 0u64);
+        let mut cx = RxContext {
+            uplink: u,
+            stats: &self.uplink_stats[u],
+            tunnels: &self.tunnels,
+            sas: &self.sas,
+            fib: &self.fib,
+            ike: self.ike.as_ref(),
+            packets: &mut self.packets,
+            touched_tunnels: &mut self.touched_tunnels,
+            run: None,
+        };
         for m in 0..n {
             let meta = self.batch.meta(m);
             let (Some(from), false) = (meta.from, meta.truncated) else {
                 // Larger than a slot (no UDP datagram is), or from an address family braid does not use.
                 datagrams += 1;
                 octets += meta.len as u64;
-                self.uplink_stats[u].drops.count(DropReason::Malformed);
+                cx.stats.drops.count(DropReason::Malformed);
                 continue;
             };
             // With UDP GRO the message is several datagrams of `segment` octets back to back, the last maybe
@@ -1341,31 +1501,30 @@ impl Inbound {
             } else {
                 meta.len.max(1)
             };
+            let slot = self.batch.slot_mut(m);
             let mut start = 0;
             loop {
                 let end = (start + segment).min(meta.len);
                 datagrams += 1;
                 octets += (end - start) as u64;
-                self.open_datagram(u, m, start..end, from);
+                cx.open_datagram(m, &mut slot[start..end], start, from);
                 start = end;
                 if start >= meta.len {
                     break;
                 }
             }
         }
+        // The last run's SA: its counters are published and its lock released before the TUN writes.
+        drop(cx);
         self.write_packets();
 
         let us = &self.uplink_stats[u];
         add(&us.rx_packets, datagrams);
         add(&us.rx_bytes, octets);
         add(&us.rx_batches, 1);
+        add(&self.worker_stats[self.worker].uplink_datagrams, datagrams);
         if coalesced > 0 {
             add(&us.gro_receives, coalesced);
-        }
-        for spi in self.touched_sas.drain(..) {
-            if let Some(entry) = self.sas.get_mut(spi) {
-                entry.counters.publish_inbound(&entry.sa);
-            }
         }
         for t in self.touched_tunnels.drain(..) {
             let stats = &self.tunnels[t as usize].stats;
@@ -1376,68 +1535,6 @@ impl Inbound {
                 add(&stats.rx_bytes, bytes);
             }
         }
-    }
-
-    /// Handles the datagram at `range` of message `m` received on uplink `u`: IKE and keepalives go their
-    /// way, ESP is opened in place; an inner packet that passes the checks gets a zero virtio-net header in
-    /// front (where the ESP header was) and joins the batch's packets.
-    fn open_datagram(
-        &mut self,
-        u: usize,
-        m: usize,
-        range: std::ops::Range<usize>,
-        from: SocketAddr,
-    ) {
-        let offset = range.start;
-        let datagram = &mut self.batch.slot_mut(m)[range];
-        let us = &self.uplink_stats[u];
-        let spi = match classify(datagram) {
-            UdpPayload::Esp(spi) => spi,
-            UdpPayload::Ike(message) => {
-                add(&us.ike_received, 1);
-                if let Some(ike) = &self.ike {
-                    let _ = ike.try_send(IkeDatagram {
-                        uplink: u,
-                        from,
-                        message: message.to_vec(),
-                    });
-                }
-                return;
-            }
-            UdpPayload::NatKeepalive => return add(&us.nat_keepalives, 1),
-            UdpPayload::Malformed => return us.drops.count(DropReason::Malformed),
-        };
-        let Some(entry) = self.sas.get_mut(spi) else {
-            return us.drops.count(DropReason::UnknownSpi);
-        };
-        let Some(tunnel) = self.tunnels.get(entry.tunnel) else {
-            return us.drops.count(DropReason::UnknownSpi);
-        };
-        let opened = match entry.sa.open(datagram) {
-            Ok(o) => o,
-            Err(e) => return tunnel.stats.drops.count(e.into()),
-        };
-        if !self.touched_sas.contains(&spi) {
-            self.touched_sas.push(spi);
-        }
-        if !self.touched_tunnels.contains(&tunnel.index) {
-            self.touched_tunnels.push(tunnel.index);
-        }
-        let inner = match check_inner(&datagram[opened.inner.clone()], opened.next_header) {
-            Ok(i) => i,
-            Err(reason) => return tunnel.stats.drops.count(reason),
-        };
-        if !source_allowed(inner.src, tunnel.index, &tunnel.allowed_sources, &self.fib) {
-            return tunnel.stats.drops.count(DropReason::InnerSource);
-        }
-        // The virtio-net header goes where the ESP header was: the packet is written from where it lies.
-        VnetHdr::default().write(&mut datagram[opened.inner.start - VNET_HDR_LEN..]);
-        self.packets.push(RxPacket {
-            slot: m as u16,
-            start: (offset + opened.inner.start) as u32,
-            len: inner.len as u32,
-            tunnel: tunnel.index,
-        });
     }
 
     /// Writes the batch's inner packets to the TUN device, in order per flow, coalescing what [`Gro`] can.
@@ -1520,6 +1617,99 @@ impl Inbound {
         }
         gro.flush(&mut sink);
         gro.set_offloads(offloads);
+    }
+}
+
+/// What opening one batch's datagrams needs, borrowed from the inbound worker (apart from the receive slots,
+/// which the datagrams are opened in).
+struct RxContext<'a> {
+    uplink: usize,
+    stats: &'a UplinkStats,
+    tunnels: &'a [InTunnel],
+    sas: &'a InboundSas,
+    fib: &'a FibCell,
+    ike: Option<&'a crossbeam_channel::Sender<IkeDatagram>>,
+    packets: &'a mut Vec<RxPacket>,
+    touched_tunnels: &'a mut Vec<u32>,
+    /// The SA of the current run of datagrams with one SPI, locked (see [`SaRun`]).
+    run: Option<SaRun<'a>>,
+}
+
+/// An inbound SA locked for a run of consecutive datagrams with its SPI: one lock per run, not per packet.
+/// When the run ends (another SPI, or the end of the batch) its counters are published and the lock released.
+struct SaRun<'a> {
+    spi: u32,
+    entry: &'a InboundEntry,
+    sa: MutexGuard<'a, InboundSa>,
+}
+
+impl Drop for SaRun<'_> {
+    fn drop(&mut self) {
+        self.entry.counters.publish_inbound(&self.sa);
+    }
+}
+
+impl<'a> RxContext<'a> {
+    /// Handles one datagram (at `offset` in receive slot `m`): IKE and keepalives go their way, ESP is opened
+    /// in place; an inner packet that passes the checks gets a zero virtio-net header in front (where the ESP
+    /// header was) and joins the batch's packets.
+    fn open_datagram(&mut self, m: usize, datagram: &mut [u8], offset: usize, from: SocketAddr) {
+        let us = self.stats;
+        let spi = match classify(datagram) {
+            UdpPayload::Esp(spi) => spi,
+            UdpPayload::Ike(message) => {
+                add(&us.ike_received, 1);
+                if let Some(ike) = self.ike {
+                    let _ = ike.try_send(IkeDatagram {
+                        uplink: self.uplink,
+                        from,
+                        message: message.to_vec(),
+                    });
+                }
+                return;
+            }
+            UdpPayload::NatKeepalive => return add(&us.nat_keepalives, 1),
+            UdpPayload::Malformed => return us.drops.count(DropReason::Malformed),
+        };
+        if self.run.as_ref().map(|r| r.spi) != Some(spi.0) {
+            self.run = None;
+            let Some(entry) = self.sas.get(spi) else {
+                return us.drops.count(DropReason::UnknownSpi);
+            };
+            self.run = Some(SaRun {
+                spi: spi.0,
+                entry,
+                sa: entry.lock(),
+            });
+        }
+        let Some(run) = &mut self.run else {
+            return;
+        };
+        let Some(tunnel) = self.tunnels.get(run.entry.tunnel) else {
+            return us.drops.count(DropReason::UnknownSpi);
+        };
+        let opened = match run.sa.open(datagram) {
+            Ok(o) => o,
+            Err(e) => return tunnel.stats.drops.count(e.into()),
+        };
+        if !self.touched_tunnels.contains(&tunnel.index) {
+            self.touched_tunnels.push(tunnel.index);
+        }
+        let inner = match check_inner(&datagram[opened.inner.clone()], opened.next_header) {
+            Ok(i) => i,
+            Err(reason) => return tunnel.stats.drops.count(reason),
+        };
+        if !source_allowed(inner.src, tunnel.index, &tunnel.allowed_sources, self.fib) {
+            return tunnel.stats.drops.count(DropReason::InnerSource);
+        }
+        // The virtio-net header goes where the ESP header was: the packet is written from where it lies.
+        VnetHdr::default().write(&mut datagram[opened.inner.start - VNET_HDR_LEN..]);
+        self.packets.push(RxPacket {
+            slot: m as u16,
+            start: (offset + opened.inner.start) as u32,
+            len: inner.len as u32,
+            tunnel: tunnel.index,
+        });
     }
 }
 
@@ -1650,11 +1840,11 @@ mod tests {
         assert_eq!(
             apply(&mut tunnels, |done| TxCommand::SetOutbound {
                 tunnel: 0,
-                sa: Some(Box::new(OutboundSa::new(
+                sa: Some(Arc::new(OutboundEntry::new(OutboundSa::new(
                     Spi(0x100),
                     &key_for_test(),
                     false
-                ))),
+                )))),
                 done
             }),
             Ok(())
@@ -1670,11 +1860,11 @@ mod tests {
         // A rekey: the next packet goes out on the new SPI, starting at sequence number 1.
         apply(&mut tunnels, |done| TxCommand::SetOutbound {
             tunnel: 0,
-            sa: Some(Box::new(OutboundSa::new(
+            sa: Some(Arc::new(OutboundEntry::new(OutboundSa::new(
                 Spi(0x101),
                 &key_for_test(),
                 false,
-            ))),
+            )))),
             done,
         })
         .unwrap();

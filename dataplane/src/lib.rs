@@ -34,9 +34,9 @@ pub use fib::{Fib, FibBuilder, FibCell, GroupError, Member, NextHopGroup};
 pub use kernel::{KernelRoutes, RTPROT_BRAID};
 pub use prefix::{Prefix, PrefixTable};
 pub use sa::{Pending, SaControl, SaError, SaInfo, TunnelSas};
-pub use stats::{DropReason, TunStats, TunnelStats, UplinkStats};
+pub use stats::{DropReason, TunStats, TunnelStats, UplinkStats, WorkerStats};
 pub use tun::{InsideAddr, Tun};
-pub use uplink::{open_uplink_socket, UplinkSocketSpec};
+pub use uplink::{open_uplink_socket, open_uplink_sockets, UplinkSocketSpec};
 
 /// Bytes of outer IP + UDP header in front of an ESP packet, by the outer address family.
 pub fn outer_overhead(remote_is_ipv6: bool) -> usize {

@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -81,10 +81,10 @@ pub(crate) type Ack = Sender<Result<(), SaError>>;
 
 /// Commands for the outbound thread.
 pub(crate) enum TxCommand {
-    /// Seal with this SA from now on (`None`: drop as `no_sa`).
+    /// Seal with this SA from now on (`None`: drop as `no_sa`); every outbound worker gets the same SA.
     SetOutbound {
         tunnel: usize,
-        sa: Option<Box<OutboundSa>>,
+        sa: Option<Arc<OutboundEntry>>,
         done: Ack,
     },
     /// Send to this address from now on.
@@ -97,9 +97,9 @@ pub(crate) enum TxCommand {
 
 /// Commands for the inbound thread.
 pub(crate) enum RxCommand {
+    /// Every inbound worker gets the same entry.
     Install {
-        tunnel: usize,
-        sa: Box<InboundSa>,
+        entry: Arc<InboundEntry>,
         done: Ack,
     },
     Remove {
@@ -238,7 +238,8 @@ impl Board {
     }
 }
 
-/// The outbound SA of a tunnel with its published counters.
+/// The outbound SA of a tunnel with its published counters, shared by the outbound workers (the SA's
+/// sequence number is atomic: see [`OutboundSa`]).
 pub(crate) struct OutboundEntry {
     pub(crate) sa: OutboundSa,
     pub(crate) counters: Arc<SaCounters>,
@@ -252,27 +253,62 @@ impl OutboundEntry {
     }
 }
 
-/// An inbound SA with the tunnel it belongs to and its published counters.
+/// An inbound SA with the tunnel it belongs to and its published counters, shared by the inbound workers.
+///
+/// The SA (its replay window) sits behind a mutex. A worker locks it once per run of consecutive datagrams
+/// with its SPI (a UDP GRO message is one sender's run), not per packet, and the lock is uncontended in
+/// practice: the uplink sockets' `SO_REUSEPORT` group hashes a peer's 4-tuple to one worker, so one SA's
+/// datagrams all reach the same worker unless the peer's address or port changes.
 pub(crate) struct InboundEntry {
     pub(crate) tunnel: usize,
-    pub(crate) sa: InboundSa,
+    sa: Mutex<InboundSa>,
     pub(crate) counters: Arc<SaCounters>,
+    spi: Spi,
     /// Install order, for listing oldest first.
     serial: u64,
 }
 
-/// Every tunnel's inbound SAs by SPI: the inbound thread's half of the SA table. One lookup per packet finds
-/// both the SA and its tunnel.
-#[derive(Default)]
+/// Install order across the process (every worker's table sees the same serials).
+static SERIAL: AtomicU64 = AtomicU64::new(1);
+
+impl InboundEntry {
+    pub(crate) fn new(tunnel: usize, sa: InboundSa) -> Arc<InboundEntry> {
+        let spi = sa.spi();
+        let counters = SaCounters::new(spi);
+        counters.publish_inbound(&sa);
+        Arc::new(InboundEntry {
+            tunnel,
+            sa: Mutex::new(sa),
+            counters,
+            spi,
+            serial: SERIAL.fetch_add(1, Relaxed),
+        })
+    }
+
+    /// The SA, locked (a poisoned lock is taken over: the SA's state is a replay window and counters, which a
+    /// panic cannot leave half-written in a way that matters more than losing the tunnel).
+    #[inline]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, InboundSa> {
+        self.sa.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Every tunnel's inbound SAs by SPI: one inbound worker's view of the SA table (each worker has its own map
+/// of the same shared entries). One lookup per packet finds both the SA and its tunnel.
+#[derive(Default, Clone)]
 pub(crate) struct InboundSas {
-    by_spi: HashMap<u32, InboundEntry>,
-    serial: u64,
+    by_spi: HashMap<u32, Arc<InboundEntry>>,
 }
 
 impl InboundSas {
     /// Adds `sa` to `tunnel`. Refuses a reserved SPI and an SPI that is already installed (on any tunnel).
     pub(crate) fn install(&mut self, tunnel: usize, sa: InboundSa) -> Result<(), SaError> {
-        let spi = sa.spi();
+        self.insert(InboundEntry::new(tunnel, sa))
+    }
+
+    /// Adds a shared entry (the same one goes to every worker).
+    pub(crate) fn insert(&mut self, entry: Arc<InboundEntry>) -> Result<(), SaError> {
+        let spi = entry.spi;
         if spi.is_reserved() {
             return Err(SaError::ReservedSpi(spi));
         }
@@ -282,37 +318,23 @@ impl InboundSas {
                 tunnel: e.tunnel,
             });
         }
-        self.serial += 1;
-        let counters = SaCounters::new(spi);
-        counters.publish_inbound(&sa);
-        self.by_spi.insert(
-            spi.0,
-            InboundEntry {
-                tunnel,
-                sa,
-                counters,
-                serial: self.serial,
-            },
-        );
+        self.by_spi.insert(spi.0, entry);
         Ok(())
     }
 
     /// The SA for an ESP packet's SPI.
     #[inline]
-    pub(crate) fn get_mut(&mut self, spi: Spi) -> Option<&mut InboundEntry> {
-        self.by_spi.get_mut(&spi.0)
+    pub(crate) fn get(&self, spi: Spi) -> Option<&Arc<InboundEntry>> {
+        self.by_spi.get(&spi.0)
     }
 
     /// Removes `tunnel`'s SA with `spi` (another tunnel's SA with that SPI is left alone).
-    pub(crate) fn remove(&mut self, tunnel: usize, spi: Spi) -> Result<InboundSa, SaError> {
+    pub(crate) fn remove(&mut self, tunnel: usize, spi: Spi) -> Result<Arc<InboundEntry>, SaError> {
         match self.by_spi.get(&spi.0) {
             Some(e) if e.tunnel == tunnel => {}
             _ => return Err(SaError::NoSuchSa(spi)),
         }
-        self.by_spi
-            .remove(&spi.0)
-            .map(|e| e.sa)
-            .ok_or(SaError::NoSuchSa(spi))
+        self.by_spi.remove(&spi.0).ok_or(SaError::NoSuchSa(spi))
     }
 
     /// Removes every SA of `tunnel`; returns how many there were.
@@ -324,7 +346,7 @@ impl InboundSas {
 
     /// `tunnel`'s SAs' counters, oldest first.
     pub(crate) fn counters(&self, tunnel: usize) -> Vec<Arc<SaCounters>> {
-        let mut v: Vec<&InboundEntry> = self
+        let mut v: Vec<&Arc<InboundEntry>> = self
             .by_spi
             .values()
             .filter(|e| e.tunnel == tunnel)
@@ -336,7 +358,7 @@ impl InboundSas {
     /// Applies one command from the control plane and answers it.
     pub(crate) fn apply(&mut self, board: &Board, command: RxCommand) {
         let (tunnel, result, done) = match command {
-            RxCommand::Install { tunnel, sa, done } => (tunnel, self.install(tunnel, *sa), done),
+            RxCommand::Install { entry, done } => (entry.tunnel, self.insert(entry), done),
             RxCommand::Remove { tunnel, spi, done } => {
                 (tunnel, self.remove(tunnel, spi).map(drop), done)
             }
@@ -363,43 +385,50 @@ pub struct SaControl {
 }
 
 struct Shared {
-    tx: Sender<TxCommand>,
-    rx: Sender<RxCommand>,
-    tx_waker: Arc<Waker>,
-    rx_waker: Arc<Waker>,
+    /// One queue and waker per outbound worker, and per inbound worker.
+    tx: Vec<(Sender<TxCommand>, Arc<Waker>)>,
+    rx: Vec<(Sender<RxCommand>, Arc<Waker>)>,
     board: Arc<Board>,
 }
 
-/// The receiving ends of a [`SaControl`]'s commands, one per data-path thread.
+/// The receiving ends of a [`SaControl`]'s commands, one per data-path worker.
 pub(crate) struct CommandQueues {
-    pub(crate) tx: Receiver<TxCommand>,
-    pub(crate) rx: Receiver<RxCommand>,
+    pub(crate) tx: Vec<Receiver<TxCommand>>,
+    pub(crate) rx: Vec<Receiver<RxCommand>>,
 }
 
 impl SaControl {
+    /// A control for outbound workers woken by `tx_wakers` and inbound workers woken by `rx_wakers` (one
+    /// each); every command goes to every worker of its direction.
     pub(crate) fn new(
         board: Arc<Board>,
-        tx_waker: Arc<Waker>,
-        rx_waker: Arc<Waker>,
+        tx_wakers: Vec<Arc<Waker>>,
+        rx_wakers: Vec<Arc<Waker>>,
     ) -> (SaControl, CommandQueues) {
-        let (tx, tx_queue) = crossbeam_channel::unbounded();
-        let (rx, rx_queue) = crossbeam_channel::unbounded();
-        let control = SaControl {
-            shared: Arc::new(Shared {
-                tx,
-                rx,
-                tx_waker,
-                rx_waker,
-                board,
-            }),
+        let mut queues = CommandQueues {
+            tx: Vec::new(),
+            rx: Vec::new(),
         };
-        (
-            control,
-            CommandQueues {
-                tx: tx_queue,
-                rx: rx_queue,
-            },
-        )
+        let tx = tx_wakers
+            .into_iter()
+            .map(|w| {
+                let (s, r) = crossbeam_channel::unbounded();
+                queues.tx.push(r);
+                (s, w)
+            })
+            .collect();
+        let rx = rx_wakers
+            .into_iter()
+            .map(|w| {
+                let (s, r) = crossbeam_channel::unbounded();
+                queues.rx.push(r);
+                (s, w)
+            })
+            .collect();
+        let control = SaControl {
+            shared: Arc::new(Shared { tx, rx, board }),
+        };
+        (control, queues)
     }
 
     /// How many tunnels the data path has.
@@ -424,11 +453,11 @@ impl SaControl {
         if sa.spi().is_reserved() {
             return Pending::ready(Err(SaError::ReservedSpi(sa.spi())));
         }
-        let (done, pending) = Pending::new(1);
-        self.to_rx(RxCommand::Install {
-            tunnel,
-            sa: Box::new(sa),
-            done,
+        let entry = InboundEntry::new(tunnel, sa);
+        let (done, pending) = Pending::new(self.shared.rx.len());
+        self.to_rx(|| RxCommand::Install {
+            entry: entry.clone(),
+            done: done.clone(),
         });
         pending
     }
@@ -438,15 +467,19 @@ impl SaControl {
         if let Err(e) = self.check(tunnel) {
             return Pending::ready(Err(e));
         }
-        let (done, pending) = Pending::new(1);
-        self.to_rx(RxCommand::Remove { tunnel, spi, done });
+        let (done, pending) = Pending::new(self.shared.rx.len());
+        self.to_rx(|| RxCommand::Remove {
+            tunnel,
+            spi,
+            done: done.clone(),
+        });
         pending
     }
 
     /// Seals every packet `tunnel` sends from now on with `sa` (datagrams the uplink cap already holds were
     /// sealed with the previous SA and go out as they are).
     pub fn set_outbound(&self, tunnel: usize, sa: OutboundSa) -> Pending {
-        self.outbound(tunnel, Some(Box::new(sa)))
+        self.outbound(tunnel, Some(Arc::new(OutboundEntry::new(sa))))
     }
 
     /// Stops sealing for `tunnel`: its packets are dropped as `no_sa` until the next
@@ -455,12 +488,16 @@ impl SaControl {
         self.outbound(tunnel, None)
     }
 
-    fn outbound(&self, tunnel: usize, sa: Option<Box<OutboundSa>>) -> Pending {
+    fn outbound(&self, tunnel: usize, sa: Option<Arc<OutboundEntry>>) -> Pending {
         if let Err(e) = self.check(tunnel) {
             return Pending::ready(Err(e));
         }
-        let (done, pending) = Pending::new(1);
-        self.to_tx(TxCommand::SetOutbound { tunnel, sa, done });
+        let (done, pending) = Pending::new(self.shared.tx.len());
+        self.to_tx(|| TxCommand::SetOutbound {
+            tunnel,
+            sa: sa.clone(),
+            done: done.clone(),
+        });
         pending
     }
 
@@ -470,13 +507,16 @@ impl SaControl {
         if let Err(e) = self.check(tunnel) {
             return Pending::ready(Err(e));
         }
-        let (done, pending) = Pending::new(2);
-        self.to_tx(TxCommand::SetOutbound {
+        let (done, pending) = Pending::new(self.shared.tx.len() + self.shared.rx.len());
+        self.to_tx(|| TxCommand::SetOutbound {
             tunnel,
             sa: None,
             done: done.clone(),
         });
-        self.to_rx(RxCommand::Clear { tunnel, done });
+        self.to_rx(|| RxCommand::Clear {
+            tunnel,
+            done: done.clone(),
+        });
         pending
     }
 
@@ -486,11 +526,11 @@ impl SaControl {
         if let Err(e) = self.check(tunnel) {
             return Pending::ready(Err(e));
         }
-        let (done, pending) = Pending::new(1);
-        self.to_tx(TxCommand::SetRemote {
+        let (done, pending) = Pending::new(self.shared.tx.len());
+        self.to_tx(|| TxCommand::SetRemote {
             tunnel,
             remote,
-            done,
+            done: done.clone(),
         });
         pending
     }
@@ -500,17 +540,21 @@ impl SaControl {
         self.shared.board.snapshot(tunnel)
     }
 
-    // A failed send means the thread is gone: the command (and its ack) is dropped, and the Pending resolves
-    // to `Stopped`. A failed wake means the same.
-    fn to_tx(&self, command: TxCommand) {
-        if self.shared.tx.send(command).is_ok() {
-            let _ = self.shared.tx_waker.wake();
+    // A failed send means the worker is gone: the command (and its ack) is dropped, and the Pending resolves
+    // to `Stopped` once every other ack is in. A failed wake means the same.
+    fn to_tx(&self, command: impl Fn() -> TxCommand) {
+        for (queue, waker) in &self.shared.tx {
+            if queue.send(command()).is_ok() {
+                let _ = waker.wake();
+            }
         }
     }
 
-    fn to_rx(&self, command: RxCommand) {
-        if self.shared.rx.send(command).is_ok() {
-            let _ = self.shared.rx_waker.wake();
+    fn to_rx(&self, command: impl Fn() -> RxCommand) {
+        for (queue, waker) in &self.shared.rx {
+            if queue.send(command()).is_ok() {
+                let _ = waker.wake();
+            }
         }
     }
 }
@@ -616,20 +660,21 @@ mod tests {
         let spi = Spi(u32::from_be_bytes(
             buf[esp.start..esp.start + 4].try_into().unwrap(),
         ));
-        let e = sas.get_mut(spi)?;
-        e.sa.open(&mut buf[esp]).ok()?;
-        e.counters.publish_inbound(&e.sa);
+        let e = sas.get(spi)?;
+        let mut sa = e.lock();
+        sa.open(&mut buf[esp]).ok()?;
+        e.counters.publish_inbound(&sa);
         Some(e.tunnel)
     }
 
     #[test]
     fn install_lookup_two_at_once_remove_clear() {
         let mut sas = InboundSas::default();
-        assert!(sas.get_mut(Spi(0x1000)).is_none());
+        assert!(sas.get(Spi(0x1000)).is_none());
         sas.install(0, inbound(0x1000)).unwrap();
         sas.install(1, inbound(0x2000)).unwrap();
-        assert_eq!(sas.get_mut(Spi(0x1000)).unwrap().tunnel, 0);
-        assert_eq!(sas.get_mut(Spi(0x2000)).unwrap().tunnel, 1);
+        assert_eq!(sas.get(Spi(0x1000)).unwrap().tunnel, 0);
+        assert_eq!(sas.get(Spi(0x2000)).unwrap().tunnel, 1);
 
         // A rekey: old and new live together on tunnel 0, each opening its own packets.
         sas.install(0, inbound(0x1001)).unwrap();
@@ -656,7 +701,7 @@ mod tests {
             Some(SaError::NoSuchSa(Spi(0x1000))),
             "another tunnel's SPI"
         );
-        assert_eq!(sas.remove(0, Spi(0x1000)).unwrap().spi(), Spi(0x1000));
+        assert_eq!(sas.remove(0, Spi(0x1000)).unwrap().spi, Spi(0x1000));
         assert_eq!(
             sas.remove(0, Spi(0x1000)).err(),
             Some(SaError::NoSuchSa(Spi(0x1000)))
@@ -672,7 +717,7 @@ mod tests {
         assert_eq!(sas.clear(0), 0);
         // The SPIs are free again.
         sas.install(2, inbound(0x1001)).unwrap();
-        assert_eq!(sas.get_mut(Spi(0x1001)).unwrap().tunnel, 2);
+        assert_eq!(sas.get(Spi(0x1001)).unwrap().tunnel, 2);
     }
 
     #[test]
@@ -704,10 +749,10 @@ mod tests {
         let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
         let remote: SocketAddr = "127.0.0.1:4500".parse().unwrap();
         let board = Arc::new(Board::new([remote, remote]));
-        let (control, queues) = SaControl::new(board.clone(), waker.clone(), waker);
+        let (control, queues) = SaControl::new(board.clone(), vec![waker.clone()], vec![waker]);
         let mut sas = InboundSas::default();
         let drain = |sas: &mut InboundSas| {
-            while let Ok(c) = queues.rx.try_recv() {
+            while let Ok(c) = queues.rx[0].try_recv() {
                 sas.apply(&board, c);
             }
         };
@@ -772,7 +817,7 @@ mod tests {
         let cleared = control.clear(1);
         drain(&mut sas);
         assert!(control.sas(1).unwrap().inbound.is_empty());
-        let tx = queues.tx.try_recv().unwrap();
+        let tx = queues.tx[0].try_recv().unwrap();
         let TxCommand::SetOutbound {
             tunnel: 1,
             sa: None,

@@ -166,6 +166,18 @@ pub struct TunStats {
     pub drops: DropCounters,
 }
 
+/// One data-path worker's share of the work: what its outbound thread read from its TUN queue and what its
+/// inbound thread received on its uplink sockets. Each counter has one writer (once per batch); a worker's
+/// counters sit on their own cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct WorkerStats {
+    /// Reads from this worker's TUN queue (a super-packet counts once).
+    pub tun_reads: AtomicU64,
+    /// Datagrams received on this worker's uplink sockets.
+    pub uplink_datagrams: AtomicU64,
+}
+
 /// Shorthand for `counter += n` with relaxed ordering.
 #[inline]
 pub fn add(counter: &AtomicU64, n: u64) {

@@ -33,6 +33,7 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// `TUNSETOFFLOAD` flags: the checksum may be left partial (`NEEDS_CSUM`).
 pub const TUN_F_CSUM: u32 = 0x01;
@@ -99,13 +100,33 @@ pub fn check_ifname(name: &str) -> io::Result<()> {
 /// front of every packet (`crate::vnet`), non-blocking. No offloads are enabled yet ([`tun_set_offload`]).
 /// Returns the device file and the name the kernel gave it.
 pub fn tun_open(name: &str) -> io::Result<(File, String)> {
+    tun_attach(name, 0)
+}
+
+/// [`tun_open`] with `queues` queues (`IFF_MULTI_QUEUE`, one file per queue; the kernel hashes each flow to one
+/// queue). One queue opens the device without the flag, as [`tun_open`] does. A device that exists without
+/// multi-queue (a persistent one) refuses the flag with `EINVAL`.
+pub fn tun_open_queues(name: &str, queues: usize) -> io::Result<(Vec<File>, String)> {
+    if queues <= 1 {
+        let (file, name) = tun_attach(name, 0)?;
+        return Ok((vec![file], name));
+    }
+    let (first, actual) = tun_attach(name, IFF_MULTI_QUEUE)?;
+    let mut files = vec![first];
+    for _ in 1..queues {
+        files.push(tun_attach(&actual, IFF_MULTI_QUEUE)?.0);
+    }
+    Ok((files, actual))
+}
+
+fn tun_attach(name: &str, extra: libc::c_short) -> io::Result<(File, String)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open("/dev/net/tun")?;
     let mut req = IfReq::new(name)?;
-    req.data.flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR;
+    req.data.flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR | extra;
     // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is a properly sized, initialised ifreq that
     // outlives the call.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };

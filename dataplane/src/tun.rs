@@ -11,9 +11,9 @@ use std::net::IpAddr;
 use crate::prefix::Prefix;
 use crate::sys;
 
-/// An open TUN device (no packet-information header, non-blocking).
+/// An open TUN device (no packet-information header, non-blocking): one file per queue.
 pub struct Tun {
-    file: File,
+    files: Vec<File>,
     name: String,
 }
 
@@ -34,8 +34,27 @@ impl InsideAddr {
 impl Tun {
     /// Creates (or attaches to) the TUN device `name`, sets its MTU, adds `addrs` and brings it up.
     pub fn create(name: &str, mtu: u32, addrs: &[InsideAddr]) -> io::Result<Tun> {
-        let (file, name) =
-            sys::tun_open(name).map_err(|e| annotate(e, &format!("opening TUN device {name}")))?;
+        Tun::create_queues(name, mtu, addrs, 1)
+    }
+
+    /// [`create`](Self::create) with `queues` queues (a multi-queue device when more than one). A device that
+    /// already exists without multi-queue (a persistent one) is opened with one queue, and a warning says so.
+    pub fn create_queues(
+        name: &str,
+        mtu: u32,
+        addrs: &[InsideAddr],
+        queues: usize,
+    ) -> io::Result<Tun> {
+        let opened = match sys::tun_open_queues(name, queues) {
+            Err(e) if queues > 1 && e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(tun = name, queues, error = %e,
+                    "TUN device refuses multi-queue (a persistent single-queue device?): one queue");
+                sys::tun_open_queues(name, 1)
+            }
+            other => other,
+        };
+        let (files, name) =
+            opened.map_err(|e| annotate(e, &format!("opening TUN device {name}")))?;
         sys::set_mtu(&name, mtu)
             .map_err(|e| annotate(e, &format!("setting MTU {mtu} on {name}")))?;
         let index = sys::ifindex(&name)?;
@@ -45,19 +64,34 @@ impl Tun {
             })?;
         }
         sys::set_up(&name).map_err(|e| annotate(e, &format!("bringing {name} up")))?;
-        Ok(Tun { file, name })
+        Ok(Tun { files, name })
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The first queue.
     pub fn file(&self) -> &File {
-        &self.file
+        &self.files[0]
     }
 
+    /// How many queues the device was opened with.
+    pub fn queues(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The first queue (the others are closed, which detaches them).
     pub fn into_file(self) -> File {
-        self.file
+        self.files
+            .into_iter()
+            .next()
+            .expect("a TUN device has a queue")
+    }
+
+    /// Every queue, for the data path's workers.
+    pub fn into_files(self) -> Vec<File> {
+        self.files
     }
 }
 

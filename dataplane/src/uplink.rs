@@ -21,8 +21,34 @@ pub struct UplinkSocketSpec {
 
 /// Opens a non-blocking UDP socket as `spec` says.
 pub fn open_uplink_socket(spec: &UplinkSocketSpec) -> io::Result<UdpSocket> {
+    open_one(spec, false)
+}
+
+/// Opens `count` sockets as `spec` says, all bound to its address and port as one `SO_REUSEPORT` group (when
+/// `count > 1`): the kernel hashes each sender's address and port to one of them, so each peer's datagrams
+/// (one tunnel's ESP) reach one inbound worker, in order. Another process of the same user could join the
+/// group by binding the same port with `SO_REUSEPORT` too; one socket (`count = 1`) keeps the port exclusive.
+///
+/// Port 0 picks one free port for the whole group (the first socket's).
+pub fn open_uplink_sockets(spec: &UplinkSocketSpec, count: usize) -> io::Result<Vec<UdpSocket>> {
+    let first = open_one(spec, count > 1)?;
+    let spec = UplinkSocketSpec {
+        local: first.local_addr()?,
+        ..spec.clone()
+    };
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(open_one(&spec, true)?);
+    }
+    Ok(sockets)
+}
+
+fn open_one(spec: &UplinkSocketSpec, reuse_port: bool) -> io::Result<UdpSocket> {
     let domain = Domain::for_address(spec.local);
     let sock = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     if spec.local.is_ipv6() {
         sock.set_only_v6(true)?;
     }

@@ -33,9 +33,9 @@ use braid_crypto::{Cipher, InboundSa, OutboundSa, SaKey, Spi};
 use braid_dataplane::engine::IkeDatagram;
 use braid_dataplane::vnet::VNET_HDR_LEN;
 use braid_dataplane::{
-    open_uplink_socket, sys, Dataplane, DataplaneSpec, DropReason, FibBuilder, FibCell, InsideAddr,
-    Liveness, NextHopGroup, Prefix, SaControl, SaInfo, Tun, TunStats, TunnelIo, TunnelStats,
-    UplinkIo, UplinkSocketSpec, UplinkStats,
+    open_uplink_sockets, sys, Dataplane, DataplaneSpec, DropReason, FibBuilder, FibCell,
+    InsideAddr, Liveness, NextHopGroup, Prefix, SaControl, SaInfo, Tun, TunStats, TunnelIo,
+    TunnelStats, UplinkIo, UplinkSocketSpec, UplinkStats,
 };
 
 /// Set (to `test:N`) in the re-run that executes inside the namespace.
@@ -226,13 +226,20 @@ struct Rig {
     ike_b: crossbeam_channel::Receiver<IkeDatagram>,
 }
 
-fn socket(local: SocketAddr) -> UdpSocket {
-    open_uplink_socket(&UplinkSocketSpec {
-        local,
-        device: None,
-        fwmark: None,
-        socket_buffer: 4 << 20,
-    })
+/// Data-path workers per direction on both sides: SA commands must reach every worker, and a flow must stay in
+/// order with several.
+const WORKERS: usize = 2;
+
+fn sockets(local: SocketAddr, count: usize) -> Vec<UdpSocket> {
+    open_uplink_sockets(
+        &UplinkSocketSpec {
+            local,
+            device: None,
+            fwmark: None,
+            socket_buffer: 4 << 20,
+        },
+        count,
+    )
     .unwrap_or_else(|e| panic!("socket {local}: {e}"))
 }
 
@@ -242,15 +249,15 @@ fn loopback() -> SocketAddr {
 
 #[allow(clippy::too_many_arguments)]
 fn side(
-    tun: File,
-    socket: UdpSocket,
+    tun: Vec<File>,
+    sockets: Vec<UdpSocket>,
     remote: SocketAddr,
     route: &str,
     allowed: &str,
     sas: Option<(OutboundSa, InboundSa)>,
     ike: Option<crossbeam_channel::Sender<IkeDatagram>>,
 ) -> Side {
-    let addr = socket.local_addr().unwrap();
+    let addr = sockets[0].local_addr().unwrap();
     let stats = Arc::new(TunnelStats::default());
     let uplink = Arc::new(UplinkStats::default());
     let tun_stats = Arc::new(TunStats::default());
@@ -267,7 +274,7 @@ fn side(
         tun,
         uplinks: vec![UplinkIo {
             name: "lo".into(),
-            socket,
+            sockets,
             stats: uplink.clone(),
             cap: None,
         }],
@@ -305,19 +312,21 @@ fn side(
 /// Builds the topology of the module docs in T (this process's namespace) and `n`; with generation 0's SAs
 /// installed from the start, or none.
 fn rig(n: &str, with_sas: bool) -> Rig {
-    let create = |name: &str, addrs: &[InsideAddr]| {
-        Tun::create(name, 1400, addrs)
-            .unwrap_or_else(|e| panic!("TUN {name}: {e}"))
-            .into_file()
+    let create = |name: &str, addrs: &[InsideAddr], queues: usize| {
+        let tun = Tun::create_queues(name, 1400, addrs, queues)
+            .unwrap_or_else(|e| panic!("TUN {name}: {e}"));
+        assert_eq!(tun.queues(), queues, "TUN {name}: multi-queue");
+        tun.into_files()
     };
-    let a_tun = create("sa-a0", &[]);
-    let site = create("sa-s0", &[]);
+    let a_tun = create("sa-a0", &[], WORKERS);
+    let site = create("sa-s0", &[], 1).remove(0);
     let b_tun = create(
         "sa-b0",
         &[InsideAddr {
             addr: B_INSIDE.into(),
             prefix_len: 30,
         }],
+        WORKERS,
     );
     ip(&["link", "set", "sa-b0", "txqueuelen", "10000"]);
     ip(&["route", "add", "192.0.2.0/24", "dev", "sa-b0"]);
@@ -343,9 +352,12 @@ fn rig(n: &str, with_sas: bool) -> Rig {
         .unwrap();
     assert!(out.success(), "enabling forwarding in {n}");
 
-    let a_sock = socket(loopback());
-    let b_sock = socket(loopback());
-    let (a_addr, b_addr) = (a_sock.local_addr().unwrap(), b_sock.local_addr().unwrap());
+    let a_sock = sockets(loopback(), WORKERS);
+    let b_sock = sockets(loopback(), WORKERS);
+    let (a_addr, b_addr) = (
+        a_sock[0].local_addr().unwrap(),
+        b_sock[0].local_addr().unwrap(),
+    );
     let g = Generation::new(0);
     let (ike_tx, ike_b) = crossbeam_channel::bounded(16);
     let a = side(
@@ -370,8 +382,8 @@ fn rig(n: &str, with_sas: bool) -> Rig {
         a,
         b,
         site: Arc::new(site),
-        b_rx: socket(SocketAddr::from((B_INSIDE, AB_DPORT))),
-        b_tx: socket(SocketAddr::from((B_INSIDE, BA_SPORT))),
+        b_rx: sockets(SocketAddr::from((B_INSIDE, AB_DPORT)), 1).remove(0),
+        b_tx: sockets(SocketAddr::from((B_INSIDE, BA_SPORT)), 1).remove(0),
         ike_b,
     }
 }
