@@ -90,7 +90,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::buffer::{PacketBuf, HEADROOM};
 use crate::fib::{FibCell, Member, NextHopGroup};
-use crate::flow::flow_hash_inspected;
+use crate::flow::{flow_hash_inspected, queue_hash};
 use crate::gro::{self, Gro, Output};
 use crate::gso::Plan;
 use crate::prefix::Prefix;
@@ -439,7 +439,7 @@ impl Dataplane {
             let rx = Inbound {
                 poll,
                 stop: stop.clone(),
-                tun: tuns[w % tuns.len()].clone(),
+                tuns: tuns.clone().into(),
                 sockets: sockets.clone(),
                 worker: w,
                 worker_stats: workers.clone(),
@@ -1375,6 +1375,8 @@ const RX_DATAGRAMS: usize = RX_BATCH * 64;
 #[derive(Copy, Clone, Debug)]
 struct RxPacket {
     slot: u16,
+    /// The TUN queue it is written to.
+    queue: u16,
     /// Where the inner packet starts in the slot; a zero virtio-net header lies just before it.
     start: u32,
     len: u32,
@@ -1384,8 +1386,9 @@ struct RxPacket {
 struct Inbound {
     poll: Poll,
     stop: Arc<AtomicBool>,
-    /// The TUN queue this worker writes to.
-    tun: Arc<File>,
+    /// Every TUN queue: a flow's packets are written to queue [`queue_hash`] mod queues, so that the kernel
+    /// steers the flow's other direction to the outbound worker reading that queue.
+    tuns: Arc<[Arc<File>]>,
     /// Per uplink, its sockets; this worker receives on socket `worker` of each uplink that has one.
     sockets: Arc<Vec<Vec<UdpSocket>>>,
     worker: usize,
@@ -1480,6 +1483,7 @@ impl Inbound {
             sas: &self.sas,
             fib: &self.fib,
             ike: self.ike.as_ref(),
+            queues: self.tuns.len(),
             packets: &mut self.packets,
             touched_tunnels: &mut self.touched_tunnels,
             run: None,
@@ -1543,19 +1547,26 @@ impl Inbound {
             batch,
             packets,
             gro,
-            tun,
+            tuns,
             tunnels,
             delivered,
             tun_stats,
             last_warn,
             ..
         } = self;
-        let (batch, packets, tun) = (&*batch, &*packets, &**tun);
+        let (batch, packets, tuns) = (&*batch, &*packets, &**tuns);
         let mut offloads = gro.offloads();
         let mut sink = |out: Output<'_>| match out {
             Output::Single(id) => {
                 let p = packets[id as usize];
-                deliver(tun, frame(batch, p), p, tunnels, delivered, last_warn);
+                deliver(
+                    &tuns[p.queue as usize],
+                    frame(batch, p),
+                    p,
+                    tunnels,
+                    delivered,
+                    last_warn,
+                );
             }
             Output::Super(s) => {
                 let mut iov = [IoSlice::new(&[]); gro::MAX_SEGMENTS + 1];
@@ -1568,7 +1579,9 @@ impl Inbound {
                     );
                 }
                 // The TUN device copies the iovecs into one buffer and takes the virtio-net header from its
-                // first octets: no copy here.
+                // first octets: no copy here. The pieces are one flow's: one queue.
+                let queue = s.pieces.first().map_or(0, |p| packets[p.id as usize].queue);
+                let tun = &*tuns[queue as usize];
                 match (&mut &*tun).write_vectored(&iov[..s.pieces.len() + 1]) {
                     Ok(n) if n == VNET_HDR_LEN + s.ip_len => {
                         add(&tun_stats.gro_writes, 1);
@@ -1629,6 +1642,8 @@ struct RxContext<'a> {
     sas: &'a InboundSas,
     fib: &'a FibCell,
     ike: Option<&'a crossbeam_channel::Sender<IkeDatagram>>,
+    /// TUN queues to spread flows over.
+    queues: usize,
     packets: &'a mut Vec<RxPacket>,
     touched_tunnels: &'a mut Vec<u32>,
     /// The SA of the current run of datagrams with one SPI, locked (see [`SaRun`]).
@@ -1702,10 +1717,16 @@ impl<'a> RxContext<'a> {
         if !source_allowed(inner.src, tunnel.index, &tunnel.allowed_sources, self.fib) {
             return tunnel.stats.drops.count(DropReason::InnerSource);
         }
+        let queue = if self.queues > 1 {
+            queue_hash(&datagram[opened.inner.clone()], &inner) as usize % self.queues
+        } else {
+            0
+        };
         // The virtio-net header goes where the ESP header was: the packet is written from where it lies.
         VnetHdr::default().write(&mut datagram[opened.inner.start - VNET_HDR_LEN..]);
         self.packets.push(RxPacket {
             slot: m as u16,
+            queue: queue as u16,
             start: (offset + opened.inner.start) as u32,
             len: inner.len as u32,
             tunnel: tunnel.index,

@@ -75,6 +75,40 @@ pub fn flow_hash_inspected(pkt: &[u8], inner: &Inner, seed: u64) -> Option<u64> 
     Some(siphash::<1, 3>(seed, seed ^ KEY1_TWEAK, &tuple[..len]))
 }
 
+/// A cheap, unkeyed hash of a packet's flow that is the same in both directions (source and destination
+/// swapped): which TUN queue the inbound workers write a flow to. The kernel's multi-queue TUN device reads a
+/// flow's packets back from the queue that last wrote that flow (its automatic steering), so writing by this
+/// hash spreads flows over the outbound workers too. Not a defence against chosen flows (nothing but a queue
+/// depends on it). Ports count for TCP, UDP, UDP-Lite, SCTP and DCCP when the first header is the transport
+/// (unfragmented IPv4 without options or IPv6 without extension headers); otherwise addresses and protocol.
+pub fn queue_hash(pkt: &[u8], inner: &Inner) -> u32 {
+    fn fold(addr: std::net::IpAddr) -> u32 {
+        match addr {
+            std::net::IpAddr::V4(a) => u32::from(a),
+            std::net::IpAddr::V6(a) => {
+                let w = a.to_bits();
+                (w as u32) ^ ((w >> 32) as u32) ^ ((w >> 64) as u32) ^ ((w >> 96) as u32)
+            }
+        }
+    }
+    let header_len = match inner.version {
+        4 if pkt.len() >= IPV4_HEADER_LEN && pkt[6] & 0x3f == 0 && pkt[7] == 0 => {
+            (pkt[0] & 0x0f) as usize * 4
+        }
+        6 => IPV6_HEADER_LEN,
+        _ => usize::MAX,
+    };
+    let ports = match pkt.get(header_len..header_len.wrapping_add(4)) {
+        Some(p) if has_ports(inner.protocol) => {
+            u32::from(u16::from_be_bytes([p[0], p[1]]) ^ u16::from_be_bytes([p[2], p[3]]))
+        }
+        _ => 0,
+    };
+    let x = fold(inner.src) ^ fold(inner.dst) ^ (ports << 8) ^ u32::from(inner.protocol);
+    // A multiplicative mix (Knuth), so that nearby addresses and ports land on different queues.
+    x.wrapping_mul(0x9e37_79b1).rotate_left(16)
+}
+
 /// The hash [`flow_hash`] gives an unfragmented packet of this flow, from its tuple alone: for `braid path`,
 /// which answers "which tunnel does this flow take" without a packet. `ports` count only for protocols that
 /// carry them (TCP, UDP, UDP-Lite, SCTP, DCCP); the addresses must be of one family.
@@ -238,6 +272,30 @@ mod tests {
             .write(&mut out, &[0; 10])
             .unwrap();
         out
+    }
+
+    #[test]
+    fn queue_hash_is_the_same_both_ways_and_spreads_flows() {
+        let q = |p: &[u8]| queue_hash(p, &inspect(p).unwrap());
+        let there = v4_udp([192, 0, 2, 66], [198, 51, 100, 7], 40000, 5002, b"x");
+        let back = v4_udp([198, 51, 100, 7], [192, 0, 2, 66], 5002, 40000, b"y");
+        assert_eq!(q(&there), q(&back));
+        let mut v6 = Vec::new();
+        PacketBuilder::ipv6([0x20; 16], [0x30; 16], 64)
+            .tcp(443, 50000, 1, 100)
+            .write(&mut v6, &[1, 2, 3])
+            .unwrap();
+        let mut v6_back = Vec::new();
+        PacketBuilder::ipv6([0x30; 16], [0x20; 16], 64)
+            .tcp(50000, 443, 9, 100)
+            .write(&mut v6_back, &[])
+            .unwrap();
+        assert_eq!(q(&v6), q(&v6_back));
+        // 64 TCP flows that differ only in the source port fill both halves of two queues about evenly.
+        let odd = (0..64u16)
+            .filter(|i| q(&v4_tcp(40000 + i, 80)) % 2 == 1)
+            .count();
+        assert!((16..=48).contains(&odd), "{odd} of 64 on one queue");
     }
 
     #[test]
