@@ -25,7 +25,7 @@ Prints a table, braid's ratio to each other setup, and writes the results as JSO
 target/e2e-<time>.json). Namespaces, devices, processes and files are removed at the end, on failure and on
 Ctrl-C; every wait is bounded.
 
-    sudo benches/e2e.py [--only braid,boringtun] [--secs 10] [--udp-secs 3] [--mtu 1400] [--no-build]
+    sudo benches/e2e.py [--only braid,boringtun] [--secs 10] [--udp-secs 3] [--mtu 1400] [--workers N] [--no-build]
     scripts/e2e-peers.sh      # installs iperf3, wireguard-tools, strongSwan (apt) and boringtun-cli (cargo)
 """
 
@@ -207,6 +207,7 @@ name = "e2e-{me}"
 tun = "braid0"
 control_socket = "{me}.sock"
 mtu = {opts.mtu}
+{f"workers = {opts.workers}" if opts.workers else "# workers: braid's default (the machine's cores)"}
 
 [[uplink]]
 name = "isp1"
@@ -618,6 +619,8 @@ def main():
     ap.add_argument("--udp-window", default="2M",
                     help="iperf3 -w for UDP (socket buffers; the kernel doubles it, capped by rmem_max)")
     ap.add_argument("--mtu", type=int, default=1400, help="inner MTU of every setup (default 1400)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="braid's [gateway] workers on both ends (default: braid's own, the machine's cores)")
     ap.add_argument("--braid", default=os.environ.get("BRAID", os.path.join(TARGET, "release/braid")))
     ap.add_argument("--boringtun", default=os.environ.get("BORINGTUN"), help="boringtun-cli binary")
     ap.add_argument("--no-build", action="store_true", help="do not run `cargo build --release` first")

@@ -10,9 +10,17 @@
 //!  (uplinks)   | -> inner sanity (version, length, source allowed on that tunnel)     |
 //!              +-----------------------------------------------------------------------+
 //! ```
-//! Each thread owns its half of every SA (outbound SAs on the outbound thread, inbound SAs and their replay
-//! windows on the inbound thread), so no lock is taken per packet. Both block in `epoll` (mio) with a waker for
-//! shutdown, never on the tokio runtime. Counters are relaxed atomics read by the control plane.
+//! Workers: there are N outbound threads (`braid-tx0..`) and N inbound threads (`braid-rx0..`), N =
+//! `DataplaneSpec::tun.len()` (TUN queues) and the uplinks' socket count. Nothing passes between them: outbound
+//! worker `i` reads TUN queue `i` of a multi-queue device (the kernel keeps a flow on one queue), inbound worker
+//! `i` receives on socket `i` of each uplink's `SO_REUSEPORT` group (the kernel keeps a peer on one socket) and
+//! writes each flow to the TUN queue of its [`queue_hash`] (so the kernel steers the flow's other direction to
+//! the outbound worker of that queue). Per-flow order holds without any reordering step. The workers share each
+//! SA: an [`OutboundSa`] seals through `&self` with an atomic sequence number, reserved once per TUN read; an
+//! inbound SA sits behind a mutex that a worker takes once per run of datagrams with its SPI (uncontended: the
+//! port group pins a peer to one worker). The uplink cap's bucket is shared (locked per datagram on capped
+//! uplinks only). Each worker blocks in `epoll` (mio) with a waker for shutdown, never on the tokio runtime.
+//! Counters are relaxed atomics read by the control plane, moved once per batch.
 //!
 //! Routing: both threads read the control plane's current [`Fib`] snapshot from a [`FibCell`] (read-copy-update,
 //! no lock). A prefix maps to a [`NextHopGroup`]; the tunnel for a packet is chosen per flow (5-tuple, or 3-tuple
@@ -34,7 +42,7 @@
 //! is dropped and counted as `cap_exceeded` on the uplink. The cap counts outer IP bytes (IP + UDP + ESP).
 //!
 //! SAs change at run time (IKE creates, rekeys and deletes child SAs): the control plane sends commands through
-//! a [`SaControl`] to the thread that owns the SA's half, which applies them at its next wake-up or before its
+//! a [`SaControl`] to every worker of the SA's direction, each applying them at its next wake-up or before its
 //! next packet (see [`crate::sa`]). A tunnel may have no outbound SA (before IKE's first child SA, or after
 //! [`SaControl::clear`]): its packets are dropped as `no_sa`. Inbound, each tunnel may have several SAs at once
 //! (old and new during a rekey), looked up by SPI. IKE messages go out through an [`IkeSender`] on the uplink
@@ -56,7 +64,7 @@
 //! SA counters published once per batch.
 //!
 //! Inbound fast path: the inbound thread takes up to 32 messages per `recvmmsg` into receive slots it
-//! allocated once ([`RecvBatch`](crate::sys::RecvBatch), 64 KiB each). The uplink sockets have UDP GRO on, so
+//! allocated once ([`RecvBatch`], 64 KiB each). The uplink sockets have UDP GRO on, so
 //! one message may be several ESP datagrams of one sender back to back (the `UDP_GRO` control message gives
 //! their size); each datagram is classified, looked up, checked against the replay window and opened in place
 //! exactly as if it had come alone. The inner packets of the whole batch then go through [`Gro`]
@@ -67,8 +75,8 @@
 //! counters. A TUN device that refuses a kind of super-packet (`EINVAL`) gets that kind packet by packet from
 //! then on (logged once, counted in `gro_fallbacks`).
 //!
-//! Left out here, on purpose: multiple workers and multi-queue TUN, and the liveness detection itself (BFD,
-//! DPD).
+//! Left out here, on purpose: the liveness detection itself (BFD, DPD), and spreading one tunnel's inbound ESP
+//! over several workers (its 4-tuple is one socket's; several tunnels spread).
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -1,13 +1,15 @@
 //! Child SAs replaced at run time: the control plane's handle on the data path's SAs.
 //!
 //! IKEv2 (RFC 7296) creates child SAs, rekeys them (section 2.8) and deletes them (section 1.4.1) while traffic
-//! flows. Each data-path thread owns its half of every SA (see [`crate::engine`]): outbound SAs live on the
-//! outbound thread, inbound SAs and their replay windows on the inbound thread, so no lock is taken per packet.
-//! The control plane changes them through a [`SaControl`]: each call moves the SA into a command, sends it over
-//! a channel to the owning thread and wakes that thread. A thread applies its commands at every wake-up and,
-//! under load, before its next packet whenever its queue is not empty, so a command takes effect after at most
-//! one packet. Every call returns a [`Pending`] that resolves once the command is applied, so IKE can know that
-//! a new inbound SA is in place *before* it sends the CREATE_CHILD_SA response that makes the peer use it.
+//! flows. The data path's workers share every SA (see [`crate::engine`]): outbound SAs seal through `&self` with
+//! an atomic sequence number, inbound SAs (with their replay windows) are shared entries each worker locks once
+//! per run of datagrams with that SPI. Each worker keeps its own table of them. The control plane changes them
+//! through a [`SaControl`]: each call wraps the SA in a shared entry, sends a command with it over a channel to
+//! every worker of its direction and wakes them. A worker applies its commands at every wake-up and, under
+//! load, before its next packet whenever its queue is not empty, so a command takes effect after at most one
+//! packet. Every call returns a [`Pending`] that resolves once every worker has applied the command, so IKE can
+//! know that a new inbound SA is in place *before* it sends the CREATE_CHILD_SA response that makes the peer
+//! use it.
 //!
 //! A rekey without loss, make-before-break (RFC 7296 2.8): the responder installs its new inbound SA, then
 //! answers; the initiator installs its new inbound SA and switches its outbound SA to the new one; the responder
