@@ -399,6 +399,19 @@ pub(crate) struct CommandQueues {
     pub(crate) rx: Vec<Receiver<RxCommand>>,
 }
 
+/// One command channel per worker: the control's ends (with the worker's waker) and the workers' ends.
+type Channels<C> = (Vec<(Sender<C>, Arc<Waker>)>, Vec<Receiver<C>>);
+
+fn channels<C>(wakers: Vec<Arc<Waker>>) -> Channels<C> {
+    wakers
+        .into_iter()
+        .map(|w| {
+            let (s, r) = crossbeam_channel::unbounded();
+            ((s, w), r)
+        })
+        .unzip()
+}
+
 impl SaControl {
     /// A control for outbound workers woken by `tx_wakers` and inbound workers woken by `rx_wakers` (one
     /// each); every command goes to every worker of its direction.
@@ -407,30 +420,18 @@ impl SaControl {
         tx_wakers: Vec<Arc<Waker>>,
         rx_wakers: Vec<Arc<Waker>>,
     ) -> (SaControl, CommandQueues) {
-        let mut queues = CommandQueues {
-            tx: Vec::new(),
-            rx: Vec::new(),
-        };
-        let tx = tx_wakers
-            .into_iter()
-            .map(|w| {
-                let (s, r) = crossbeam_channel::unbounded();
-                queues.tx.push(r);
-                (s, w)
-            })
-            .collect();
-        let rx = rx_wakers
-            .into_iter()
-            .map(|w| {
-                let (s, r) = crossbeam_channel::unbounded();
-                queues.rx.push(r);
-                (s, w)
-            })
-            .collect();
+        let (tx, tx_queues) = channels(tx_wakers);
+        let (rx, rx_queues) = channels(rx_wakers);
         let control = SaControl {
             shared: Arc::new(Shared { tx, rx, board }),
         };
-        (control, queues)
+        (
+            control,
+            CommandQueues {
+                tx: tx_queues,
+                rx: rx_queues,
+            },
+        )
     }
 
     /// How many tunnels the data path has.
