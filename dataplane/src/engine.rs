@@ -57,8 +57,8 @@
 //! batch (at most 128 datagrams) goes out when full and when the device is drained: per uplink, runs of
 //! equal-size datagrams of one tunnel (the last may be shorter; at most 64 and 64 KiB) become one message with
 //! a `UDP_SEGMENT` control message (UDP GSO), and the messages of the batch one `sendmmsg`. An uplink whose
-//! kernel refuses UDP GSO (`EIO`, `EINVAL`, `ENOPROTOOPT`) is remembered, the refused datagrams are resent one
-//! by one, and later batches send one datagram per message. `EMSGSIZE` on a GSO message (its datagrams no
+//! kernel refuses UDP GSO (`EIO`, `EINVAL`, `ENOPROTOOPT`) is remembered (by every worker at once), the refused
+//! datagrams are resent one by one, and later batches send one datagram per message. `EMSGSIZE` on a GSO message (its datagrams no
 //! longer fit the route's MTU, which the kernel would fragment one by one) counts as a refusal for 30 s, after
 //! which GSO is tried again. Tunnel and uplink counters are added once per run,
 //! SA counters published once per batch.
@@ -83,14 +83,14 @@ use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use braid_crypto::udp_encap::NAT_KEEPALIVE;
 use braid_crypto::{
-    classify, InboundSa, NextHeader, OutboundSa, SealError, UdpPayload, NON_ESP_MARKER,
+    classify, InboundSa, NextHeader, OutboundSa, SealError, SeqRange, UdpPayload, NON_ESP_MARKER,
 };
 use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
@@ -328,6 +328,7 @@ impl Dataplane {
             }));
         }
         let sockets = Arc::new(sockets);
+        let gso: Arc<[UplinkGso]> = sockets.iter().map(|_| UplinkGso::default()).collect();
         let tx_workers = tuns.len();
         let rx_workers = sockets.iter().map(Vec::len).max().unwrap_or(1);
         let workers: Arc<[WorkerStats]> = (0..tx_workers.max(rx_workers))
@@ -434,8 +435,7 @@ impl Dataplane {
                 epoch,
                 now_s: 0,
                 batch: TxBatch::new(),
-                gso_on: vec![true; sockets.len()],
-                gso_retry: vec![None; sockets.len()],
+                gso: gso.clone(),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -650,10 +650,37 @@ struct Outbound {
     now_s: u32,
     /// The sealed datagrams waiting to be sent.
     batch: TxBatch,
-    /// Per uplink: whether the kernel takes UDP GSO on its socket (false after a refusal).
-    gso_on: Vec<bool>,
-    /// Per uplink: when to try UDP GSO again after an `EMSGSIZE` refusal (a path MTU that may come back).
-    gso_retry: Vec<Option<Instant>>,
+    /// Per uplink: whether the kernel takes UDP GSO on its sockets (shared by the workers).
+    gso: Arc<[UplinkGso]>,
+}
+
+/// Whether an uplink's kernel takes UDP GSO, shared by the outbound workers so that one refusal tells them all:
+/// 0 = on, `u64::MAX` = off for good, else off until that many milliseconds after the epoch (after an
+/// `EMSGSIZE` refusal: a path MTU that may grow back).
+#[derive(Default)]
+struct UplinkGso(AtomicU64);
+
+impl UplinkGso {
+    /// Whether to build GSO runs now (`now_ms` since the epoch); turns GSO back on once a retry is due.
+    fn is_on(&self, now_ms: u64) -> bool {
+        match self.0.load(Ordering::Relaxed) {
+            0 => true,
+            u64::MAX => false,
+            until if now_ms >= until => {
+                let _ = self
+                    .0
+                    .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Turns GSO off (until `until_ms`, or for good with `u64::MAX`); true for the worker that turned it off
+    /// (it counts and logs the fallback), false if another worker already had.
+    fn refuse(&self, until_ms: u64) -> bool {
+        self.0.swap(until_ms, Ordering::Relaxed) == 0
+    }
 }
 
 /// The outbound batch: sealed datagrams back to back in one buffer, in the order they were sealed, sent by
@@ -1018,13 +1045,13 @@ impl Outbound {
         let u = tunnel.uplink;
         let on_wire_extra = crate::outer_overhead(tunnel.remote.is_ipv6());
         // The segments' sequence numbers: one atomic step for the whole read, whichever workers share the SA.
-        let Some(sa) = tunnel.sa.clone() else {
+        let Some(entry) = &tunnel.sa else {
             return tunnel
                 .stats
                 .drops
                 .count_many(DropReason::NoSa, count as u64);
         };
-        let mut seq = match sa.sa.reserve(count as u64) {
+        let mut seq = match entry.sa.reserve(count as u64) {
             Ok(r) => r,
             Err(_) => {
                 return tunnel
@@ -1033,94 +1060,130 @@ impl Outbound {
                     .count_many(DropReason::SeqExhausted, count as u64)
             }
         };
-        let mut sealed = (0u64, 0u64);
-        // The cap's clock: once per read, not per segment.
-        let now = self.shapers[u].as_ref().map(|_| Instant::now());
-        for i in 0..count {
-            let len = plan.segment_len(i);
-            if !self.batch.fits(len) {
-                self.note_sealed(t, std::mem::take(&mut sealed));
-                self.flush();
+        let segments = Segments {
+            t,
+            plan: &plan,
+            pkt,
+            next,
+            gso,
+            on_wire_extra,
+            // The cap's clock: once per read, not per segment.
+            now: self.shapers[u].as_ref().map(|_| Instant::now()),
+        };
+        let mut i = 0;
+        while i < count {
+            match self.seal_segments(&segments, i, &mut seq) {
+                // The batch is full: send it, go on with the rest (a segment that fits no batch at all, which
+                // a 64 KiB read cannot make, is dropped rather than retried forever).
+                Some(stopped) if stopped < count => {
+                    if stopped == i && self.batch.datagrams.is_empty() && self.batch.end == 0 {
+                        return self.tunnels[t]
+                            .stats
+                            .drops
+                            .count_many(DropReason::InnerMalformed, (count - i) as u64);
+                    }
+                    self.flush();
+                    i = stopped;
+                }
+                _ => return,
             }
-            let slot = self.batch.end;
-            plan.write(pkt, i, &mut self.batch.buf[slot + HEADROOM..]);
-            let esp = match sa.sa.seal_next(
-                &mut self.batch.buf,
+        }
+    }
+
+    /// Writes and seals segments `from..` of one read into the batch until they are done or the batch is full;
+    /// returns where it stopped (`None` when the SA ran out of sequence numbers: the rest are dropped).
+    fn seal_segments(
+        &mut self,
+        s: &Segments<'_>,
+        from: usize,
+        seq: &mut SeqRange,
+    ) -> Option<usize> {
+        let Outbound {
+            tunnels,
+            batch,
+            shapers,
+            pool,
+            held,
+            uplink_stats,
+            ..
+        } = self;
+        let tunnel = &tunnels[s.t];
+        let (u, count) = (tunnel.uplink, s.plan.count());
+        // Borrowed, not cloned: no reference count moves per read.
+        let entry = tunnel.sa.as_ref()?;
+        let mut sealed = (0u64, 0u64);
+        let mut i = from;
+        while i < count {
+            let len = s.plan.segment_len(i);
+            if !batch.fits(len) {
+                break;
+            }
+            i += 1;
+            let slot = batch.end;
+            s.plan
+                .write(s.pkt, i - 1, &mut batch.buf[slot + HEADROOM..]);
+            let esp = match entry.sa.seal_next(
+                &mut batch.buf,
                 slot + HEADROOM..slot + HEADROOM + len,
-                next,
-                &mut seq,
+                s.next,
+                seq,
             ) {
                 Ok(r) => r,
                 Err(SealError::SeqExhausted) => {
-                    self.note_sealed(t, sealed);
-                    return self.tunnels[t]
+                    note_sealed(&mut batch.sealed, s.t, sealed);
+                    tunnel
                         .stats
                         .drops
-                        .count_many(DropReason::SeqExhausted, (count - i) as u64);
+                        .count_many(DropReason::SeqExhausted, (count - i + 1) as u64);
+                    return None;
                 }
                 Err(_) => {
-                    self.tunnels[t]
-                        .stats
-                        .drops
-                        .count(DropReason::InnerMalformed);
+                    tunnel.stats.drops.count(DropReason::InnerMalformed);
                     continue;
                 }
             };
             sealed.0 += 1;
             sealed.1 += len as u64;
-            if let (Some(shaper), Some(now)) = (&mut self.shapers[u], now) {
-                let datagram = &self.batch.buf[esp.clone()];
-                let verdict = shaper.bucket().admit(now, datagram.len() + on_wire_extra);
+            if let (Some(shaper), Some(now)) = (&mut shapers[u], s.now) {
+                let datagram = &batch.buf[esp.clone()];
+                let verdict = shaper.bucket().admit(now, datagram.len() + s.on_wire_extra);
                 let due = match verdict {
                     // Tokens now, and nothing held ahead of it: into the batch.
                     Admit::Send if shaper.held.is_empty() => None,
                     Admit::Send => Some(now),
                     Admit::Delay(wait) if shaper.held.len() < MAX_HELD => Some(now + wait),
                     Admit::Delay(_) | Admit::Drop => {
-                        self.uplink_stats[u].drops.count(DropReason::CapExceeded);
+                        uplink_stats[u].drops.count(DropReason::CapExceeded);
                         continue;
                     }
                 };
                 if let Some(due) = due {
                     // Held: copied out, and its slot is taken by the next datagram.
-                    let mut copy = self.pool.pop().unwrap_or_default();
+                    let mut copy = pool.pop().unwrap_or_default();
                     copy.clear();
                     copy.extend_from_slice(datagram);
                     shaper.held.push_back(Held {
                         due,
-                        tunnel: t,
+                        tunnel: s.t,
                         inner_len: len,
                         datagram: copy,
                     });
-                    self.held += 1;
-                    add(&self.uplink_stats[u].cap_delayed, 1);
+                    *held += 1;
+                    add(&uplink_stats[u].cap_delayed, 1);
                     continue;
                 }
             }
-            self.batch.datagrams.push(Datagram {
+            batch.datagrams.push(Datagram {
                 start: esp.start,
                 len: esp.len(),
-                tunnel: t,
+                tunnel: s.t,
                 inner_len: len,
-                gso,
+                gso: s.gso,
             });
-            self.batch.end = esp.end;
+            batch.end = esp.end;
         }
-        self.note_sealed(t, sealed);
-    }
-
-    /// Remembers that tunnel `t`'s SA sealed `(packets, octets)` in this batch, for its counters at the flush.
-    fn note_sealed(&mut self, t: usize, (packets, bytes): (u64, u64)) {
-        if packets == 0 {
-            return;
-        }
-        match self.batch.sealed.iter_mut().find(|s| s.0 == t) {
-            Some(s) => {
-                s.1 += packets;
-                s.2 += bytes;
-            }
-            None => self.batch.sealed.push((t, packets, bytes)),
-        }
+        note_sealed(&mut batch.sealed, s.t, sealed);
+        Some(i)
     }
 
     /// Sends the batch: per uplink, in order, runs of equal-size datagrams to one tunnel's remote as one UDP GSO
@@ -1131,12 +1194,7 @@ impl Outbound {
         let mut i = 0;
         while i < total {
             let u = self.tunnels[self.batch.datagrams[i].tunnel].uplink;
-            if let Some(at) = self.gso_retry[u] {
-                if Instant::now() >= at {
-                    self.gso_retry[u] = None;
-                    self.gso_on[u] = true;
-                }
-            }
+            let gso_on = self.gso[u].is_on(self.epoch.elapsed().as_millis() as u64);
             self.batch.send.clear();
             self.batch.runs.clear();
             while i < total && !self.batch.send.is_full() {
@@ -1148,7 +1206,7 @@ impl Outbound {
                 }
                 let mut last = i + 1;
                 let mut bytes = first.len;
-                if first.gso && self.gso_on[u] {
+                if first.gso && gso_on {
                     while last < total && last - i < UDP_MAX_SEGMENTS {
                         let d = ds[last];
                         if d.tunnel != first.tunnel
@@ -1232,16 +1290,22 @@ impl Outbound {
                             Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EMSGSIZE)
                         ) =>
                 {
-                    self.gso_on[u] = false;
-                    add(&self.uplink_stats[u].gso_fallbacks, 1);
-                    if e.raw_os_error() == Some(libc::EMSGSIZE) {
-                        // The path's MTU shrank; it may grow back: try GSO again later.
-                        self.gso_retry[u] = Some(Instant::now() + GSO_RETRY);
-                        tracing::info!(uplink = u, error = %e,
-                            "UDP GSO datagrams exceed the route's MTU; one datagram per message for a while");
+                    // The path's MTU shrank with EMSGSIZE; it may grow back: try GSO again later.
+                    let for_a_while = e.raw_os_error() == Some(libc::EMSGSIZE);
+                    let until = if for_a_while {
+                        (self.epoch.elapsed() + GSO_RETRY).as_millis() as u64
                     } else {
-                        tracing::info!(uplink = u, error = %e,
-                            "the kernel refuses UDP GSO on this uplink; sending one datagram per message");
+                        u64::MAX
+                    };
+                    if self.gso[u].refuse(until) {
+                        add(&self.uplink_stats[u].gso_fallbacks, 1);
+                        if for_a_while {
+                            tracing::info!(uplink = u, error = %e,
+                                "UDP GSO datagrams exceed the route's MTU; one datagram per message for a while");
+                        } else {
+                            tracing::info!(uplink = u, error = %e,
+                                "the kernel refuses UDP GSO on this uplink; sending one datagram per message");
+                        }
                     }
                     for m in from..messages {
                         let (first, last) = self.batch.runs[m];
@@ -1301,6 +1365,32 @@ impl Outbound {
             }
         }
     }
+}
+
+/// Remembers in a batch's `sealed` list that tunnel `t`'s SA sealed `(packets, octets)`, for its counters at
+/// the flush.
+fn note_sealed(sealed: &mut Vec<(usize, u64, u64)>, t: usize, (packets, bytes): (u64, u64)) {
+    if packets == 0 {
+        return;
+    }
+    match sealed.iter_mut().find(|s| s.0 == t) {
+        Some(s) => {
+            s.1 += packets;
+            s.2 += bytes;
+        }
+        None => sealed.push((t, packets, bytes)),
+    }
+}
+
+/// One read's segments as [`Outbound::seal_segments`] seals them: decided once per read.
+struct Segments<'a> {
+    t: usize,
+    plan: &'a Plan,
+    pkt: &'a [u8],
+    next: NextHeader,
+    gso: bool,
+    on_wire_extra: usize,
+    now: Option<Instant>,
 }
 
 /// Applies one command to the outbound thread's tunnels and answers it (the caller may have stopped waiting:
@@ -1809,6 +1899,22 @@ pub fn check_inner(payload: &[u8], next: NextHeader) -> Result<Inner, DropReason
 mod tests {
     use super::*;
     use etherparse::PacketBuilder;
+
+    #[test]
+    fn one_gso_refusal_tells_every_worker_and_a_retry_comes_due() {
+        let g = UplinkGso::default();
+        assert!(g.is_on(0));
+        assert!(g.refuse(30_000), "the first refusal turns it off");
+        assert!(
+            !g.refuse(30_000),
+            "a second worker's refusal is not a second fallback"
+        );
+        assert!(!g.is_on(29_999));
+        assert!(g.is_on(30_000), "due again");
+        assert!(g.is_on(30_001));
+        assert!(g.refuse(u64::MAX));
+        assert!(!g.is_on(u64::MAX - 1), "off for good");
+    }
 
     #[test]
     fn inner_checks() {
