@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
     });
 
     let start = Instant::now();
-    let mut bucket = TokenBucket::new(1_000_000_000, 64 * 1024, start);
+    let bucket = TokenBucket::new(1_000_000_000, 64 * 1024, start);
     let mut nanos = 0u64;
     c.bench_function("admit", |b| {
         b.iter(|| {

@@ -18,8 +18,8 @@
 //! the outbound worker of that queue). Per-flow order holds without any reordering step. The workers share each
 //! SA: an [`OutboundSa`] seals through `&self` with an atomic sequence number, reserved once per TUN read; an
 //! inbound SA sits behind a mutex that a worker takes once per run of datagrams with its SPI (uncontended: the
-//! port group pins a peer to one worker). The uplink cap's bucket is shared (locked per datagram on capped
-//! uplinks only). Each worker blocks in `epoll` (mio) with a waker for shutdown, never on the tokio runtime.
+//! port group pins a peer to one worker). The uplink cap's token bucket is shared and lock-free (one
+//! compare-and-swap per datagram on a capped uplink, [`TokenBucket`]). Each worker blocks in `epoll` (mio) with a waker for shutdown, never on the tokio runtime.
 //! Counters are relaxed atomics read by the control plane, moved once per batch.
 //!
 //! Routing: both threads read the control plane's current [`Fib`] snapshot from a [`FibCell`] (read-copy-update,
@@ -84,7 +84,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -319,13 +319,10 @@ impl Dataplane {
         for u in spec.uplinks {
             sockets.push(u.sockets);
             uplink_stats.push(u.stats);
-            caps.push(u.cap.map(|c| {
-                Arc::new(Mutex::new(TokenBucket::new(
-                    c.rate_bps,
-                    c.burst_bytes,
-                    epoch,
-                )))
-            }));
+            caps.push(
+                u.cap
+                    .map(|c| Arc::new(TokenBucket::new(c.rate_bps, c.burst_bytes, epoch))),
+            );
         }
         let sockets = Arc::new(sockets);
         let gso: Arc<[UplinkGso]> = sockets.iter().map(|_| UplinkGso::default()).collect();
@@ -754,19 +751,11 @@ fn enable_offloads(tun: &File) {
     }
 }
 
-/// One uplink's cap as one outbound worker sees it: the bucket (shared by all workers, locked per datagram
-/// admitted on a capped uplink only) and the datagrams this worker holds back, oldest first.
+/// One uplink's cap as one outbound worker sees it: the bucket (shared by all workers, lock-free) and the
+/// datagrams this worker holds back, oldest first.
 struct Shaper {
-    bucket: Arc<Mutex<TokenBucket>>,
+    bucket: Arc<TokenBucket>,
     held: VecDeque<Held>,
-}
-
-impl Shaper {
-    fn bucket(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
-        self.bucket
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 /// A sealed datagram waiting for its tokens.
@@ -959,7 +948,7 @@ impl Outbound {
             return false;
         };
         match &self.shapers[t.uplink] {
-            Some(s) => s.bucket().headroom(now) >= MIN_HEADROOM,
+            Some(s) => s.bucket.headroom(now) >= MIN_HEADROOM,
             None => true,
         }
     }
@@ -1146,7 +1135,7 @@ impl Outbound {
             sealed.1 += len as u64;
             if let (Some(shaper), Some(now)) = (&mut shapers[u], s.now) {
                 let datagram = &batch.buf[esp.clone()];
-                let verdict = shaper.bucket().admit(now, datagram.len() + s.on_wire_extra);
+                let verdict = shaper.bucket.admit(now, datagram.len() + s.on_wire_extra);
                 let due = match verdict {
                     // Tokens now, and nothing held ahead of it: into the batch.
                     Admit::Send if shaper.held.is_empty() => None,

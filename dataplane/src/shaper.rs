@@ -1,4 +1,4 @@
-//! The per-uplink egress cap: a token bucket with a short queue, as a sans-IO state machine.
+//! The per-uplink egress cap: a token bucket with a short queue, shared by the outbound workers without a lock.
 //!
 //! A [`TokenBucket`] fills at the uplink's cap (`rate_bps`) up to `burst_bytes`. [`TokenBucket::admit`] asks
 //! it, for each packet and at time `now`, what to do: [`Admit::Send`] now, [`Admit::Delay`] — hold the packet
@@ -9,16 +9,24 @@
 //! `burst_bytes + rate * interval`: this is what keeps a 250 Mbit/s line from being saturated by an
 //! active/active spread, so the ISP's own queue (and its drops) stay out of the path.
 //!
-//! [`TokenBucket::headroom`] says how much of the cap went unused over about the last
-//! [`HEADROOM_WINDOW`], so new flows can prefer members whose uplink has room. [`parse_rate`] reads caps as
-//! written in the configuration ("250Mbit", "1.5Gbit").
+//! The bucket is kept as the generic cell rate algorithm's "theoretical arrival time" (GCRA, ITU-T I.371): the
+//! time at which the bucket would be full again, one atomic word. Admitting a packet moves it forward by the
+//! packet's time at the rate, in one compare-and-swap, so every outbound worker admits through `&self`,
+//! lock-free; the verdicts are exactly a token bucket's (tokens = `burst - (tat - now) * rate`). Time is kept
+//! in sixteenths of a nanosecond since the bucket was made (36 years fit), so the rounding of one packet's
+//! time is below 0.1 ns.
 //!
-//! Time is passed in; nothing here reads a clock. Tokens are kept as whole nanobits (bits x 10^9) in integer
-//! arithmetic, so no rounding drifts the rate however long the bucket runs.
+//! [`TokenBucket::headroom`] says how much of the cap went unused over about the last
+//! [`HEADROOM_WINDOW`], so new flows can prefer members whose uplink has room; its window counters are
+//! atomics too (an estimate: a rotation that races with an admission may put that packet in either window).
+//! [`parse_rate`] reads caps as written in the configuration ("250Mbit", "1.5Gbit").
+//!
+//! Time is passed in; nothing here reads a clock.
 //!
 //! Left out: the queue itself (the caller holds delayed packets in its own buffers), and per-flow fairness
 //! inside the queue.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// How long a packet may wait for tokens before it is dropped instead.
@@ -28,6 +36,8 @@ pub const DEFAULT_MAX_QUEUE_DELAY: Duration = Duration::from_millis(5);
 pub const HEADROOM_WINDOW: Duration = Duration::from_millis(100);
 
 const NANOS_PER_SECOND: u128 = 1_000_000_000;
+/// Time units per nanosecond.
+const UNITS_PER_NANO: u128 = 16;
 
 /// What the caller does with a packet.
 #[must_use]
@@ -42,41 +52,53 @@ pub enum Admit {
 }
 
 /// A token bucket shaping one uplink's egress to `rate_bps` with bursts of up to `burst_bytes`.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct TokenBucket {
     rate_bps: u64,
     burst_bytes: u64,
     max_queue_delay: Duration,
-    /// Tokens in nanobits; negative while delayed packets are queued against future tokens.
-    tokens: i128,
-    /// When `tokens` was last brought up to date.
-    updated: Instant,
+    /// Where the bucket's time starts.
+    origin: Instant,
+    /// `burst_bytes` and `max_queue_delay` in time units.
+    burst_units: u64,
+    max_delay_units: u64,
+    /// GCRA's theoretical arrival time, in units since `origin`: at or before now, the bucket is full.
+    tat: AtomicU64,
+    /// With a rate of 0: what is left of the one burst.
+    left: AtomicU64,
     /// Sliding-window estimate of the rate admitted: bytes admitted in the current window (which began at
-    /// `window_start`) and in the one before it.
-    window_start: Instant,
-    window_bytes: u64,
-    previous_window_bytes: u64,
+    /// `window_start`, nanoseconds since `origin`) and in the one before it.
+    window_start: AtomicU64,
+    window_bytes: AtomicU64,
+    previous_window_bytes: AtomicU64,
 }
 
 impl TokenBucket {
     /// A full bucket filling at `rate_bps` bits per second up to `burst_bytes`, as of `now`. A rate of 0 lets
     /// through nothing but the first burst.
     pub fn new(rate_bps: u64, burst_bytes: u64, now: Instant) -> Self {
-        TokenBucket {
+        let mut bucket = TokenBucket {
             rate_bps,
             burst_bytes,
             max_queue_delay: DEFAULT_MAX_QUEUE_DELAY,
-            tokens: Self::nanobits(burst_bytes),
-            updated: now,
-            window_start: now,
-            window_bytes: 0,
-            previous_window_bytes: 0,
-        }
+            origin: now,
+            burst_units: 0,
+            max_delay_units: 0,
+            tat: AtomicU64::new(0),
+            left: AtomicU64::new(burst_bytes),
+            window_start: AtomicU64::new(0),
+            window_bytes: AtomicU64::new(0),
+            previous_window_bytes: AtomicU64::new(0),
+        };
+        bucket.burst_units = bucket.units_of(burst_bytes);
+        bucket.max_delay_units = Self::units(bucket.max_queue_delay);
+        bucket
     }
 
     /// Sets how long a packet may wait for tokens before it is dropped instead (0: never wait).
     pub fn with_max_queue_delay(mut self, max_queue_delay: Duration) -> Self {
         self.max_queue_delay = max_queue_delay;
+        self.max_delay_units = Self::units(max_queue_delay);
         self
     }
 
@@ -93,24 +115,49 @@ impl TokenBucket {
     }
 
     /// Decides what to do at `now` with a packet of `bytes` (its length on the wire, as the cap counts it).
-    /// Times before the last call count as the last call's time.
-    pub fn admit(&mut self, now: Instant, bytes: usize) -> Admit {
-        self.refill(now);
-        let cost = Self::nanobits(bytes as u64);
-        let verdict = if self.tokens >= cost {
-            Admit::Send
-        } else {
-            let deficit = cost - self.tokens;
-            match self.wait_for(deficit) {
-                Some(wait) if wait <= self.max_queue_delay => Admit::Delay(wait),
-                _ => Admit::Drop,
+    /// Times before the bucket was made count as that time; a clock that steps back only makes the bucket
+    /// stricter. Lock-free: safe to call from every worker at once.
+    pub fn admit(&self, now: Instant, bytes: usize) -> Admit {
+        let bytes = bytes as u64;
+        if self.rate_bps == 0 {
+            let verdict = match self
+                .left
+                .fetch_update(Relaxed, Relaxed, |l| l.checked_sub(bytes))
+            {
+                Ok(_) => Admit::Send,
+                Err(_) => Admit::Drop,
+            };
+            if verdict == Admit::Send {
+                self.count(now, bytes);
             }
-        };
-        if verdict != Admit::Drop {
-            self.tokens -= cost;
-            self.count(now, bytes as u64);
+            return verdict;
         }
-        verdict
+        let now_units = Self::units(now.saturating_duration_since(self.origin));
+        let cost = self.units_of(bytes);
+        let mut tat = self.tat.load(Relaxed);
+        loop {
+            let new = tat.max(now_units).saturating_add(cost);
+            // How far the bucket would then be from full, in time at the rate.
+            let ahead = new - now_units;
+            let verdict = if ahead <= self.burst_units {
+                Admit::Send
+            } else {
+                let wait = ahead - self.burst_units;
+                if wait > self.max_delay_units {
+                    return Admit::Drop;
+                }
+                let nanos =
+                    u64::try_from(u128::from(wait).div_ceil(UNITS_PER_NANO)).unwrap_or(u64::MAX);
+                Admit::Delay(Duration::from_nanos(nanos))
+            };
+            match self.tat.compare_exchange_weak(tat, new, Relaxed, Relaxed) {
+                Ok(_) => {
+                    self.count(now, bytes);
+                    return verdict;
+                }
+                Err(current) => tat = current,
+            }
+        }
     }
 
     /// The fraction of the cap unused over about the last [`HEADROOM_WINDOW`] before `now`: 1.0 when idle,
@@ -128,56 +175,68 @@ impl TokenBucket {
         (1.0 - rate / self.rate_bps as f64).clamp(0.0, 1.0)
     }
 
-    fn nanobits(bytes: u64) -> i128 {
-        bytes as i128 * 8 * NANOS_PER_SECOND as i128
+    /// A span in time units (saturating).
+    fn units(d: Duration) -> u64 {
+        u64::try_from(d.as_nanos().saturating_mul(UNITS_PER_NANO)).unwrap_or(u64::MAX)
     }
 
-    /// How long until `deficit` nanobits accrue, or `None` if they never will.
-    fn wait_for(&self, deficit: i128) -> Option<Duration> {
+    /// The time `bytes` take at the rate, in units, rounded up (saturating; the rate is not 0).
+    fn units_of(&self, bytes: u64) -> u64 {
         if self.rate_bps == 0 {
-            return None;
+            return u64::MAX;
         }
-        // nanobits / (bits per second) = nanoseconds; round up so the tokens are really there.
-        let nanos = (deficit as u128).div_ceil(self.rate_bps as u128);
-        Some(Duration::from_nanos(u64::try_from(nanos).ok()?))
+        let numerator = u128::from(bytes) * 8 * NANOS_PER_SECOND * UNITS_PER_NANO;
+        u64::try_from(numerator.div_ceil(u128::from(self.rate_bps))).unwrap_or(u64::MAX)
     }
 
-    fn refill(&mut self, now: Instant) {
-        let Some(elapsed) = now.checked_duration_since(self.updated) else {
-            return;
-        };
-        self.updated = now;
-        let burst = Self::nanobits(self.burst_bytes);
-        // Cap the elapsed time's contribution before multiplying, so no idle period can overflow.
-        let gained = elapsed.as_nanos().saturating_mul(self.rate_bps as u128);
-        let room = (burst - self.tokens).max(0) as u128;
-        self.tokens += gained.min(room) as i128;
+    fn nanos_since_origin(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// The sliding-window counters as of `now`: time into the current window, its bytes, the previous one's.
     fn windows_at(&self, now: Instant) -> (Duration, u64, u64) {
-        let elapsed = now.saturating_duration_since(self.window_start);
+        let start = self.window_start.load(Relaxed);
+        let elapsed = Duration::from_nanos(self.nanos_since_origin(now).saturating_sub(start));
         if elapsed < HEADROOM_WINDOW {
-            (elapsed, self.window_bytes, self.previous_window_bytes)
+            (
+                elapsed,
+                self.window_bytes.load(Relaxed),
+                self.previous_window_bytes.load(Relaxed),
+            )
         } else if elapsed < 2 * HEADROOM_WINDOW {
-            (elapsed - HEADROOM_WINDOW, 0, self.window_bytes)
+            (
+                elapsed - HEADROOM_WINDOW,
+                0,
+                self.window_bytes.load(Relaxed),
+            )
         } else {
             (Duration::ZERO, 0, 0)
         }
     }
 
-    fn count(&mut self, now: Instant, bytes: u64) {
-        let elapsed = now.saturating_duration_since(self.window_start);
-        if elapsed >= 2 * HEADROOM_WINDOW {
-            self.previous_window_bytes = 0;
-            self.window_bytes = 0;
-            self.window_start = now;
-        } else if elapsed >= HEADROOM_WINDOW {
-            self.previous_window_bytes = self.window_bytes;
-            self.window_bytes = 0;
-            self.window_start += HEADROOM_WINDOW;
+    fn count(&self, now: Instant, bytes: u64) {
+        let now = self.nanos_since_origin(now);
+        let window = HEADROOM_WINDOW.as_nanos() as u64;
+        let start = self.window_start.load(Relaxed);
+        let elapsed = now.saturating_sub(start);
+        if elapsed >= window {
+            // One admission rotates the windows (the one whose swap of the start wins).
+            let (new_start, keep) = if elapsed >= 2 * window {
+                (now, false)
+            } else {
+                (start + window, true)
+            };
+            if self
+                .window_start
+                .compare_exchange(start, new_start, Relaxed, Relaxed)
+                .is_ok()
+            {
+                let current = self.window_bytes.swap(0, Relaxed);
+                self.previous_window_bytes
+                    .store(if keep { current } else { 0 }, Relaxed);
+            }
         }
-        self.window_bytes = self.window_bytes.saturating_add(bytes);
+        self.window_bytes.fetch_add(bytes, Relaxed);
     }
 }
 
@@ -262,7 +321,7 @@ mod tests {
         let clock = Clock(Instant::now());
         let rate = 250 * MBIT;
         let burst = 64 * 1024;
-        let mut bucket = TokenBucket::new(rate, burst, clock.at(0));
+        let bucket = TokenBucket::new(rate, burst, clock.at(0));
         let packet = 1400usize;
         // Packets arriving at twice the rate for 10 simulated seconds.
         let interval = (packet as u64 * 8) * 1_000_000_000 / (2 * rate);
@@ -317,7 +376,7 @@ mod tests {
     #[test]
     fn bursts_up_to_burst_bytes_pass_at_once() {
         let clock = Clock(Instant::now());
-        let mut bucket = TokenBucket::new(100 * MBIT, 15_000, clock.at(0));
+        let bucket = TokenBucket::new(100 * MBIT, 15_000, clock.at(0));
         for _ in 0..10 {
             assert_eq!(bucket.admit(clock.at(0), 1500), Admit::Send);
         }
@@ -332,7 +391,7 @@ mod tests {
             Admit::Delay(Duration::from_micros(240))
         );
         // With no queue, the packet over the burst is dropped.
-        let mut strict =
+        let strict =
             TokenBucket::new(100 * MBIT, 15_000, clock.at(0)).with_max_queue_delay(Duration::ZERO);
         for _ in 0..10 {
             assert_eq!(strict.admit(clock.at(0), 1500), Admit::Send);
@@ -347,7 +406,7 @@ mod tests {
     fn the_queue_budget_bounds_the_wait() {
         let clock = Clock(Instant::now());
         // 8 Mbit/s = 1 byte per microsecond; no burst; 5 ms of queue = 5000 bytes.
-        let mut bucket = TokenBucket::new(8 * MBIT, 0, clock.at(0));
+        let bucket = TokenBucket::new(8 * MBIT, 0, clock.at(0));
         assert_eq!(
             bucket.admit(clock.at(0), 1000),
             Admit::Delay(Duration::from_micros(1000))
@@ -370,7 +429,7 @@ mod tests {
     #[test]
     fn idle_periods_refill_to_burst_only() {
         let clock = Clock(Instant::now());
-        let mut bucket =
+        let bucket =
             TokenBucket::new(100 * MBIT, 15_000, clock.at(0)).with_max_queue_delay(Duration::ZERO);
         for _ in 0..10 {
             assert_eq!(bucket.admit(clock.at(0), 1500), Admit::Send);
@@ -390,7 +449,7 @@ mod tests {
     fn headroom_tracks_the_recent_rate() {
         let clock = Clock(Instant::now());
         let rate = 100 * MBIT;
-        let mut bucket = TokenBucket::new(rate, 100_000, clock.at(0));
+        let bucket = TokenBucket::new(rate, 100_000, clock.at(0));
         assert_eq!(bucket.headroom(clock.at(0)), 1.0);
         // Send at 25% of the cap for a second: 1250-byte packets every 400 us.
         let mut t = 0;
@@ -411,9 +470,40 @@ mod tests {
     }
 
     #[test]
+    fn workers_admitting_at_once_share_one_bucket_exactly() {
+        let clock = Clock(Instant::now());
+        // 100 Mbit/s, 15,000 bytes of burst, 5 ms of queue: 10 packets of 1500 now and 41 more delayed (41 x
+        // 120 us = 4.92 ms), however four threads interleave.
+        let bucket = std::sync::Arc::new(TokenBucket::new(100 * MBIT, 15_000, clock.at(0)));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (bucket, at) = (bucket.clone(), clock.at(0));
+                std::thread::spawn(move || {
+                    let mut v = (0, 0, 0);
+                    for _ in 0..1000 {
+                        match bucket.admit(at, 1500) {
+                            Admit::Send => v.0 += 1,
+                            Admit::Delay(_) => v.1 += 1,
+                            Admit::Drop => v.2 += 1,
+                        }
+                    }
+                    v
+                })
+            })
+            .collect();
+        let (mut sent, mut delayed) = (0, 0);
+        for t in threads {
+            let (s, d, _) = t.join().unwrap();
+            sent += s;
+            delayed += d;
+        }
+        assert_eq!((sent, delayed), (10, 41));
+    }
+
+    #[test]
     fn zero_rate_passes_only_the_burst() {
         let clock = Clock(Instant::now());
-        let mut bucket = TokenBucket::new(0, 3000, clock.at(0));
+        let bucket = TokenBucket::new(0, 3000, clock.at(0));
         assert_eq!(bucket.admit(clock.at(0), 3000), Admit::Send);
         assert_eq!(bucket.admit(clock.at(1_000_000_000), 1), Admit::Drop);
     }
