@@ -31,8 +31,8 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
 use std::ops::Range;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -293,7 +293,12 @@ fn print_synthetic(r: &SyntheticReport) {
 }
 
 fn print_loopback(r: &LoopbackReport) {
-    print_header("loopback UDP, batched syscalls", r.cipher, r.size, &r.machine);
+    print_header(
+        "loopback UDP, batched syscalls",
+        r.cipher,
+        r.size,
+        &r.machine,
+    );
     println!(
         "  sender: {} ({:.1} datagrams per call, {} GSO messages); receiver: {} ({:.1} datagrams per call)",
         r.send_mode, r.datagrams_per_send, r.gso_sends, r.recv_mode, r.datagrams_per_recv
@@ -1208,9 +1213,8 @@ pub fn loopback(opts: &BenchOptions) -> Result<LoopbackReport> {
 
     // The sender: A's outbound path, each full batch sent with sendmmsg.
     let secs = opts.secs;
-    let sender = std::thread::Builder::new()
-        .name("bench-tx".into())
-        .spawn(move || -> (Rate, Sender, u64) {
+    let sender = std::thread::Builder::new().name("bench-tx".into()).spawn(
+        move || -> (Rate, Sender, u64) {
             let plain = VnetHdr::default();
             let mut a_out = Outbound::new(Side::A, cipher, to, size);
             let templates = packets(Side::A, size);
@@ -1232,7 +1236,8 @@ pub fn loopback(opts: &BenchOptions) -> Result<LoopbackReport> {
             let sent = a_out.uplink_stats.tx_packets.load(Ordering::Relaxed);
             let gso_sends = a_out.uplink_stats.gso_sends.load(Ordering::Relaxed);
             (Rate::new(sent, size, elapsed), tx, gso_sends)
-        })?;
+        },
+    )?;
     let (sent, tx, gso_sends) = sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender thread panicked"))?;
@@ -1245,7 +1250,13 @@ pub fn loopback(opts: &BenchOptions) -> Result<LoopbackReport> {
         _ => Duration::ZERO,
     };
     let received = Rate::new(r.ok, size, span);
-    let per = |n: u64, calls: u64| if calls == 0 { 0.0 } else { n as f64 / calls as f64 };
+    let per = |n: u64, calls: u64| {
+        if calls == 0 {
+            0.0
+        } else {
+            n as f64 / calls as f64
+        }
+    };
     Ok(LoopbackReport {
         mode: "loopback",
         cipher: cipher.name(),
@@ -1311,5 +1322,61 @@ mod tests {
         .unwrap();
         assert_eq!(r.rejected, 0);
         assert!(r.received.packets > 0, "{r:?}");
+        // Batched: whole batches per sendmmsg (the last may be partial), and runs of one tunnel's datagrams
+        // as UDP GSO messages unless the kernel refused them.
+        assert!(r.send_mode.starts_with("sendmmsg"), "{r:?}");
+        assert!(r.recv_mode.starts_with("recvmmsg"), "{r:?}");
+        assert!(r.datagrams_per_send > 1.0, "{r:?}");
+        assert!(r.datagrams_per_recv >= 1.0, "{r:?}");
+        assert!(
+            r.send_mode != "sendmmsg + UDP GSO" || r.gso_sends > 0,
+            "{r:?}"
+        );
+        // Loss accounting: what arrived (good or bad) never exceeds what the kernel took.
+        assert!(r.received.packets + r.rejected <= r.sent.packets, "{r:?}");
+    }
+
+    /// The send runs are the engine's: one tunnel, back to back, equal sizes but a shorter last one, at most
+    /// UDP_MAX_SEGMENTS datagrams.
+    #[test]
+    fn runs_follow_the_engines_rules() {
+        let mut b = OutBatch::new();
+        let mut at = 0u32;
+        let mut push = |b: &mut OutBatch, tunnel: u32, len: u32| {
+            b.datagrams.push(Queued {
+                tunnel,
+                start: at,
+                end: at + len,
+                inner: len,
+            });
+            at += len;
+        };
+        for _ in 0..3 {
+            push(&mut b, 0, 100);
+        }
+        push(&mut b, 0, 60); // shorter: ends the run
+        push(&mut b, 0, 100);
+        push(&mut b, 1, 100); // another tunnel
+        for _ in 0..70 {
+            push(&mut b, 2, 50);
+        }
+        let mut runs = Vec::new();
+        b.runs(0, true, |f, l, n| runs.push((f, l, n)));
+        assert_eq!(
+            runs,
+            vec![
+                (0, 4, 360),
+                (4, 5, 100),
+                (5, 6, 100),
+                (6, 6 + UDP_MAX_SEGMENTS, UDP_MAX_SEGMENTS * 50),
+                (6 + UDP_MAX_SEGMENTS, 76, (70 - UDP_MAX_SEGMENTS) * 50),
+            ]
+        );
+        let mut singles = 0;
+        b.runs(3, false, |f, l, _| {
+            assert_eq!(l, f + 1);
+            singles += 1;
+        });
+        assert_eq!(singles, 76 - 3);
     }
 }

@@ -237,7 +237,8 @@ impl Plan {
                 out[..hdr_len].copy_from_slice(&pkt[..hdr_len]);
                 // The payload is summed while it is copied (one pass); the transport header (an even number of
                 // octets, so the sums add up) is summed below once it is rewritten.
-                let payload = copy_sum(0, &pkt[from..from + seg_len - hdr_len], &mut out[hdr_len..]);
+                let payload =
+                    copy_sum(0, &pkt[from..from + seg_len - hdr_len], &mut out[hdr_len..]);
                 // The IP header.
                 let pseudo = if ipv6 {
                     out[4..6].copy_from_slice(&((seg_len - 40) as u16).to_be_bytes());
@@ -450,7 +451,11 @@ mod tests {
                     let initial = 0x1_2345u64;
                     let init_bytes = [0x00, 0x01, 0x23, 0x45];
                     if len % 2 == 0 {
-                        assert_eq!(fold(sum(initial, d)), rfc1071(&[&init_bytes, d]), "len {len}");
+                        assert_eq!(
+                            fold(sum(initial, d)),
+                            rfc1071(&[&init_bytes, d]),
+                            "len {len}"
+                        );
                     }
                 }
             }
