@@ -6,13 +6,18 @@
 //! synthetic inner IPv4 packets (half UDP, half TCP, [`FLOWS`] flows over different addresses and ports, all
 //! of the chosen size) then goes through the same functions the engine calls:
 //!
-//! - **outbound** (A's TUN side to A's uplink): [`wire::inspect`], [`Fib::lookup`] in the published
-//!   snapshot, [`Liveness::members`], [`flow_hash_inspected`] + [`scheduler::pick`] (the new-flow path of
-//!   the engine's flow table, which is private to `engine.rs`), the tunnel-MTU check, [`OutboundSa::seal`]
-//!   in place, the counters, and the datagram queued as a (tunnel, remote, range) entry: the shape a
-//!   `sendmmsg` batch takes. The kernel writes the UDP and IP headers, so no framing beyond that is done in
-//!   user space. Between rounds the 40 header octets of each packet are restored from a template (sealing
-//!   encrypted them); the payload stays ciphertext, which costs the AEAD the same.
+//! - **outbound** (A's TUN side to A's uplink): the engine's `forward` per read of a finished packet:
+//!   [`wire::inspect`], [`Plan::new`], [`Fib::lookup`] in the published snapshot, [`Liveness::members`],
+//!   [`flow_hash_inspected`] and the engine's flow table (copied here: it is private to `engine.rs`; a flow
+//!   seen before keeps its tunnel, a new one goes to [`scheduler::pick`]), the tunnel-MTU check, the sequence numbers ([`OutboundSa::reserve`]), the one
+//!   user-space copy ([`Plan::write`] from the read buffer into the next slot of a 128-datagram / 256 KiB batch
+//!   buffer at `end + HEADROOM`) and [`OutboundSa::seal_next`] in place there. When the batch is full (and at
+//!   the end of a round) it is "sent" as the engine sends it: its runs formed (one tunnel, back to back, equal
+//!   sizes; UDP GSO messages) and the tunnel and uplink counters added once per run; then the SA counters are
+//!   counted and published once per tunnel and the reads counted. The kernel writes the UDP and IP headers, so
+//!   no framing beyond that is done in user space. The templates are only read, never sealed in place.
+//! - **outbound TSO**: the same `forward` for a TCP super-packet of up to 32 segments (`NEEDS_CSUM`,
+//!   `GSO_TCPV4`): routing once per read, each segment cut, checksummed while copied and sealed in the batch.
 //! - **inbound** (A's uplink to A's TUN side): each datagram sealed by B is copied into the receive buffer
 //!   (the stand-in for `recv`'s copy), then [`classify`] (RFC 3948), the SPI lookup (a `HashMap` as in the
 //!   engine), [`InboundSa::open`] with the default 1024-packet replay window, the counters, the inner-packet
@@ -22,9 +27,12 @@
 //! - **raw ring AEAD seal** over the same number of octets with an 8-octet AAD: the ceiling.
 //!
 //! Each direction runs on one thread, so the figures are per core. `--loopback` sends the sealed datagrams
-//! for real, from a sender thread (A's outbound path + `send_to`) to a receiver thread (B's inbound path
-//! after `recv_from`) over UDP sockets on 127.0.0.1: one system call per packet with std's `UdpSocket`
-//! until the fast path's batched I/O (`sendmmsg`/`recvmmsg`, GSO/GRO) lands in `dataplane::sys`.
+//! for real, from a sender thread (A's outbound path) to a receiver thread (B's inbound path) over UDP
+//! sockets on 127.0.0.1, with the engine's batched system calls: each full batch goes out with
+//! [`sys::send_batch`] (one `sendmmsg`, runs of one tunnel's datagrams as UDP GSO messages; after a refusal
+//! one datagram per message, as the engine falls back), and the receiver takes up to 32 messages per
+//! `recvmmsg` ([`RecvBatch`]) with UDP GRO on, splitting coalesced messages at their segment size. The report
+//! says which modes ran and how many datagrams each call carried.
 //!
 //! Left out: the uplink cap (the shaper; benches run uncapped), ICMP too-big generation, IPv6, the TUN device.
 
@@ -376,6 +384,25 @@ struct Outbound {
     uplink_stats: UplinkStats,
     /// Reads since the last flush (counted once per batch, as the engine does).
     reads: u64,
+    /// The engine's flow table (private to `engine.rs`, so copied here): hash-indexed slots of a flow's tunnel.
+    flows: Vec<FlowSlot>,
+    /// Coarse seconds since `epoch`, taken once per batch as the engine does.
+    now_s: u32,
+    epoch: Instant,
+}
+
+/// Slots of the flow table (the engine's `FLOW_SLOTS`).
+const FLOW_SLOTS: usize = 1 << 16;
+/// A flow idle this long is new again (the engine's `FLOW_IDLE_S`).
+const FLOW_IDLE_S: u32 = 30;
+
+/// One flow's tunnel (the engine's `FlowSlot`).
+#[derive(Copy, Clone, Default)]
+struct FlowSlot {
+    hash: u64,
+    tunnel: u32,
+    /// Coarse seconds since the epoch, plus one (0 = empty).
+    seen: u32,
 }
 
 /// One sealed datagram in an [`OutBatch`].
@@ -512,12 +539,17 @@ impl Outbound {
             tun_stats: TunStats::default(),
             uplink_stats: UplinkStats::default(),
             reads: 0,
+            flows: vec![FlowSlot::default(); FLOW_SLOTS],
+            now_s: 0,
+            epoch: Instant::now(),
         }
     }
 
-    /// The tunnel for a packet to `group`, as the engine picks it for a new flow.
+    /// The tunnel for a packet to `group`, as the engine's `choose` picks it (without its spray mode and
+    /// the uplink-cap headroom): a flow seen within [`FLOW_IDLE_S`] on a live member keeps its tunnel (the
+    /// steady state of a long flow), a new one is hashed onto a member ([`scheduler::pick`]).
     #[inline]
-    fn choose(&self, group: &NextHopGroup, pkt: &[u8], inner: &Inner) -> Option<usize> {
+    fn choose(&mut self, group: &NextHopGroup, pkt: &[u8], inner: &Inner) -> Option<usize> {
         let mut live = [Member {
             tunnel: 0,
             weight: 0,
@@ -528,7 +560,23 @@ impl Outbound {
             return Some(only.tunnel as usize);
         }
         let hash = flow_hash_inspected(pkt, inner, FLOW_SEED).unwrap_or(0);
-        scheduler::pick(members, hash).map(|t| t as usize)
+        let now = self.now_s + 1;
+        let slot = &mut self.flows[hash as usize & (FLOW_SLOTS - 1)];
+        if slot.seen != 0
+            && slot.hash == hash
+            && now.saturating_sub(slot.seen) <= FLOW_IDLE_S
+            && members.iter().any(|m| m.tunnel == slot.tunnel)
+        {
+            slot.seen = now;
+            return Some(slot.tunnel as usize);
+        }
+        let tunnel = scheduler::pick(members, hash)?;
+        *slot = FlowSlot {
+            hash,
+            tunnel,
+            seen: now,
+        };
+        Some(tunnel as usize)
     }
 
     /// Forwards one read from the TUN device, `pkt` with its virtio-net header `hdr` (a finished packet or a
@@ -642,6 +690,7 @@ impl Outbound {
             }
         }
         add(&self.tun_stats.rx_packets, std::mem::take(&mut self.reads));
+        self.now_s = self.epoch.elapsed().as_secs().min(u32::MAX as u64 - 1) as u32;
         out.datagrams.clear();
         out.end = 0;
     }

@@ -12,7 +12,7 @@
 //!   IPv6: payload length. Everything else of the IP header (options, extension headers) is copied.
 //! - TCP: sequence number = the super-packet's + i * gso_size; FIN and PSH only on the last segment, CWR only
 //!   on the first (RFC 3168 6.1.2: the congestion-window reduction is signalled once); the full checksum over
-//!   the pseudo-header, header and payload.
+//!   the pseudo-header, header and payload (the payload summed in the same pass that copies it, [`copy_sum`]).
 //! - UDP (USO): the UDP length and the full checksum (0 is sent as 0xffff, RFC 768).
 //! - A packet with `NEEDS_CSUM` but no GSO: the checksum at `csum_start + csum_offset` completed over
 //!   `csum_start..` (the kernel left the pseudo-header sum in the field), as `skb_checksum_help` does.
