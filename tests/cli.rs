@@ -186,6 +186,21 @@ fn bench_runs_and_prints_sane_numbers() {
     assert_eq!(v["rejected"], 0);
     assert!(v["received"]["packets"].as_u64().unwrap() > 0, "{v}");
     assert!(v["received"]["gbit_s"].as_f64().unwrap() > 0.0);
+    // Batched system calls, and the report says which mode ran.
+    let send_mode = v["send_mode"].as_str().unwrap();
+    assert!(send_mode.starts_with("sendmmsg"), "{v}");
+    assert!(
+        v["recv_mode"].as_str().unwrap().starts_with("recvmmsg"),
+        "{v}"
+    );
+    assert!(v["datagrams_per_send"].as_f64().unwrap() >= 1.0, "{v}");
+    assert!(v["datagrams_per_recv"].as_f64().unwrap() >= 1.0, "{v}");
+    let out = braid(&["bench", "--secs", "0.2", "--loopback"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in ["batched syscalls", "sendmmsg", "recvmmsg", "loss"] {
+        assert!(stdout.contains(line), "{line:?} missing in:\n{stdout}");
+    }
     let bad = braid(&["bench", "--cipher", "des", "--secs", "0.1"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--cipher"));

@@ -12,7 +12,7 @@
 //!   IPv6: payload length. Everything else of the IP header (options, extension headers) is copied.
 //! - TCP: sequence number = the super-packet's + i * gso_size; FIN and PSH only on the last segment, CWR only
 //!   on the first (RFC 3168 6.1.2: the congestion-window reduction is signalled once); the full checksum over
-//!   the pseudo-header, header and payload.
+//!   the pseudo-header, header and payload (the payload summed in the same pass that copies it, [`copy_sum`]).
 //! - UDP (USO): the UDP length and the full checksum (0 is sent as 0xffff, RFC 768).
 //! - A packet with `NEEDS_CSUM` but no GSO: the checksum at `csum_start + csum_offset` completed over
 //!   `csum_start..` (the kernel left the pseudo-header sum in the field), as `skb_checksum_help` does.
@@ -215,9 +215,10 @@ impl Plan {
             }
             Work::Checksum { start, offset } => {
                 let out = &mut out[..self.len];
-                out.copy_from_slice(&pkt[..self.len]);
-                // The field holds the pseudo-header sum: the checksum over `start..` including it is the result.
-                let c = fold(sum(0, &out[start..]));
+                out[..start].copy_from_slice(&pkt[..start]);
+                // The field holds the pseudo-header sum: the checksum over `start..` including it is the result
+                // (summed while copied).
+                let c = fold(copy_sum(0, &pkt[start..self.len], &mut out[start..]));
                 let c = if c == 0 { 0xffff } else { c };
                 out[start + offset..start + offset + 2].copy_from_slice(&c.to_be_bytes());
                 self.len
@@ -234,7 +235,10 @@ impl Plan {
                 let from = hdr_len + i * gso_size;
                 let out = &mut out[..seg_len];
                 out[..hdr_len].copy_from_slice(&pkt[..hdr_len]);
-                out[hdr_len..].copy_from_slice(&pkt[from..from + seg_len - hdr_len]);
+                // The payload is summed while it is copied (one pass); the transport header (an even number of
+                // octets, so the sums add up) is summed below once it is rewritten.
+                let payload =
+                    copy_sum(0, &pkt[from..from + seg_len - hdr_len], &mut out[hdr_len..]);
                 // The IP header.
                 let pseudo = if ipv6 {
                     out[4..6].copy_from_slice(&((seg_len - 40) as u16).to_be_bytes());
@@ -271,7 +275,7 @@ impl Plan {
                     l4 + 6
                 };
                 out[check_at..check_at + 2].copy_from_slice(&[0, 0]);
-                let c = fold(sum(pseudo, &out[l4..]));
+                let c = fold(sum(pseudo + payload, &out[l4..hdr_len]));
                 // 0 means "no checksum" to UDP; 0xffff is the same value in ones' complement for TCP.
                 let c = if c == 0 { 0xffff } else { c };
                 out[check_at..check_at + 2].copy_from_slice(&c.to_be_bytes());
@@ -337,13 +341,23 @@ fn ipv6_transport(pkt: &[u8], len: usize) -> Result<(usize, u8), GsoError> {
 /// Fine for any `data` up to 4 GiB.
 #[inline]
 pub fn sum(initial: u64, data: &[u8]) -> u64 {
-    // The bulk in host byte order, 32-bit words into a 64-bit accumulator (a plain reduction the compiler
-    // vectorises; no carry is lost below 2^32 words); the one's complement sum is byte-order independent
-    // (RFC 1071 2.B), so folding it to 16 bits and swapping the bytes gives the big-endian sum.
-    let mut words = data.chunks_exact(4);
-    let host: u64 = (&mut words)
-        .map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) as u64)
-        .sum();
+    // The bulk in host byte order, 32-bit words into 64-bit accumulators (no carry is lost below 2^32 words);
+    // the one's complement sum is byte-order independent (RFC 1071 2.B), so folding it to 16 bits and swapping
+    // the bytes gives the big-endian sum. Sixteen independent accumulators over 64-octet blocks: a reduction
+    // the compiler turns into wide loads and vector adds even for the baseline x86-64 target (one accumulator
+    // over 4-octet words came out 8 octets per step, ~100 ns for a 1400-octet segment; this is ~45 ns).
+    let mut blocks = data.chunks_exact(64);
+    let mut lanes = [0u64; 16];
+    for block in &mut blocks {
+        for (lane, w) in lanes.iter_mut().zip(block.chunks_exact(4)) {
+            *lane += u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) as u64;
+        }
+    }
+    let mut host: u64 = lanes.iter().sum();
+    let mut words = blocks.remainder().chunks_exact(4);
+    for w in &mut words {
+        host += u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) as u64;
+    }
     let mut folded = host;
     while folded > 0xffff {
         folded = (folded & 0xffff) + (folded >> 16);
@@ -357,6 +371,36 @@ pub fn sum(initial: u64, data: &[u8]) -> u64 {
         acc += (*last as u64) << 8;
     }
     acc
+}
+
+/// Copies `src` into `dst` (of the same length) and returns [`sum`]`(initial, src)`: the segment copy and its
+/// checksum in one pass over the octets (each 64-octet block is summed from the registers it is copied
+/// through, instead of read again after the copy).
+///
+/// # Panics
+/// If `dst` and `src` differ in length.
+#[inline]
+pub fn copy_sum(initial: u64, src: &[u8], dst: &mut [u8]) -> u64 {
+    assert_eq!(src.len(), dst.len(), "copy_sum of unequal lengths");
+    let mut blocks = src.chunks_exact(64);
+    let mut out = dst.chunks_exact_mut(64);
+    let mut lanes = [0u64; 16];
+    for (block, to) in (&mut blocks).zip(&mut out) {
+        let block: &[u8; 64] = block.try_into().expect("64 octets");
+        to.copy_from_slice(block);
+        for (lane, w) in lanes.iter_mut().zip(block.chunks_exact(4)) {
+            *lane += u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) as u64;
+        }
+    }
+    let rest = blocks.remainder();
+    out.into_remainder().copy_from_slice(rest);
+    // The blocks' sum has an even length (a multiple of 64), so it adds to the rest's.
+    let host: u64 = lanes.iter().sum();
+    let mut folded = host;
+    while folded > 0xffff {
+        folded = (folded & 0xffff) + (folded >> 16);
+    }
+    sum(initial + u16::from_be(folded as u16) as u64, rest)
 }
 
 /// Folds a [`sum`] to 16 bits and complements it: the checksum to put in a header.
@@ -387,6 +431,61 @@ mod tests {
             i += 2;
         }
         !(s as u16)
+    }
+
+    /// [`sum`]'s blocked accumulation against the RFC 1071 reference and `wire::checksum`: every length from
+    /// 0 to 300 and the sizes the data path sees, at every alignment, with random and all-ones octets (the
+    /// carry-heavy case) and an initial value.
+    #[test]
+    fn sum_matches_the_reference_at_every_length_and_alignment() {
+        let mut rng = XorShift(0x0c5e_11a5_0000_0001);
+        let random: Vec<u8> = (0..65_600).map(|_| rng.next() as u8).collect();
+        let ones = vec![0xffu8; 65_600];
+        let lengths = (0..=300).chain([1379, 1380, 1400, 8960, 9000, 65_535]);
+        for len in lengths {
+            for data in [&random, &ones] {
+                for off in 0..8 {
+                    let d = &data[off..off + len];
+                    assert_eq!(fold(sum(0, d)), rfc1071(&[d]), "len {len} offset {off}");
+                    assert_eq!(fold(sum(0, d)), crate::wire::checksum(0, d), "len {len}");
+                    let initial = 0x1_2345u64;
+                    let init_bytes = [0x00, 0x01, 0x23, 0x45];
+                    if len % 2 == 0 {
+                        assert_eq!(
+                            fold(sum(initial, d)),
+                            rfc1071(&[&init_bytes, d]),
+                            "len {len}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`copy_sum`] copies exactly and sums as [`sum`] and the RFC 1071 reference do, at every length and
+    /// alignment of source and destination.
+    #[test]
+    fn copy_sum_copies_and_matches_the_reference() {
+        let mut rng = XorShift(0x0c5e_11a5_0000_0002);
+        let random: Vec<u8> = (0..66_000).map(|_| rng.next() as u8).collect();
+        let ones = vec![0xffu8; 66_000];
+        let mut dst = vec![0u8; 66_000];
+        for len in (0..=300).chain([1379, 1380, 1400, 8960, 9000, 65_535]) {
+            for data in [&random, &ones] {
+                for (src_off, dst_off) in [(0, 0), (1, 0), (0, 3), (5, 2), (7, 7)] {
+                    let src = &data[src_off..src_off + len];
+                    let out = &mut dst[dst_off..dst_off + len];
+                    out.fill(0x5a);
+                    let s = copy_sum(0x1_2345, src, out);
+                    assert_eq!(&out[..], src, "len {len}");
+                    assert_eq!(fold(s), fold(sum(0x1_2345, src)), "len {len}");
+                    if len % 2 == 0 {
+                        let reference = rfc1071(&[&[0x00, 0x01, 0x23, 0x45], src]);
+                        assert_eq!(fold(s), reference, "len {len} offsets {src_off}/{dst_off}");
+                    }
+                }
+            }
+        }
     }
 
     /// Whether the transport checksum of `seg` verifies (sums to 0 over pseudo-header + segment).
