@@ -278,9 +278,17 @@ fn df_packet_above_tunnel_mtu_gets_icmp_too_big() {
         text.contains("mtu = 1438") || text.contains("mtu=1438"),
         "no frag-needed reported:\n{text}"
     );
-    let a = p.tunnel(Side::A).unwrap();
-    assert!(drop_count(&a, "too_big") >= 1);
-    assert!(counter(&a, "icmp_too_big_sent") >= 1);
+    // The data path counts the ICMP error after its write returns, which ping may see first: wait briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let a = loop {
+        let a = p.tunnel(Side::A).unwrap();
+        if counter(&a, "icmp_too_big_sent") >= 1 || std::time::Instant::now() > deadline {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(drop_count(&a, "too_big") >= 1, "{a}");
+    assert!(counter(&a, "icmp_too_big_sent") >= 1, "{a}");
     // The largest packet that fits goes through.
     let (got, text) = p
         .ping(Side::A, B_INSIDE4, 2, &["-M", "do", "-s", "1410"])
