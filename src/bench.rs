@@ -8,7 +8,7 @@
 //!
 //! - **outbound** (A's TUN side to A's uplink): the engine's `forward` per read of a finished packet:
 //!   [`wire::inspect`], [`Plan::new`], [`Fib::lookup`] in the published snapshot, [`Liveness::members`],
-//!   [`flow_hash_inspected`] and the engine's flow table (copied here: it is private to `engine.rs`; a flow
+//!   [`flow_hash_inspected`] and the engine's flow table ([`FlowTable`]: a flow
 //!   seen before keeps its tunnel, a new one goes to [`scheduler::pick`]), the tunnel-MTU check, the sequence numbers ([`OutboundSa::reserve`]), the one
 //!   user-space copy ([`Plan::write`] from the read buffer into the next slot of a 128-datagram / 256 KiB batch
 //!   buffer at `end + HEADROOM`) and [`OutboundSa::seal_next`] in place there. When the batch is full (and at
@@ -53,7 +53,7 @@ use braid_crypto::{
 use braid_dataplane::engine::{check_inner, source_allowed, MAX_LIVE};
 use braid_dataplane::flow::flow_hash_inspected;
 use braid_dataplane::gso::Plan;
-use braid_dataplane::scheduler;
+use braid_dataplane::scheduler::{self, FlowTable};
 use braid_dataplane::stats::add;
 use braid_dataplane::sys::{
     self, RecvBatch, SendBatch, SendMsg, UDP_GSO_MAX_BYTES, UDP_MAX_SEGMENTS,
@@ -384,25 +384,11 @@ struct Outbound {
     uplink_stats: UplinkStats,
     /// Reads since the last flush (counted once per batch, as the engine does).
     reads: u64,
-    /// The engine's flow table (private to `engine.rs`, so copied here): hash-indexed slots of a flow's tunnel.
-    flows: Vec<FlowSlot>,
+    /// The engine's flow table ([`FlowTable`]).
+    flows: FlowTable,
     /// Coarse seconds since `epoch`, taken once per batch as the engine does.
     now_s: u32,
     epoch: Instant,
-}
-
-/// Slots of the flow table (the engine's `FLOW_SLOTS`).
-const FLOW_SLOTS: usize = 1 << 16;
-/// A flow idle this long is new again (the engine's `FLOW_IDLE_S`).
-const FLOW_IDLE_S: u32 = 30;
-
-/// One flow's tunnel (the engine's `FlowSlot`).
-#[derive(Copy, Clone, Default)]
-struct FlowSlot {
-    hash: u64,
-    tunnel: u32,
-    /// Coarse seconds since the epoch, plus one (0 = empty).
-    seen: u32,
 }
 
 /// One sealed datagram in an [`OutBatch`].
@@ -539,14 +525,14 @@ impl Outbound {
             tun_stats: TunStats::default(),
             uplink_stats: UplinkStats::default(),
             reads: 0,
-            flows: vec![FlowSlot::default(); FLOW_SLOTS],
+            flows: FlowTable::default(),
             now_s: 0,
             epoch: Instant::now(),
         }
     }
 
     /// The tunnel for a packet to `group`, as the engine's `choose` picks it (without its spray mode and
-    /// the uplink-cap headroom): a flow seen within [`FLOW_IDLE_S`] on a live member keeps its tunnel (the
+    /// the uplink-cap headroom): a flow seen within [`scheduler::FLOW_IDLE_S`] on a live member keeps its tunnel (the
     /// steady state of a long flow), a new one is hashed onto a member ([`scheduler::pick`]).
     #[inline]
     fn choose(&mut self, group: &NextHopGroup, pkt: &[u8], inner: &Inner) -> Option<usize> {
@@ -560,22 +546,11 @@ impl Outbound {
             return Some(only.tunnel as usize);
         }
         let hash = flow_hash_inspected(pkt, inner, FLOW_SEED).unwrap_or(0);
-        let now = self.now_s + 1;
-        let slot = &mut self.flows[hash as usize & (FLOW_SLOTS - 1)];
-        if slot.seen != 0
-            && slot.hash == hash
-            && now.saturating_sub(slot.seen) <= FLOW_IDLE_S
-            && members.iter().any(|m| m.tunnel == slot.tunnel)
-        {
-            slot.seen = now;
-            return Some(slot.tunnel as usize);
+        if let Some(t) = self.flows.lookup(hash, self.now_s, members) {
+            return Some(t as usize);
         }
         let tunnel = scheduler::pick(members, hash)?;
-        *slot = FlowSlot {
-            hash,
-            tunnel,
-            seen: now,
-        };
+        self.flows.remember(hash, tunnel, self.now_s);
         Some(tunnel as usize)
     }
 

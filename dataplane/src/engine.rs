@@ -105,7 +105,7 @@ use crate::prefix::Prefix;
 use crate::sa::{
     Board, InboundEntry, InboundSas, OutboundEntry, RxCommand, SaControl, SaError, TxCommand,
 };
-use crate::scheduler;
+use crate::scheduler::{self, FlowTable};
 use crate::shaper::{Admit, TokenBucket};
 use crate::stats::{add, DropReason, TunStats, TunnelStats, UplinkStats, WorkerStats};
 use crate::sys::{self, RecvBatch, SendBatch, SendMsg, UDP_GSO_MAX_BYTES, UDP_MAX_SEGMENTS};
@@ -123,10 +123,6 @@ const GSO_RETRY: Duration = Duration::from_secs(30);
 const SEND_WAIT: Duration = Duration::from_millis(20);
 /// Minimum spacing of repeated warnings from one thread (never one log line per packet).
 const WARN_EVERY: Duration = Duration::from_secs(10);
-/// Slots in the outbound flow table (a power of two); a slot is one flow, 16 bytes.
-const FLOW_SLOTS: usize = 1 << 16;
-/// A flow idle this long is forgotten: its next packet is a new flow.
-const FLOW_IDLE_S: u32 = 30;
 /// An uplink with less unused cap than this is "full" for new flows.
 const MIN_HEADROOM: f64 = 0.05;
 /// The most datagrams one uplink's cap may hold back at once, whatever their delay.
@@ -424,7 +420,7 @@ impl Dataplane {
                     .collect(),
                 held: 0,
                 pool: Vec::new(),
-                flows: vec![FlowSlot::default(); FLOW_SLOTS].into_boxed_slice(),
+                flows: FlowTable::default(),
                 spray: spec.spray,
                 spray_counter: w as u64,
                 flow_seed: spec.flow_seed,
@@ -636,7 +632,7 @@ struct Outbound {
     held: usize,
     /// Spare buffers for held datagrams.
     pool: Vec<Vec<u8>>,
-    flows: Box<[FlowSlot]>,
+    flows: FlowTable,
     spray: bool,
     spray_counter: u64,
     flow_seed: u64,
@@ -764,15 +760,6 @@ struct Held {
     tunnel: usize,
     inner_len: usize,
     datagram: Vec<u8>,
-}
-
-/// A slot of the flow table: which tunnel a flow (by its hash) last used, and when.
-#[derive(Copy, Clone, Default)]
-struct FlowSlot {
-    hash: u64,
-    tunnel: u32,
-    /// Coarse seconds since the epoch, plus one (0 = empty).
-    seen: u32,
 }
 
 impl Outbound {
@@ -907,16 +894,8 @@ impl Outbound {
             return scheduler::pick_spray(members, self.spray_counter).map(|t| t as usize);
         }
         let hash = flow_hash_inspected(pkt, inner, self.flow_seed).unwrap_or(0);
-        let now = self.now_s + 1;
-        let index = hash as usize & (FLOW_SLOTS - 1);
-        let slot = &mut self.flows[index];
-        if slot.seen != 0
-            && slot.hash == hash
-            && now.saturating_sub(slot.seen) <= FLOW_IDLE_S
-            && members.iter().any(|m| m.tunnel == slot.tunnel)
-        {
-            slot.seen = now;
-            return Some(slot.tunnel as usize);
+        if let Some(t) = self.flows.lookup(hash, self.now_s, members) {
+            return Some(t as usize);
         }
         // A new flow (or its tunnel left the group): hash it, but away from a full uplink if another has room.
         let mut tunnel = scheduler::pick(members, hash)?;
@@ -934,11 +913,7 @@ impl Outbound {
                 tunnel = t;
             }
         }
-        self.flows[index] = FlowSlot {
-            hash,
-            tunnel,
-            seen: now,
-        };
+        self.flows.remember(hash, tunnel, self.now_s);
         Some(tunnel as usize)
     }
 

@@ -20,8 +20,68 @@
 //! [`pick_spray`] spreads packets rather than flows, by weight: it reorders packets within a flow, so it is for
 //! links whose traffic tolerates that and is off unless the operator asks for it.
 //!
-//! Left out: preferring members whose uplink has headroom for *new* flows; that needs a flow table to tell a
-//! new flow from an old one and belongs to the caller (see `shaper::TokenBucket::headroom`).
+//! [`FlowTable`] remembers which tunnel each live flow (by its hash) took, so a flow stays on its tunnel while
+//! that tunnel is in the group, even when members join (which [`pick`] alone would move some flows onto).
+//!
+//! Left out: preferring members whose uplink has headroom for *new* flows; that is the caller's, between a
+//! [`FlowTable::lookup`] miss and [`FlowTable::remember`] (see `shaper::TokenBucket::headroom`).
+
+/// Slots of a [`FlowTable`] (a power of two); a slot is one flow, 16 bytes.
+pub const FLOW_SLOTS: usize = 1 << 16;
+/// A flow idle this long is forgotten: its next packet is a new flow.
+pub const FLOW_IDLE_S: u32 = 30;
+
+/// One flow's tunnel, and when the flow was last seen.
+#[derive(Copy, Clone, Default)]
+struct FlowSlot {
+    hash: u64,
+    tunnel: u32,
+    /// Coarse seconds (the caller's clock) plus one; 0 = empty.
+    seen: u32,
+}
+
+/// Which tunnel each live flow took: a direct-mapped table by flow hash (a colliding flow takes the slot
+/// over; the worst case is a flow re-hashed onto a tunnel as if new). One per outbound worker: no lock.
+pub struct FlowTable {
+    slots: Box<[FlowSlot]>,
+}
+
+impl Default for FlowTable {
+    fn default() -> Self {
+        FlowTable {
+            slots: vec![FlowSlot::default(); FLOW_SLOTS].into_boxed_slice(),
+        }
+    }
+}
+
+impl FlowTable {
+    /// The tunnel the flow `hash` took, if it was seen within [`FLOW_IDLE_S`] of `now_s` and that tunnel is
+    /// still among `members`; a hit counts as seen now.
+    #[inline]
+    pub fn lookup<C: Candidate>(&mut self, hash: u64, now_s: u32, members: &[C]) -> Option<u32> {
+        let now = now_s.saturating_add(1);
+        let slot = &mut self.slots[hash as usize & (FLOW_SLOTS - 1)];
+        if slot.seen != 0
+            && slot.hash == hash
+            && now.saturating_sub(slot.seen) <= FLOW_IDLE_S
+            && members.iter().any(|m| m.tunnel() == slot.tunnel)
+        {
+            slot.seen = now;
+            return Some(slot.tunnel);
+        }
+        None
+    }
+
+    /// Remembers that the flow `hash` took `tunnel` at `now_s`.
+    #[inline]
+    pub fn remember(&mut self, hash: u64, tunnel: u32, now_s: u32) {
+        self.slots[hash as usize & (FLOW_SLOTS - 1)] = FlowSlot {
+            hash,
+            tunnel,
+            seen: now_s.saturating_add(1),
+        };
+    }
+}
 
 /// A next-hop group member: (tunnel id, weight).
 pub type Member = (u32, u32);
@@ -156,6 +216,33 @@ fn mix(flow: u64, tunnel: u32) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn flow_table_keeps_a_flow_on_its_tunnel_until_it_leaves_or_idles() {
+        let mut t = FlowTable::default();
+        let both: [Member; 2] = [(1, 1), (2, 1)];
+        assert_eq!(t.lookup(7, 0, &both), None, "new flow");
+        t.remember(7, 2, 0);
+        assert_eq!(t.lookup(7, 5, &both), Some(2));
+        // Refreshed at 5: still there at 5 + FLOW_IDLE_S, gone after.
+        assert_eq!(t.lookup(7, 5 + FLOW_IDLE_S, &both), Some(2));
+        assert_eq!(
+            t.lookup(7, 5 + 2 * FLOW_IDLE_S + 1, &both),
+            None,
+            "idle too long"
+        );
+        t.remember(7, 2, 100);
+        assert_eq!(
+            t.lookup(7, 100, &[(1, 1)]),
+            None,
+            "its tunnel left the group"
+        );
+        // Another flow in the same slot takes it over.
+        let other = 7 + FLOW_SLOTS as u64;
+        t.remember(other, 1, 100);
+        assert_eq!(t.lookup(7, 100, &both), None);
+        assert_eq!(t.lookup(other, 100, &both), Some(1));
+    }
+
     use super::*;
     use std::collections::HashMap;
 
