@@ -29,8 +29,8 @@ pub const MAX_EXTENSION_HEADERS: usize = 8;
 /// IP protocol numbers (IANA "Assigned Internet Protocol Numbers").
 mod protocol {
     pub const HOP_BY_HOP: u8 = 0;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
+    pub const TCP: u8 = crate::wire::PROTO_TCP;
+    pub const UDP: u8 = crate::wire::PROTO_UDP;
     pub const DCCP: u8 = 33;
     pub const ROUTING: u8 = 43;
     pub const FRAGMENT: u8 = 44;

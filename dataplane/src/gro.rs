@@ -43,6 +43,7 @@
 
 use crate::gso::sum;
 use crate::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
+use crate::wire::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_PSH};
 
 /// The most packets in one super-packet.
 pub const MAX_SEGMENTS: usize = 64;
@@ -55,10 +56,6 @@ const MAX_HEADERS: usize = 40 + 60;
 /// Octets of a super-packet's header buffer: the virtio-net header, then IP and transport headers.
 pub const SUPER_HEADER_LEN: usize = VNET_HDR_LEN + MAX_HEADERS;
 
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const TCP_PSH: u8 = 0x08;
-const TCP_ACK: u8 = 0x10;
 const TCP_CSUM_OFFSET: u16 = 16;
 const UDP_CSUM_OFFSET: u16 = 6;
 

@@ -30,17 +30,12 @@
 //! enables) and unknown GSO types.
 
 use crate::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
+use crate::wire::{PROTO_TCP, PROTO_UDP, TCP_CWR, TCP_FIN, TCP_PSH};
 
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_DEST_OPTS: u8 = 60;
 /// At most this many IPv6 extension headers are walked before the transport header.
 const MAX_EXTENSIONS: usize = 4;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
 
 /// Why a packet's offload metadata does not fit the packet. Counted as `offload_malformed`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

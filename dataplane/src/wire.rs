@@ -13,6 +13,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const IPV4_HEADER_LEN: usize = 20;
 pub const IPV6_HEADER_LEN: usize = 40;
+/// IP protocol numbers (IANA) the data path looks inside.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+/// TCP header flags (RFC 9293 3.1, RFC 3168 for CWR).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_CWR: u8 = 0x80;
 /// IPv6's minimum link MTU (RFC 8200 section 5): no ICMPv6 error may be longer.
 pub const IPV6_MIN_MTU: usize = 1280;
 /// RFC 1812 4.3.2.3: an ICMPv4 error carries as much of the original as fits in 576 bytes.
