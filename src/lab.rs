@@ -666,6 +666,27 @@ pub fn transfer(
     transfer_port(binary, from, to, to_addr, 5001, bytes, seed)
 }
 
+/// The rest of a lab-tool sink's standard output, line by line.
+pub type SinkLines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// Starts a lab-tool sink (`cmd`, its output piped) and waits for its first line, which says it listens;
+/// returns it with the rest of its output. A sink that says anything else is killed and reaped.
+pub fn start_sink(mut cmd: std::process::Command, what: &str) -> Result<(Child, SinkLines)> {
+    let mut sink = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(sink.stdout.take().context("sink stdout")?).lines();
+    let first = lines.next().transpose()?.unwrap_or_default();
+    if !first.contains("listening") {
+        let _ = sink.kill();
+        let _ = sink.wait();
+        bail!("{what} did not start: {first}");
+    }
+    Ok((sink, lines))
+}
+
 /// [`transfer`] to port `port`.
 pub fn transfer_port(
     binary: &Path,
@@ -680,24 +701,15 @@ pub fn transfer_port(
     let listen = socket_string(to_addr, port);
     let b = bytes.to_string();
     let s = seed.to_string();
-    let mut sink = to
-        .command(
+    let (mut sink, mut lines) = start_sink(
+        to.command(
             bin,
             &[
                 "lab-tool", "tcp-sink", "--listen", &listen, "--bytes", &b, "--seed", &s,
             ],
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(sink.stdout.take().context("sink stdout")?).lines();
-    // Wait until it listens.
-    let first = lines.next().transpose()?.unwrap_or_default();
-    if !first.contains("listening") {
-        let _ = sink.kill();
-        bail!("tcp sink did not start: {first}");
-    }
+        ),
+        "tcp sink",
+    )?;
     let src = from.exec(
         bin,
         &[

@@ -26,7 +26,7 @@
 //! `braid-` prefix so `braid lab --cleanup` finds leftovers of a killed run.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1282,8 +1282,8 @@ impl Topology {
         let listen = format!("{HOST_B}:{SINK_PORT}");
         let f = flows.to_string();
         let timeout = format!("{}", secs + 30.0);
-        let mut sink = self
-            .labtool(
+        let (mut sink, mut lines) = crate::lab::start_sink(
+            self.labtool(
                 &b.host,
                 &[
                     "flow-sink",
@@ -1294,18 +1294,9 @@ impl Topology {
                     "--timeout",
                     &timeout,
                 ],
-            )?
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut lines = BufReader::new(sink.stdout.take().context("sink stdout")?).lines();
-        let first = lines.next().transpose()?.unwrap_or_default();
-        if !first.contains("listening") {
-            let _ = sink.kill();
-            let _ = sink.wait();
-            bail!("flow sink did not start: {first}");
-        }
+            )?,
+            "flow sink",
+        )?;
         let before = self.onprem_tx()?;
         let s = format!("{secs}");
         let m = format!("{mbit_per_flow}");
