@@ -965,13 +965,13 @@ impl Outbound {
                 .count_many(DropReason::NoRoute, count as u64);
         };
         drop(fib);
-        let tunnel = &mut self.tunnels[t];
-        if tunnel.sa.is_none() {
+        let tunnel = &self.tunnels[t];
+        let Some(entry) = &tunnel.sa else {
             return tunnel
                 .stats
                 .drops
                 .count_many(DropReason::NoSa, count as u64);
-        }
+        };
         let segment_len = plan.max_segment_len();
         if segment_len > tunnel.max_inner && inner.dont_fragment {
             // Too big and may not be fragmented: tell the sender the tunnel MTU (PMTUD through braid).
@@ -1009,12 +1009,6 @@ impl Outbound {
         let u = tunnel.uplink;
         let on_wire_extra = crate::outer_overhead(tunnel.remote.is_ipv6());
         // The segments' sequence numbers: one atomic step for the whole read, whichever workers share the SA.
-        let Some(entry) = &tunnel.sa else {
-            return tunnel
-                .stats
-                .drops
-                .count_many(DropReason::NoSa, count as u64);
-        };
         let mut seq = match entry.sa.reserve(count as u64) {
             Ok(r) => r,
             Err(_) => {
