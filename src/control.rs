@@ -230,6 +230,7 @@ impl GatewayState {
                     "drops": Self::drops_json(&s.drops),
                     "drops_total": s.drops.total(),
                     "icmp_too_big_sent": ld(&s.icmp_too_big),
+                    "held_for_sa": ld(&s.held_for_sa),
                     "last_rx_ms_ago": ago,
                     "ike": ike,
                 })

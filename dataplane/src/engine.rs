@@ -44,7 +44,12 @@
 //! SAs change at run time (IKE creates, rekeys and deletes child SAs): the control plane sends commands through
 //! a [`SaControl`] to every worker of the SA's direction, each applying them at its next wake-up or before its
 //! next packet (see [`crate::sa`]). A tunnel may have no outbound SA (before IKE's first child SA, or after
-//! [`SaControl::clear`]): its packets are dropped as `no_sa`. Inbound, each tunnel may have several SAs at once
+//! [`SaControl::clear`]): its packets are dropped as `no_sa`. When IKE removes a tunnel's outbound SA while a
+//! new one is on its way ([`SaControl::remove_outbound`] with a hold), each worker keeps that tunnel's reads as
+//! they came (at most [`HOLD_PACKETS`] packets and [`HOLD_BYTES`], for at most the hold) and forwards them,
+//! in order and before anything it reads later, as soon as the next SA is set; what is still held when the
+//! hold ends is dropped as `no_sa`. Like the kernel's queue for packets waiting on IKE (`xfrm_larval_drop = 0`),
+//! this costs nothing while a tunnel has its SA. Inbound, each tunnel may have several SAs at once
 //! (old and new during a rekey), looked up by SPI. IKE messages go out through an [`IkeSender`] on the uplink
 //! sockets themselves, so they leave from the address and port the peer knows (RFC 7296 2.23).
 //!
@@ -132,6 +137,11 @@ const BATCH_DATAGRAMS: usize = 128;
 /// Octets of the outbound batch buffer, where the sealed datagrams lie back to back (room for the largest
 /// packet even when the batch is not empty).
 const BATCH_BYTES: usize = 256 * 1024;
+/// The most packets (segments of super-packets included) one outbound worker holds per tunnel while the
+/// tunnel waits for its next outbound SA.
+pub const HOLD_PACKETS: u64 = 1024;
+/// The most octets of reads one outbound worker holds per tunnel while it waits for its next outbound SA.
+pub const HOLD_BYTES: usize = 1 << 20;
 
 /// An uplink as the data path sees it.
 pub struct UplinkIo {
@@ -349,6 +359,7 @@ impl Dataplane {
                 uplink: t.uplink,
                 remote: t.remote,
                 sa,
+                hold: None,
                 max_inner: t.max_inner,
                 icmp_source_v4: t.icmp_source_v4,
                 icmp_source_v6: t.icmp_source_v6,
@@ -404,6 +415,7 @@ impl Dataplane {
                 reads: ReadCounts::default(),
                 uplink_stats: uplink_stats.clone(),
                 tunnels: outbound.clone(),
+                holding: 0,
                 commands,
                 board: board.clone(),
                 fib: spec.fib.clone(),
@@ -585,6 +597,8 @@ struct OutTunnel {
     uplink: usize,
     remote: SocketAddr,
     sa: Option<Arc<OutboundEntry>>,
+    /// Reads kept while the tunnel waits for its next outbound SA.
+    hold: Option<SaHold>,
     max_inner: usize,
     icmp_source_v4: Option<Ipv4Addr>,
     icmp_source_v6: Option<Ipv6Addr>,
@@ -597,6 +611,42 @@ struct InTunnel {
     index: u32,
     allowed_sources: Vec<Prefix>,
     stats: Arc<TunnelStats>,
+}
+
+/// One worker's reads of one tunnel kept while the tunnel waits for its next outbound SA (the peer deleted the
+/// child SA and the next one is being negotiated).
+#[derive(Clone)]
+struct SaHold {
+    until: Instant,
+    /// Each read as it came (virtio-net header and packet) and the packets it carries.
+    reads: Vec<(Vec<u8>, u64)>,
+    packets: u64,
+    bytes: usize,
+}
+
+impl SaHold {
+    fn new(until: Instant) -> SaHold {
+        SaHold {
+            until,
+            reads: Vec::new(),
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Keeps `read` (carrying `packets` packets) if the hold has room and time left.
+    fn keep(&mut self, read: &[u8], packets: u64, now: Instant) -> bool {
+        if now >= self.until
+            || self.packets + packets > HOLD_PACKETS
+            || self.bytes + read.len() > HOLD_BYTES
+        {
+            return false;
+        }
+        self.reads.push((read.to_vec(), packets));
+        self.packets += packets;
+        self.bytes += read.len();
+        true
+    }
 }
 
 /// Logs a warning at most once per [`WARN_EVERY`].
@@ -621,6 +671,8 @@ struct Outbound {
     reads: ReadCounts,
     uplink_stats: Vec<Arc<UplinkStats>>,
     tunnels: Vec<OutTunnel>,
+    /// How many of `tunnels` hold reads for their next SA (none: the hold costs nothing).
+    holding: usize,
     commands: Receiver<TxCommand>,
     board: Arc<Board>,
     fib: Arc<FibCell>,
@@ -786,6 +838,7 @@ impl Outbound {
             }
             self.tick();
             self.apply_commands();
+            self.release_holds(&mut buf, &mut icmp);
             self.release_due(Instant::now());
             // Edge-triggered: drain the device until it would block, sealing into the batch, which goes out
             // whenever it is full and once the device is drained.
@@ -799,6 +852,7 @@ impl Outbound {
                 if !self.commands.is_empty() {
                     self.flush();
                     self.apply_commands();
+                    self.release_holds(&mut buf, &mut icmp);
                 }
                 let n = match (&*self.tun).read(buf.vnet_payload_area()) {
                     Ok(n) => n,
@@ -829,8 +883,56 @@ impl Outbound {
 
     /// Applies the control plane's SA and remote changes waiting in the queue.
     fn apply_commands(&mut self) {
+        let mut applied = false;
         while let Ok(command) = self.commands.try_recv() {
             apply_tx(&mut self.tunnels, &self.board, command);
+            applied = true;
+        }
+        if applied {
+            self.holding = self.tunnels.iter().filter(|t| t.hold.is_some()).count();
+        }
+    }
+
+    /// Forwards the reads held for tunnels whose next SA has come, in the order they were read (through `buf`),
+    /// and drops as `no_sa` those whose hold has ended.
+    fn release_holds(&mut self, buf: &mut PacketBuf, icmp: &mut PacketBuf) {
+        if self.holding == 0 {
+            return;
+        }
+        let now = Instant::now();
+        for t in 0..self.tunnels.len() {
+            let tunnel = &mut self.tunnels[t];
+            let ready = tunnel.sa.is_some();
+            if !tunnel
+                .hold
+                .as_ref()
+                .is_some_and(|h| ready || now >= h.until)
+            {
+                continue;
+            }
+            let Some(hold) = tunnel.hold.take() else {
+                continue;
+            };
+            self.holding -= 1;
+            if !ready {
+                self.tunnels[t]
+                    .stats
+                    .drops
+                    .count_many(DropReason::NoSa, hold.packets);
+                continue;
+            }
+            for (read, _) in hold.reads {
+                let area = buf.vnet_payload_area();
+                let Some(n) = read
+                    .len()
+                    .checked_sub(VNET_HDR_LEN)
+                    .filter(|_| read.len() <= area.len())
+                else {
+                    continue;
+                };
+                area[..read.len()].copy_from_slice(&read);
+                self.forward(buf, n, icmp);
+            }
         }
     }
 
@@ -839,15 +941,20 @@ impl Outbound {
         self.now_s = self.epoch.elapsed().as_secs().min(u32::MAX as u64 - 1) as u32;
     }
 
-    /// When the earliest held datagram is due, if any is held.
+    /// When the earliest held datagram is due or the earliest hold for an SA ends, if any.
     fn next_due(&self) -> Option<Instant> {
-        if self.held == 0 {
+        if self.held == 0 && self.holding == 0 {
             return None;
         }
+        let holds = self
+            .tunnels
+            .iter()
+            .filter_map(|t| t.hold.as_ref().map(|h| h.until));
         self.shapers
             .iter()
             .flatten()
             .filter_map(|s| s.held.front().map(|h| h.due))
+            .chain(holds)
             .min()
     }
 
@@ -965,13 +1072,22 @@ impl Outbound {
                 .count_many(DropReason::NoRoute, count as u64);
         };
         drop(fib);
-        let tunnel = &self.tunnels[t];
-        let Some(entry) = &tunnel.sa else {
+        let tunnel = &mut self.tunnels[t];
+        if tunnel.sa.is_none() {
+            // Waiting for the next SA: keep the read as it came (it is forwarded again when the SA is set).
+            let read = &buf.as_slice()[HEADROOM - VNET_HDR_LEN..HEADROOM + n];
+            if let Some(hold) = tunnel.hold.as_mut() {
+                if hold.keep(read, count as u64, Instant::now()) {
+                    return add(&tunnel.stats.held_for_sa, count as u64);
+                }
+            }
             return tunnel
                 .stats
                 .drops
                 .count_many(DropReason::NoSa, count as u64);
-        };
+        }
+        let tunnel = &self.tunnels[t];
+        let Some(entry) = &tunnel.sa else { return };
         let segment_len = plan.max_segment_len();
         if segment_len > tunnel.max_inner && inner.dont_fragment {
             // Too big and may not be fragmented: tell the sender the tunnel MTU (PMTUD through braid).
@@ -1355,9 +1471,29 @@ struct Segments<'a> {
 /// that is fine).
 fn apply_tx(tunnels: &mut [OutTunnel], board: &Board, command: TxCommand) {
     match command {
-        TxCommand::SetOutbound { tunnel, sa, done } => {
+        TxCommand::SetOutbound {
+            tunnel,
+            sa,
+            hold,
+            done,
+        } => {
             let applied = tunnels.get_mut(tunnel).map(|t| {
                 board.set_outbound(tunnel, sa.as_ref().map(|e| e.counters.clone()));
+                if sa.is_none() {
+                    if hold.is_zero() {
+                        // No SA is coming: what was held is lost.
+                        if let Some(h) = t.hold.take() {
+                            t.stats.drops.count_many(DropReason::NoSa, h.packets);
+                        }
+                    } else {
+                        let until = Instant::now() + hold;
+                        match &mut t.hold {
+                            Some(h) => h.until = until,
+                            None => t.hold = Some(SaHold::new(until)),
+                        }
+                    }
+                }
+                // With an SA, the worker forwards what it held (`release_holds`).
                 t.sa = sa;
             });
             let _ = done.send(applied.ok_or(SaError::UnknownTunnel(tunnel)));
@@ -1902,6 +2038,7 @@ mod tests {
             uplink: 0,
             remote: first,
             sa: None,
+            hold: None,
             max_inner: 1400,
             icmp_source_v4: None,
             icmp_source_v6: None,
@@ -1933,6 +2070,7 @@ mod tests {
         assert_eq!(
             apply(&mut tunnels, |done| TxCommand::SetOutbound {
                 tunnel: 0,
+                hold: Duration::ZERO,
                 sa: Some(Arc::new(OutboundEntry::new(OutboundSa::new(
                     Spi(0x100),
                     &key_for_test(),
@@ -1953,6 +2091,7 @@ mod tests {
         // A rekey: the next packet goes out on the new SPI, starting at sequence number 1.
         apply(&mut tunnels, |done| TxCommand::SetOutbound {
             tunnel: 0,
+            hold: Duration::ZERO,
             sa: Some(Arc::new(OutboundEntry::new(OutboundSa::new(
                 Spi(0x101),
                 &key_for_test(),
@@ -1977,6 +2116,7 @@ mod tests {
         assert_eq!(
             apply(&mut tunnels, |done| TxCommand::SetOutbound {
                 tunnel: 0,
+                hold: Duration::ZERO,
                 sa: None,
                 done
             }),

@@ -83,10 +83,13 @@ pub(crate) type Ack = Sender<Result<(), SaError>>;
 
 /// Commands for the outbound thread.
 pub(crate) enum TxCommand {
-    /// Seal with this SA from now on (`None`: drop as `no_sa`); every outbound worker gets the same SA.
+    /// Seal with this SA from now on; every outbound worker gets the same SA. `None`: no SA, and the
+    /// tunnel's packets are held for up to `hold` (in order, bounded) for the next SA, then dropped as
+    /// `no_sa`; a zero `hold` drops them at once (and what was held).
     SetOutbound {
         tunnel: usize,
         sa: Option<Arc<OutboundEntry>>,
+        hold: Duration,
         done: Ack,
     },
     /// Send to this address from now on.
@@ -481,17 +484,27 @@ impl SaControl {
 
     /// Seals every packet `tunnel` sends from now on with `sa` (datagrams the uplink cap already holds were
     /// sealed with the previous SA and go out as they are).
+    /// Packets held while the tunnel waited for this SA (see [`remove_outbound`](Self::remove_outbound)) are
+    /// sealed with it first, in the order they were read.
     pub fn set_outbound(&self, tunnel: usize, sa: OutboundSa) -> Pending {
-        self.outbound(tunnel, Some(Arc::new(OutboundEntry::new(sa))))
+        self.outbound(
+            tunnel,
+            Some(Arc::new(OutboundEntry::new(sa))),
+            Duration::ZERO,
+        )
     }
 
-    /// Stops sealing for `tunnel`: its packets are dropped as `no_sa` until the next
-    /// [`set_outbound`](Self::set_outbound) (IKE deleted the child SA without a replacement). Inbound SAs stay.
-    pub fn remove_outbound(&self, tunnel: usize) -> Pending {
-        self.outbound(tunnel, None)
+    /// Stops sealing for `tunnel` (IKE deleted the child SA without a replacement; inbound SAs stay). For up
+    /// to `hold`, its packets are kept, in order, and sent with the next [`set_outbound`](Self::set_outbound)
+    /// (a peer that deletes a child SA before it creates the next one, as strongSwan does when a child SA
+    /// expires unrekeyed, costs no packet); at most [`HOLD_PACKETS`](crate::engine::HOLD_PACKETS) packets and
+    /// [`HOLD_BYTES`](crate::engine::HOLD_BYTES) per outbound worker, counted in `held_for_sa`. Past that, or
+    /// after `hold` (zero: at once), they are dropped as `no_sa`.
+    pub fn remove_outbound(&self, tunnel: usize, hold: Duration) -> Pending {
+        self.outbound(tunnel, None, hold)
     }
 
-    fn outbound(&self, tunnel: usize, sa: Option<Arc<OutboundEntry>>) -> Pending {
+    fn outbound(&self, tunnel: usize, sa: Option<Arc<OutboundEntry>>, hold: Duration) -> Pending {
         if let Err(e) = self.check(tunnel) {
             return Pending::ready(Err(e));
         }
@@ -499,6 +512,7 @@ impl SaControl {
         self.to_tx(|| TxCommand::SetOutbound {
             tunnel,
             sa: sa.clone(),
+            hold,
             done: done.clone(),
         });
         pending
@@ -514,6 +528,7 @@ impl SaControl {
         self.to_tx(|| TxCommand::SetOutbound {
             tunnel,
             sa: None,
+            hold: Duration::ZERO,
             done: done.clone(),
         });
         self.to_rx(|| RxCommand::Clear {
@@ -824,10 +839,11 @@ mod tests {
         let TxCommand::SetOutbound {
             tunnel: 1,
             sa: None,
+            hold: Duration::ZERO,
             done,
         } = tx
         else {
-            panic!("clear sends no outbound SA to tunnel 1");
+            panic!("clear sends no outbound SA (and no hold) to tunnel 1");
         };
         let cleared = match cleared.state {
             PendingState::Waiting { answers, left } => {

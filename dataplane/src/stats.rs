@@ -118,6 +118,9 @@ pub struct TunnelStats {
     pub last_rx_ms: AtomicU64,
     /// ICMP "too big" errors sent back through the TUN for this tunnel.
     pub icmp_too_big: AtomicU64,
+    /// Packets kept while the tunnel waited for its next outbound SA (then sent, or dropped as `no_sa` when the
+    /// hold ended): see [`crate::SaControl::remove_outbound`].
+    pub held_for_sa: AtomicU64,
 }
 
 /// Counters of one uplink socket.
