@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use braid_control::bgp::speaker::SpeakerHandle;
 use braid_crypto::ike::{
-    DownReason, Event, IkeConfig, IkeSession, Psk, SessionState, Status as SessionStatus,
+    ChildId, DownReason, Event, IkeConfig, IkeSession, Psk, SessionState, Status as SessionStatus,
     TrafficSelector,
 };
 use braid_crypto::{InboundSa, OutboundSa, SaKey, Spi};
@@ -81,6 +81,14 @@ const HARD_OVER_SOFT: f64 = 1.25;
 const NAT_KEEPALIVE: Duration = Duration::from_secs(20);
 /// An SPI registration of a tunnel that has not been used this long is forgotten.
 const SPI_IDLE: Duration = Duration::from_secs(600);
+/// How long the data path holds a tunnel's packets after its outbound child SA was deleted without a
+/// replacement while the IKE SA lives (the peer, or our own hard expiry, creates the next one): they go out
+/// with the next child SA instead of being lost.
+pub const OUTBOUND_HOLD: Duration = Duration::from_secs(2);
+/// How long a child SA we answered for waits for the peer's first ESP on it before we send on it anyway.
+const PEER_READY_WAIT: Duration = Duration::from_millis(500);
+/// How often a waiting child SA looks for the peer's first ESP on it.
+const PEER_READY_POLL: Duration = Duration::from_millis(2);
 /// Received messages queued per tunnel before they are dropped.
 const QUEUE: usize = 256;
 
@@ -389,6 +397,8 @@ pub fn start(
             behind_nat: false,
             state: SessionState::Idle,
             had_child: false,
+            last_inbound: None,
+            deferred: None,
         };
         let stop = stop_rx.clone();
         tasks.push(tokio::spawn(task.run(stop)));
@@ -508,6 +518,17 @@ fn ike_config(s: &IkeSettings) -> IkeConfig {
     cfg
 }
 
+/// A child SA's outbound half waiting until the peer shows it installed its own half (its first ESP on our new
+/// inbound SA), or [`PEER_READY_WAIT`]: the child SA was created by the peer's request, which the peer
+/// completes only when our answer arrives.
+struct DeferredOutbound {
+    child: ChildId,
+    sa: OutboundSa,
+    /// Our inbound SPI of the same child SA.
+    spi_in: Option<Spi>,
+    since: Instant,
+}
+
 /// One SA change sent to the data path, for the log if it fails.
 struct Change {
     what: &'static str,
@@ -543,6 +564,10 @@ struct Task {
     state: SessionState,
     /// Whether the current IKE SA has had a child SA (a later install is a rekey).
     had_child: bool,
+    /// The last inbound SA installed, and its child SA.
+    last_inbound: Option<(ChildId, Spi)>,
+    /// An outbound SA that waits for the peer.
+    deferred: Option<DeferredOutbound>,
 }
 
 impl Task {
@@ -563,6 +588,7 @@ impl Task {
                 restart_at,
                 self.rekey_at,
                 self.next_keepalive,
+                self.deferred.as_ref().map(|_| now + PEER_READY_POLL),
                 Some(next_tick),
             ]
             .into_iter()
@@ -669,6 +695,7 @@ impl Task {
     async fn flush(&mut self) {
         loop {
             let mut changes = Vec::new();
+            self.release_deferred(Instant::now(), &mut changes);
             while let Some(ev) = self.session.poll_event() {
                 self.apply(ev, &mut changes);
             }
@@ -728,6 +755,34 @@ impl Task {
                 tracing::warn!(tunnel = %self.t.name, to = %tx.to, error = %e, "sending an IKE message failed");
             }
         }
+    }
+
+    /// Sends on the deferred outbound SA once the peer's first ESP arrived on the child's inbound SA, or once
+    /// [`PEER_READY_WAIT`] has passed.
+    fn release_deferred(&mut self, now: Instant, changes: &mut Vec<Change>) {
+        let Some(d) = &self.deferred else { return };
+        let used = d.spi_in.is_some_and(|spi_in| {
+            self.cx
+                .sas
+                .sas(self.t.tunnel)
+                .is_some_and(|sas| sas.inbound.iter().any(|s| s.spi == spi_in && s.packets > 0))
+        });
+        let waited = now.duration_since(d.since);
+        if !used && waited < PEER_READY_WAIT {
+            return;
+        }
+        let Some(d) = self.deferred.take() else {
+            return;
+        };
+        let spi = d.sa.spi();
+        changes.push(Change {
+            what: "set outbound SA",
+            spi: Some(spi),
+            pending: self.cx.sas.set_outbound(self.t.tunnel, d.sa),
+        });
+        self.outbound = Some(spi);
+        tracing::info!(tunnel = %self.t.name, child = %d.child, spi_out = format_args!("{:#010x}", spi.0),
+            waited_ms = waited.as_millis() as u64, peer_sent = used, "child SA: outbound switched");
     }
 
     /// Remembers which way `from` reached us: a port 500 socket, or the uplink's port (it floated).
@@ -814,6 +869,7 @@ impl Task {
                     pending: self.cx.sas.clear(tunnel),
                 });
                 self.outbound = None;
+                self.deferred = None;
                 self.rekey_at = None;
                 self.next_keepalive = None;
                 self.had_child = false;
@@ -863,6 +919,7 @@ impl Task {
                     lock(&self.table)[self.i].child_rekeys += 1;
                 }
                 self.had_child = true;
+                self.last_inbound = Some((child, spi));
                 self.rekey_at = Some(now + self.jitter(self.t.settings.child_lifetime, 0.1));
                 tracing::info!(tunnel = %name, %child, spi_in = format_args!("{:#010x}", spi.0),
                     cipher = cipher.name(), esn, "child SA: inbound installed");
@@ -873,10 +930,32 @@ impl Task {
                 cipher,
                 esn,
                 keymat,
+                peer_ready,
             } => {
                 let Some(key) = self.key(cipher, &keymat) else {
                     return;
                 };
+                self.deferred = None;
+                if !peer_ready {
+                    // We answered the request that made it: wait for the peer's first ESP on it (packets are
+                    // held meanwhile if there is no outbound SA, and sent on it once it is set).
+                    if self.outbound.is_none() {
+                        changes.push(Change {
+                            what: "hold outbound packets",
+                            spi: None,
+                            pending: self.cx.sas.remove_outbound(tunnel, OUTBOUND_HOLD),
+                        });
+                    }
+                    self.deferred = Some(DeferredOutbound {
+                        child,
+                        sa: OutboundSa::new(spi, &key, esn),
+                        spi_in: self.last_inbound.filter(|l| l.0 == child).map(|l| l.1),
+                        since: now,
+                    });
+                    tracing::info!(tunnel = %name, %child, spi_out = format_args!("{:#010x}", spi.0),
+                        cipher = cipher.name(), esn, "child SA: outbound waits for the peer's first ESP on it");
+                    return;
+                }
                 changes.push(Change {
                     what: "set outbound SA",
                     spi: Some(spi),
@@ -898,15 +977,19 @@ impl Task {
                 tracing::debug!(tunnel = %name, %child, spi_in = format_args!("{:#010x}", spi.0), "child SA: inbound removed");
             }
             Event::ChildRemoveOutbound { child, spi } => {
+                if self.deferred.as_ref().is_some_and(|d| d.sa.spi() == spi) {
+                    self.deferred = None;
+                }
                 if self.outbound == Some(spi) {
                     changes.push(Change {
                         what: "remove outbound SA",
                         spi: Some(spi),
-                        pending: self.cx.sas.remove_outbound(tunnel),
+                        pending: self.cx.sas.remove_outbound(tunnel, OUTBOUND_HOLD),
                     });
                     self.outbound = None;
                     tracing::info!(tunnel = %name, %child, spi_out = format_args!("{:#010x}", spi.0),
-                        "child SA deleted without a replacement: tunnel has no outbound SA");
+                        hold_ms = OUTBOUND_HOLD.as_millis() as u64,
+                        "child SA deleted without a replacement: tunnel has no outbound SA; holding its packets for the next");
                 }
             }
             Event::ChildRekeyFailed { child, notify } => {

@@ -2,7 +2,8 @@
 //! network namespaces: braid as initiator and as responder, both proposal sets, ping and a verified TCP
 //! transfer through the tunnel, CHILD_SA rekeys every 10 s initiated by either side and IKE SA rekeys during
 //! 60 s of sequence-numbered probe flows (zero loss) and paced TCP flows (every byte arrives), and DPD finding
-//! a SIGKILLed charon. IKE on port 500 (RFC 7296 2.23): charon initiating on its default port 500 to braid's
+//! a SIGKILLed charon. A charon that lets its child SAs reach their hard lifetime (it deletes, then creates
+//! the next): braid holds its packets for the next SA and loses none. IKE on port 500 (RFC 7296 2.23): charon initiating on its default port 500 to braid's
 //! port 500 socket, and braid starting on 500 (`ike.start_port`); both float to 4500 and ESP flows in UDP
 //! on 4500 without `encap = yes`.
 //!
@@ -45,6 +46,8 @@ struct Case {
     /// charon's IKE and child `rekey_time`.
     swan_ike_rekey: &'static str,
     swan_child_rekey: &'static str,
+    /// charon's child `life_time` (its hard lifetime; empty: charon's default, 110% of `rekey_time`).
+    swan_child_life: &'static str,
     /// IKE starts on port 500 (charon's defaults; braid's `start_port = 500` when it initiates).
     on_500: bool,
     /// The 60 s of traffic across rekeys (else handshake, pings and transfers only).
@@ -202,9 +205,10 @@ ike = {{ psk_file = "peer.psk", initiator = {init}, {start}proposal = "{ike}", e
       path = {d}/charon.log
       flush_line = yes
       time_format = %H:%M:%S
+      time_add_ms = yes
       default = 1
       ike = 2
-      esp = 1
+      esp = 2
       knl = 1
     }}
   }}
@@ -246,7 +250,7 @@ swanctl {{
         remote_ts = 0.0.0.0/0
         esp_proposals = {esp}
         rekey_time = {child_rekey}
-        dpd_action = clear
+{child_life}        dpd_action = clear
       }}
     }}
   }}
@@ -268,6 +272,11 @@ secrets {{
             esp = case.esp_proposal,
             ike_rekey = case.swan_ike_rekey,
             child_rekey = case.swan_child_rekey,
+            child_life = if case.swan_child_life.is_empty() {
+                String::new()
+            } else {
+                format!("        life_time = {}\n", case.swan_child_life)
+            },
         );
         write_private(&self.dir.join("swanctl.conf"), &swanctl);
         let log = std::fs::File::create(self.dir.join("charon.out")).unwrap();
@@ -411,6 +420,61 @@ fn rcvbuf_errors(ns: &Netns) -> u64 {
         .unwrap_or(0)
 }
 
+/// What charon's log (with `esp = 2`) says it dropped around child SAs that reached their hard lifetime.
+#[derive(Debug, Default)]
+struct SwanDrops {
+    /// "closing expired CHILD_SA" lines.
+    expiries: usize,
+    /// Inbound ESP that libipsec dropped for want of an SA, whose SPI is that of a child SA charon let
+    /// expire: braid sent it before charon's Delete told braid the SA was gone.
+    to_expired_sa: u64,
+    /// Packets libipsec dropped for want of an outbound SA (no policy, or a policy without its SA).
+    without_outbound_sa: u64,
+}
+
+impl SwanDrops {
+    fn read(path: &std::path::Path) -> SwanDrops {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        let mut d = SwanDrops::default();
+        let mut expired = std::collections::HashSet::new();
+        for l in log.lines() {
+            // "closing expired CHILD_SA net{1} with SPIs d2db119b_i 348e7acc_o and TS ..."
+            if let Some(rest) = l.split("closing expired CHILD_SA ").nth(1) {
+                d.expiries += 1;
+                if let Some(spi) = rest.split_whitespace().find_map(|w| w.strip_suffix("_i")) {
+                    expired.insert(spi.to_string());
+                }
+            }
+        }
+        // "12[ESP] parsed ESP header with SPI d2db119b [seq 5]", then from the same thread "12[ESP] inbound ESP
+        // packet does not belong to an installed SA".
+        let mut last_spi: std::collections::HashMap<&str, &str> = Default::default();
+        for l in log.lines() {
+            let mut words = l.split_whitespace();
+            let (Some(_time), Some(thread)) = (words.next(), words.next()) else {
+                continue;
+            };
+            if let Some(rest) = l.split("parsed ESP header with SPI ").nth(1) {
+                if let Some(spi) = rest.split_whitespace().next() {
+                    last_spi.insert(thread, spi);
+                }
+            } else if l.contains("inbound ESP packet does not belong to an installed SA") {
+                if last_spi
+                    .get(thread)
+                    .is_some_and(|spi| expired.contains(*spi))
+                {
+                    d.to_expired_sa += 1;
+                }
+            } else if l.contains("no matching outbound IPsec policy")
+                || l.contains("could not find an outbound IPsec SA")
+            {
+                d.without_outbound_sa += 1;
+            }
+        }
+        d
+    }
+}
+
 fn n(v: &Value, k: &str) -> u64 {
     v["ike"][k].as_u64().unwrap_or(0)
 }
@@ -531,6 +595,28 @@ fn run_case(case: &Case) -> Lab {
         );
     }
     let l1 = if l1 <= rcvbuf { 0 } else { l1 };
+    // A child SA that reaches charon's hard lifetime unrekeyed (charon's own child rekey can get lost when it
+    // coincides with its IKE SA rekey) is deleted, then created anew. libipsec removes the SA as it expires,
+    // before charon's Delete reaches braid, and drops what braid sent on it meanwhile; and until the new child
+    // SA is up, charon has no outbound SA and drops what it would send. Those are charon's own drops, counted
+    // from its log (libipsec logs each at `esp = 2`): they are allowed, as many as it counted, provided braid
+    // dropped nothing. braid holds its own packets for the next SA, so nothing else may be lost.
+    let swan = SwanDrops::read(&lab.dir.join("charon.log"));
+    let braid_drops = after["drops_total"].as_u64().unwrap_or(u64::MAX);
+    let excuse = |lost: u64, theirs: u64, way: &str| {
+        if lost > 0 && lost <= theirs && braid_drops == 0 {
+            eprintln!(
+                "!!!!! {lost} probes {way} lost at strongSwan around its {} child SA hard expiries ({theirs} \
+                 packets dropped there, as its log shows); braid dropped nothing",
+                swan.expiries
+            );
+            0
+        } else {
+            lost
+        }
+    };
+    let l1 = excuse(l1, swan.to_expired_sa, "towards strongSwan");
+    let l2 = excuse(l2, swan.without_outbound_sa, "towards braid");
     assert_eq!(
         (l1, l2),
         (0, 0),
@@ -551,6 +637,22 @@ fn run_case(case: &Case) -> Lab {
         tcp_sent["bytes"].as_u64().unwrap_or(0) > 60_000_000,
         "{tcp_sent}"
     );
+    if !case.swan_child_life.is_empty() {
+        // charon let every child SA expire: braid held its packets each time and dropped none.
+        assert!(
+            swan.expiries >= 4,
+            "charon's hard expiries: {}\n{}",
+            swan.expiries,
+            lab.diag()
+        );
+        assert!(
+            after["held_for_sa"].as_u64().unwrap_or(0) > 0,
+            "no packet waited for the next SA\n{}",
+            lab.diag()
+        );
+        assert_eq!(after["drops"]["no_sa"], 0, "{}", lab.diag());
+        return lab;
+    }
     // Rekeys every ~10 s (minus up to 10% jitter) for 60 s, and the IKE SA at ~25 s and ~50 s.
     assert!(
         child_rekeys >= 5,
@@ -585,6 +687,7 @@ fn interop_braid_initiates_aes_gcm_ecp256_rekeys_and_dpd() {
         braid_child_lifetime: "10s",
         swan_ike_rekey: "4h",
         swan_child_rekey: "1h",
+        swan_child_life: "",
         on_500: false,
         long: true,
     });
@@ -630,7 +733,29 @@ fn interop_strongswan_initiates_on_500_chacha20_x25519_and_rekeys() {
         braid_child_lifetime: "1h",
         swan_ike_rekey: "25s",
         swan_child_rekey: "10s",
+        swan_child_life: "",
         on_500: true,
+        long: true,
+    });
+}
+
+#[test]
+fn interop_strongswan_lets_child_sas_expire_and_braid_holds_packets_for_the_next() {
+    if !ready("interop_strongswan_lets_child_sas_expire_and_braid_holds_packets_for_the_next") {
+        return;
+    }
+    // charon never rekeys its child SA (rekey_time 0) and deletes it at its 10 s hard lifetime, then creates a
+    // new one (delete before create). braid initiated; neither side's child SA is rekeyed otherwise.
+    run_case(&Case {
+        braid_initiates: true,
+        ike_proposal: "aes256gcm16-prfsha256-ecp256",
+        esp_proposal: "aes256gcm16-noesn",
+        braid_lifetime: "4h",
+        braid_child_lifetime: "1h",
+        swan_ike_rekey: "4h",
+        swan_child_rekey: "0s",
+        swan_child_life: "10s",
+        on_500: false,
         long: true,
     });
 }
@@ -649,6 +774,7 @@ fn interop_braid_initiates_on_500() {
         braid_child_lifetime: "1h",
         swan_ike_rekey: "4h",
         swan_child_rekey: "1h",
+        swan_child_life: "",
         on_500: true,
         long: false,
     });

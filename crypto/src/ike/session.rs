@@ -22,6 +22,11 @@
 //! inbound SA `grace` after the Delete exchange. The events ([`Event`]) tell the caller exactly
 //! when to do each step.
 //!
+//! A peer that deletes the last child SA without a replacement (strongSwan does when a child SA
+//! reaches its hard lifetime unrekeyed, and creates the next one right after): a responder
+//! waits for the peer's new child SA; an initiator creates one itself [`CHILD_RECREATE`] later
+//! if the peer has not, so a route-based tunnel never stays up without a child SA.
+//!
 //! Time is an argument everywhere; the next deadline is [`IkeSession::poll_timeout`].
 //! Randomness comes from a DRBG seeded at construction (see `drbg`). Secrets are zeroized on
 //! drop and never shown by `Debug`.
@@ -29,7 +34,7 @@
 //! Deliberately left out: certificates, EAP and any authentication other than PSK; the
 //! Configuration payload; IKE fragmentation (RFC 7383); MOBIKE; transport mode and IPComp;
 //! multiple child SAs per tunnel beyond the transient ones of a rekey (a new child is created
-//! only after a hard expiry); window sizes above 1; and the hard lifetime of the IKE SA
+//! only after a hard expiry, or after the peer deleted the last one); window sizes above 1; and the hard lifetime of the IKE SA
 //! (it is rekeyed, and a peer that stops answering is declared dead). Both ends of a braid
 //! tunnel may answer IKE_SA_INIT, but only one should be configured as initiator.
 
@@ -62,6 +67,9 @@ const NONCE_LEN: usize = 32;
 const COOKIE_ROTATE: Duration = Duration::from_secs(120);
 /// How many COOKIE or INVALID_KE_PAYLOAD answers an initiator follows before giving up.
 const MAX_INIT_RETRIES: u32 = 4;
+/// How long an initiator waits for the peer's own new child SA after the peer deleted the last
+/// one without a replacement, before it creates one itself.
+pub const CHILD_RECREATE: Duration = Duration::from_secs(1);
 
 /// A pre-shared key. Zeroized on drop; `Debug` is redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -345,6 +353,13 @@ pub enum Event {
         esn: bool,
         /// Key || salt.
         keymat: Keymat,
+        /// Whether the peer has installed its inbound half already: it has when this comes from
+        /// a response to our request, or from the peer's Delete of the SA it replaces. When we
+        /// answered the request that created it, the peer installs its half only as our answer
+        /// arrives: ESP sent on it at once may reach the peer first and be lost, so the caller
+        /// should start on it when the peer's first ESP arrives on the new inbound SA (or
+        /// shortly after, if none comes).
+        peer_ready: bool,
     },
     /// Remove an inbound SA (an old one after the grace period, or a deleted one).
     ChildRemoveInbound {
@@ -742,6 +757,8 @@ pub struct IkeSession {
     negotiated_ts: (Vec<TrafficSelector>, Vec<TrafficSelector>),
     cookie: CookieSecrets,
     next_child: u32,
+    /// When to create a child SA if there is still none (the peer deleted the last one).
+    recreate_at: Option<Instant>,
     drops: Drops,
 }
 
@@ -961,6 +978,7 @@ impl IkeSession {
             sas: Vec::new(),
             children: Vec::new(),
             removals: Vec::new(),
+            recreate_at: None,
             events: VecDeque::new(),
             transmits: VecDeque::new(),
             last_esp: None,
@@ -1224,6 +1242,13 @@ impl IkeSession {
                     self.queue_child_rekey(Some(id));
                 }
             }
+            // The peer deleted the last child SA and has not created the next one.
+            if self.recreate_at.is_some_and(|t| now >= t) {
+                self.recreate_at = None;
+                if !self.has_live_child() && !self.creating_child() {
+                    self.queue_child_rekey(None);
+                }
+            }
             // Liveness check.
             if let Some(interval) = self.cfg.dpd_interval {
                 let sa = &self.sas[c];
@@ -1270,6 +1295,9 @@ impl IkeSession {
             at(when);
         }
         if self.current().is_some() {
+            if let Some(r) = self.recreate_at {
+                at(r);
+            }
             for ch in &self.children {
                 match ch.state {
                     ChildState::Active => {
@@ -1568,6 +1596,7 @@ impl IkeSession {
 
     /// Everything is gone: removal events for every child, then `IkeDown`.
     fn down(&mut self, reason: DownReason) {
+        self.recreate_at = None;
         for ch in std::mem::take(&mut self.children) {
             if ch.outbound {
                 self.events.push_back(Event::ChildRemoveOutbound {
@@ -2166,7 +2195,7 @@ impl IkeSession {
             self.respond(i, h, response);
             let (i2r, r2i) = child_keymat(self.sas[i].sk_d.as_bytes(), None, &ctx.ni, &ctx.nr);
             self.establish(now, i, remote_id);
-            self.add_child(now, spi_in, c.peer_spi, c.algs, i2r, Some(r2i));
+            self.add_child(now, spi_in, c.peer_spi, c.algs, i2r, Some(r2i), false);
         } else if let Some((notify, reason)) = child_error {
             // Authenticated, but no child: braid has no use for the IKE SA alone.
             response.push(Payload::Notify(Notify::new(notify, Vec::new())));
@@ -2213,7 +2242,9 @@ impl IkeSession {
     }
 
     /// Adds a child SA and emits its install events: inbound now; outbound now if
-    /// `outbound` is given, else kept until the old SA's Delete.
+    /// `outbound` is given, else kept until the old SA's Delete. `peer_ready`: whether the
+    /// peer has its inbound half already (we are the exchange's initiator).
+    #[allow(clippy::too_many_arguments)]
     fn add_child(
         &mut self,
         now: Instant,
@@ -2222,6 +2253,7 @@ impl IkeSession {
         algs: EspAlgorithms,
         inbound: Keymat,
         outbound: Option<Keymat>,
+        peer_ready: bool,
     ) -> ChildId {
         let id = self.new_child_id();
         let soft = self.jitter(self.cfg.child_lifetime);
@@ -2244,6 +2276,7 @@ impl IkeSession {
                 cipher: algs.cipher,
                 esn: algs.esn,
                 keymat: k,
+                peer_ready,
             });
         }
         self.children.push(Child {
@@ -2353,7 +2386,7 @@ impl IkeSession {
         self.establish(now, i, remote_id);
         let Some(i) = self.current() else { return };
         let (i2r, r2i) = child_keymat(self.sas[i].sk_d.as_bytes(), None, &ctx.ni, &ctx.nr);
-        self.add_child(now, ctx.child_spi, c.peer_spi, c.algs, r2i, Some(i2r));
+        self.add_child(now, ctx.child_spi, c.peer_spi, c.algs, r2i, Some(i2r), true);
     }
 
     // ---------------------------------------------------------------------------------
@@ -2447,9 +2480,32 @@ impl IkeSession {
                 }
                 self.removals
                     .push((later(now, self.cfg.grace), ch.id, ch.spi_in));
+                if self.cfg.initiator && !self.has_live_child() {
+                    self.recreate_at = Some(later(now, CHILD_RECREATE));
+                }
             }
         }
         Some(ch.spi_in)
+    }
+
+    /// Whether a child SA carries (or is about to carry) traffic: active, being rekeyed, or being
+    /// created by either side.
+    fn has_live_child(&self) -> bool {
+        self.children.iter().any(|c| {
+            matches!(
+                c.state,
+                ChildState::Active | ChildState::Rekeying | ChildState::RekeyedByPeer { .. }
+            ) || c.pending_out.is_some()
+        })
+    }
+
+    /// Whether a CREATE_CHILD_SA of ours for a new (not rekeyed) child SA is queued or in flight.
+    fn creating_child(&self) -> bool {
+        let new_child = |r: &Req| matches!(r, Req::CreateChild(c) if c.rekey.is_none());
+        self.sas.iter().any(|sa| {
+            sa.pending.as_ref().is_some_and(|p| new_child(&p.req))
+                || sa.queue.iter().any(|q| new_child(&q.req))
+        })
     }
 
     fn activate_outbound(&mut self, id: ChildId) {
@@ -2464,6 +2520,7 @@ impl IkeSession {
             cipher: ch.algs.cipher,
             esn: ch.algs.esn,
             keymat: k,
+            peer_ready: true,
         };
         self.events.push_back(ev);
     }
@@ -2594,11 +2651,11 @@ impl IkeSession {
         );
         match rekeyed {
             None => {
-                self.add_child(now, spi_in, c.peer_spi, c.algs, i2r, Some(r2i));
+                self.add_child(now, spi_in, c.peer_spi, c.algs, i2r, Some(r2i), false);
             }
             Some(old) => {
                 // Make-before-break: inbound now, outbound when the old SA's Delete arrives.
-                let new = self.add_child(now, spi_in, c.peer_spi, c.algs, i2r, None);
+                let new = self.add_child(now, spi_in, c.peer_spi, c.algs, i2r, None, false);
                 if let Some(ch) = self.child_mut(new) {
                     ch.pending_out = Some(r2i);
                 }
@@ -3024,7 +3081,7 @@ impl IkeSession {
             p.ts_i().unwrap_or_default().to_vec(),
             p.ts_r().unwrap_or_default().to_vec(),
         );
-        self.add_child(now, r.spi_in, c.peer_spi, c.algs, r2i, Some(i2r));
+        self.add_child(now, r.spi_in, c.peer_spi, c.algs, r2i, Some(i2r), true);
         if let Some(old) = r.rekey {
             if let Some(ch) = self.child_mut(old) {
                 ch.state = ChildState::Rekeyed;

@@ -22,6 +22,8 @@ struct Duo {
     s: [IkeSession; 2],
     checked_plain: usize,
     checked_sk: usize,
+    /// Each side's events, with when they came.
+    events: [Vec<(Instant, Event)>; 2],
 }
 
 impl Duo {
@@ -37,6 +39,7 @@ impl Duo {
             ],
             checked_plain: 0,
             checked_sk: 0,
+            events: [Vec::new(), Vec::new()],
         }
     }
 
@@ -84,7 +87,9 @@ impl Duo {
                     let now = self.now;
                     self.s[1 - side].handle_message(now, sender, &t.payload);
                 }
-                while self.s[side].poll_event().is_some() {}
+                while let Some(e) = self.s[side].poll_event() {
+                    self.events[side].push((self.now, e));
+                }
             }
             if moved {
                 continue;
@@ -305,4 +310,139 @@ fn initiator_starts_on_port_500_and_floats_to_4500() {
     assert!(events
         .iter()
         .any(|e| matches!(e, Event::RemoteAddressChanged { remote } if *remote == a)));
+}
+
+/// Side `side` deletes its active child SA and creates no replacement (as an operator's
+/// "terminate child" would).
+fn delete_child_alone(d: &mut Duo, side: usize) {
+    let now = d.now;
+    let s = &mut d.s[side];
+    let ch = s
+        .children
+        .iter_mut()
+        .find(|c| c.state == ChildState::Active)
+        .expect("an active child SA");
+    ch.state = ChildState::Deleting;
+    ch.outbound = false;
+    let spi_in = ch.spi_in;
+    let c = s.current().expect("an IKE SA");
+    s.queue(
+        c,
+        exchange::INFORMATIONAL,
+        vec![Payload::Delete(Delete::Esp(vec![spi_in]))],
+        Req::DeleteChildren(vec![spi_in]),
+    );
+    s.pump(now);
+}
+
+/// Whether each outbound install of `events` said the peer had its half already.
+fn peer_ready(events: &[(Instant, Event)]) -> Vec<bool> {
+    events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::ChildInstallOutbound { peer_ready, .. } => Some(*peer_ready),
+            _ => None,
+        })
+        .collect()
+}
+
+fn outbound_events(events: &[(Instant, Event)]) -> Vec<(Instant, &'static str, u32)> {
+    events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            Event::ChildInstallOutbound { spi, .. } => Some((*t, "install", spi.0)),
+            Event::ChildRemoveOutbound { spi, .. } => Some((*t, "remove", spi.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_initiator_creates_a_child_sa_when_the_peer_deleted_the_last_one_and_made_none() {
+    let mut d = Duo::new("aes256gcm16-ecp256");
+    d.s[0].start(d.now);
+    d.run(Duration::from_secs(1));
+    assert_eq!(d.s[0].state(), SessionState::Established);
+    let old = d.s[0].status().children[0].spi_out.0;
+    d.events = [Vec::new(), Vec::new()];
+    let deleted_at = d.now;
+    delete_child_alone(&mut d, 1);
+
+    // Just under CHILD_RECREATE: the initiator stopped sending on the deleted SA and waits.
+    d.run(CHILD_RECREATE - Duration::from_millis(10));
+    assert_eq!(
+        outbound_events(&d.events[0]),
+        vec![(deleted_at, "remove", old)]
+    );
+    assert!(d.s[0].status().children.is_empty());
+
+    // Then it creates one; both ends have it, and they agree on its SPIs.
+    d.run(Duration::from_secs(2));
+    let ev = outbound_events(&d.events[0]);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    let (at, what, new) = ev[1];
+    assert_eq!(what, "install");
+    assert_ne!(new, old);
+    assert!(at >= deleted_at + CHILD_RECREATE, "{:?}", at - deleted_at);
+    let (a, b) = (d.s[0].status(), d.s[1].status());
+    assert_eq!(a.children.len(), 1);
+    assert_eq!(b.children.len(), 1);
+    assert_eq!(a.children[0].spi_out, b.children[0].spi_in);
+    assert_eq!(a.children[0].spi_in, b.children[0].spi_out);
+    assert!(outbound_events(&d.events[1])
+        .iter()
+        .any(|&(_, w, spi)| w == "install" && spi == a.children[0].spi_in.0));
+    // The initiator of the exchange may send at once; the responder, only once the initiator has
+    // its half (when our response arrives there).
+    assert_eq!(peer_ready(&d.events[0]), [true]);
+    assert_eq!(peer_ready(&d.events[1]), [false]);
+}
+
+#[test]
+fn an_initiator_makes_no_second_child_sa_when_the_peer_creates_its_own_at_once() {
+    // strongSwan at a child SA's hard lifetime: Delete, then at once a CREATE_CHILD_SA.
+    let mut d = Duo::new("aes256gcm16-ecp256");
+    d.s[0].start(d.now);
+    d.run(Duration::from_secs(1));
+    let c = d.s[1]
+        .children
+        .iter()
+        .find(|c| c.state == ChildState::Active)
+        .unwrap()
+        .id;
+    d.events = [Vec::new(), Vec::new()];
+    let now = d.now;
+    d.s[1].expire_child(now, c);
+    d.s[1].pump(now);
+    d.run(CHILD_RECREATE * 3);
+    let (a, b) = (d.s[0].status(), d.s[1].status());
+    assert_eq!(a.children.len(), 1, "{:?}", a.children);
+    assert_eq!(b.children.len(), 1, "{:?}", b.children);
+    assert_eq!(a.children[0].spi_out, b.children[0].spi_in);
+    let ev = outbound_events(&d.events[0]);
+    assert_eq!(
+        ev.iter().map(|e| e.1).collect::<Vec<_>>(),
+        ["remove", "install"],
+        "{ev:?}"
+    );
+    // The peer created it: our answer must reach it before it can open what we send.
+    assert_eq!(peer_ready(&d.events[0]), [false]);
+}
+
+#[test]
+fn a_responder_waits_for_the_initiator_after_it_deleted_the_last_child_sa() {
+    let mut d = Duo::new("aes256gcm16-ecp256");
+    d.s[0].start(d.now);
+    d.run(Duration::from_secs(1));
+    let old = d.s[1].status().children[0].spi_out.0;
+    d.events = [Vec::new(), Vec::new()];
+    let deleted_at = d.now;
+    delete_child_alone(&mut d, 0);
+    d.run(CHILD_RECREATE * 5);
+    assert_eq!(
+        outbound_events(&d.events[1]),
+        vec![(deleted_at, "remove", old)]
+    );
+    assert!(d.s[1].status().children.is_empty());
+    assert_eq!(d.s[1].state(), SessionState::Established);
 }
