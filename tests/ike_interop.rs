@@ -54,6 +54,24 @@ struct Case {
     long: bool,
 }
 
+impl Case {
+    /// braid initiates with AES-GCM and ECP-256 on 4500; nobody rekeys within the test; short.
+    fn braid_aes_gcm() -> Case {
+        Case {
+            braid_initiates: true,
+            ike_proposal: "aes256gcm16-prfsha256-ecp256",
+            esp_proposal: "aes256gcm16-noesn",
+            braid_lifetime: "4h",
+            braid_child_lifetime: "1h",
+            swan_ike_rekey: "4h",
+            swan_child_rekey: "1h",
+            swan_child_life: "",
+            on_500: false,
+            long: false,
+        }
+    }
+}
+
 struct Lab {
     a: Netns,
     s: Netns,
@@ -680,16 +698,10 @@ fn interop_braid_initiates_aes_gcm_ecp256_rekeys_and_dpd() {
     }
     // braid rekeys the child SA every ~10 s and the IKE SA at ~25 s; strongSwan would not (1 h / 4 h).
     let mut lab = run_case(&Case {
-        braid_initiates: true,
-        ike_proposal: "aes256gcm16-prfsha256-ecp256",
-        esp_proposal: "aes256gcm16-noesn",
         braid_lifetime: "25s",
         braid_child_lifetime: "10s",
-        swan_ike_rekey: "4h",
-        swan_child_rekey: "1h",
-        swan_child_life: "",
-        on_500: false,
         long: true,
+        ..Case::braid_aes_gcm()
     });
     // DPD: SIGKILL charon; braid probes after 2 s of silence, retransmits 3 times (4.06 s), declares it dead.
     let killed = Instant::now();
@@ -747,16 +759,10 @@ fn interop_strongswan_lets_child_sas_expire_and_braid_holds_packets_for_the_next
     // charon never rekeys its child SA (rekey_time 0) and deletes it at its 10 s hard lifetime, then creates a
     // new one (delete before create). braid initiated; neither side's child SA is rekeyed otherwise.
     run_case(&Case {
-        braid_initiates: true,
-        ike_proposal: "aes256gcm16-prfsha256-ecp256",
-        esp_proposal: "aes256gcm16-noesn",
-        braid_lifetime: "4h",
-        braid_child_lifetime: "1h",
-        swan_ike_rekey: "4h",
         swan_child_rekey: "0s",
         swan_child_life: "10s",
-        on_500: false,
         long: true,
+        ..Case::braid_aes_gcm()
     });
 }
 
@@ -767,15 +773,7 @@ fn interop_braid_initiates_on_500() {
     }
     // braid's `start_port = 500`: IKE_SA_INIT to charon's port 500, IKE_AUTH and ESP on 4500 (short case).
     run_case(&Case {
-        braid_initiates: true,
-        ike_proposal: "aes256gcm16-prfsha256-ecp256",
-        esp_proposal: "aes256gcm16-noesn",
-        braid_lifetime: "4h",
-        braid_child_lifetime: "1h",
-        swan_ike_rekey: "4h",
-        swan_child_rekey: "1h",
-        swan_child_life: "",
         on_500: true,
-        long: false,
+        ..Case::braid_aes_gcm()
     });
 }
