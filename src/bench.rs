@@ -378,6 +378,8 @@ struct InTunnel {
 /// One gateway's outbound half: the TUN side to the uplink.
 struct Outbound {
     fib: Arc<FibCell>,
+    /// The FIB snapshot, refreshed once per batch (as the engine refreshes it per wake-up).
+    fib_now: Option<Arc<Fib>>,
     liveness: Liveness,
     tunnels: Vec<OutTunnel>,
     tun_stats: TunStats,
@@ -518,8 +520,10 @@ impl Outbound {
                 stats: TunnelStats::default(),
             })
             .collect();
+        let cell = Arc::new(FibCell::new(fib(side)));
         Outbound {
-            fib: Arc::new(FibCell::new(fib(side))),
+            fib_now: Some(cell.snapshot()),
+            fib: cell,
             liveness: Liveness::new(TUNNELS),
             tunnels,
             tun_stats: TunStats::default(),
@@ -581,18 +585,18 @@ impl Outbound {
             return 0;
         };
         let count = plan.count();
-        let fib = self.fib.load();
-        let Some(t) = fib
+        let fib = self.fib_now.take().unwrap_or_else(|| self.fib.snapshot());
+        let routed = fib
             .lookup(inner.dst)
             .and_then(|group| self.choose(group, pkt, &inner))
-            .filter(|&t| t < self.tunnels.len())
-        else {
+            .filter(|&t| t < self.tunnels.len());
+        self.fib_now = Some(fib);
+        let Some(t) = routed else {
             self.tun_stats
                 .drops
                 .count_many(DropReason::NoRoute, count as u64);
             return 0;
         };
-        drop(fib);
         let tunnel = &self.tunnels[t];
         if plan.max_segment_len() > tunnel.max_inner && inner.dont_fragment {
             tunnel
@@ -666,6 +670,9 @@ impl Outbound {
         }
         add(&self.tun_stats.rx_packets, std::mem::take(&mut self.reads));
         self.now_s = self.epoch.elapsed().as_secs().min(u32::MAX as u64 - 1) as u32;
+        if let Some(fib) = &mut self.fib_now {
+            self.fib.refresh(fib);
+        }
         out.datagrams.clear();
         out.end = 0;
     }
@@ -693,6 +700,8 @@ struct Inbound {
     side: Side,
     cipher: Cipher,
     fib: Arc<FibCell>,
+    /// The FIB snapshot, refreshed once per batch (as the engine does).
+    fib_now: Arc<Fib>,
     sas: HashMap<u32, (usize, InboundSa)>,
     tunnels: Vec<InTunnel>,
     uplink_stats: UplinkStats,
@@ -701,10 +710,12 @@ struct Inbound {
 
 impl Inbound {
     fn new(side: Side, cipher: Cipher) -> Inbound {
+        let cell = Arc::new(FibCell::new(fib(side)));
         let mut r = Inbound {
             side,
             cipher,
-            fib: Arc::new(FibCell::new(fib(side))),
+            fib_now: cell.snapshot(),
+            fib: cell,
             sas: HashMap::new(),
             tunnels: (0..TUNNELS)
                 .map(|t| InTunnel {
@@ -774,7 +785,7 @@ impl Inbound {
                 return None;
             }
         };
-        if !source_allowed(inner.src, *t as u32, &tunnel.allowed, &self.fib) {
+        if !source_allowed(inner.src, *t as u32, &tunnel.allowed, &self.fib_now) {
             tunnel.stats.drops.count(DropReason::InnerSource);
             return None;
         }
@@ -987,6 +998,7 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
     let mut delivered: Vec<Range<usize>> = Vec::with_capacity(BATCH);
     let mut in_round = || {
         a_in.rekey();
+        a_in.fib.refresh(&mut a_in.fib_now);
         delivered.clear();
         let now_ms = (a_in.epoch.elapsed().as_millis() as u64).max(1);
         for (buf, s) in rx.iter_mut().zip(&sealed) {

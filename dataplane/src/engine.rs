@@ -53,6 +53,10 @@
 //! (old and new during a rekey), looked up by SPI. IKE messages go out through an [`IkeSender`] on the uplink
 //! sockets themselves, so they leave from the address and port the peer knows (RFC 7296 2.23).
 //!
+//! Routes come from a FIB snapshot each worker holds ([`FibCell::refresh`]: once per wake-up and every 256
+//! packets outbound, once per receive batch inbound), so a published table takes effect within a batch and a
+//! packet costs no atomic operation for its route.
+//!
 //! The outbound fast path. The TUN device runs with offloads ([`Dataplane::start`] turns on TSO4/TSO6 with
 //! ECN, partial checksums and, where the kernel has it, USO), so one read may bring a TCP or UDP super-packet
 //! of up to 64 KiB. Per wake-up the outbound thread reads until the device would block, and for each read
@@ -102,7 +106,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::buffer::{PacketBuf, HEADROOM};
-use crate::fib::{FibCell, Member, NextHopGroup};
+use crate::fib::{Fib, FibCell, Member, NextHopGroup};
 use crate::flow::{flow_hash_inspected, queue_hash};
 use crate::gro::{self, Gro, Output};
 use crate::gso::Plan;
@@ -116,9 +120,6 @@ use crate::stats::{add, DropReason, TunStats, TunnelStats, UplinkStats, WorkerSt
 use crate::sys::{self, RecvBatch, SendBatch, SendMsg, UDP_GSO_MAX_BYTES, UDP_MAX_SEGMENTS};
 use crate::vnet::{VnetHdr, VNET_HDR_LEN};
 use crate::wire::{self, Inner};
-
-#[cfg(doc)]
-use crate::fib::Fib;
 
 const WAKE: Token = Token(usize::MAX);
 const TUN: Token = Token(usize::MAX - 1);
@@ -419,6 +420,7 @@ impl Dataplane {
                 commands,
                 board: board.clone(),
                 fib: spec.fib.clone(),
+                fib_now: Some(spec.fib.snapshot()),
                 tun_stats: spec.tun_stats.clone(),
                 last_warn: None,
                 shapers: caps
@@ -459,6 +461,7 @@ impl Dataplane {
                 uplink_stats: uplink_stats.clone(),
                 tunnels: inbound.clone(),
                 fib: spec.fib.clone(),
+                fib_now: spec.fib.snapshot(),
                 sas: sas.clone(),
                 commands,
                 board: board.clone(),
@@ -676,6 +679,9 @@ struct Outbound {
     commands: Receiver<TxCommand>,
     board: Arc<Board>,
     fib: Arc<FibCell>,
+    /// The FIB snapshot this worker routes from, refreshed per wake-up and every few hundred packets (taken
+    /// out while a packet is routed).
+    fib_now: Option<Arc<Fib>>,
     tun_stats: Arc<TunStats>,
     last_warn: Option<Instant>,
     /// Per uplink: its cap, if it has one.
@@ -937,8 +943,15 @@ impl Outbound {
     }
 
     /// Refreshes the coarse clock.
+    /// Refreshes the coarse clock and the FIB snapshot.
     fn tick(&mut self) {
         self.now_s = self.epoch.elapsed().as_secs().min(u32::MAX as u64 - 1) as u32;
+        match &mut self.fib_now {
+            Some(fib) => {
+                self.fib.refresh(fib);
+            }
+            None => self.fib_now = Some(self.fib.snapshot()),
+        }
     }
 
     /// When the earliest held datagram is due or the earliest hold for an SA ends, if any.
@@ -1055,23 +1068,19 @@ impl Outbound {
             self.reads.gso_reads += 1;
             self.reads.gso_segments += count as u64;
         }
-        let fib = self.fib.load();
-        let Some(group) = fib.lookup(inner.dst) else {
+        // The snapshot is taken out while `choose` borrows the worker, and put back (a move, no atomics).
+        let fib = self.fib_now.take().unwrap_or_else(|| self.fib.snapshot());
+        let routed = fib
+            .lookup(inner.dst)
+            .and_then(|group| self.choose(group, pkt, &inner))
+            .filter(|&t| t < self.tunnels.len());
+        self.fib_now = Some(fib);
+        let Some(t) = routed else {
             return self
                 .tun_stats
                 .drops
                 .count_many(DropReason::NoRoute, count as u64);
         };
-        let Some(t) = self
-            .choose(group, pkt, &inner)
-            .filter(|&t| t < self.tunnels.len())
-        else {
-            return self
-                .tun_stats
-                .drops
-                .count_many(DropReason::NoRoute, count as u64);
-        };
-        drop(fib);
         let tunnel = &mut self.tunnels[t];
         if tunnel.sa.is_none() {
             // Waiting for the next SA: keep the read as it came (it is forwarded again when the SA is set).
@@ -1588,6 +1597,8 @@ struct Inbound {
     uplink_stats: Vec<Arc<UplinkStats>>,
     tunnels: Vec<InTunnel>,
     fib: Arc<FibCell>,
+    /// The FIB snapshot this worker routes from, refreshed per batch.
+    fib_now: Arc<Fib>,
     /// Every tunnel's inbound SAs by SPI, across all uplinks (shared entries; this worker's map).
     sas: InboundSas,
     commands: Receiver<RxCommand>,
@@ -1664,8 +1675,9 @@ impl Inbound {
     /// each in place, writes the inner packets to the TUN device (coalesced where they can be), then updates
     /// the counters once.
     fn receive_batch(&mut self, u: usize, n: usize) {
-        // A coarse clock: once per batch, not per packet.
+        // A coarse clock and the FIB snapshot: once per batch, not per packet.
         let now_ms = (self.epoch.elapsed().as_millis() as u64).max(1);
+        self.fib.refresh(&mut self.fib_now);
         self.packets.clear();
         let (mut datagrams, mut octets, mut coalesced) = (0u64, 0u64, 0u64);
         let mut cx = RxContext {
@@ -1673,7 +1685,7 @@ impl Inbound {
             stats: &self.uplink_stats[u],
             tunnels: &self.tunnels,
             sas: &self.sas,
-            fib: &self.fib,
+            fib: &self.fib_now,
             ike: self.ike.as_ref(),
             queues: self.tuns.len(),
             packets: &mut self.packets,
@@ -1832,7 +1844,8 @@ struct RxContext<'a> {
     stats: &'a UplinkStats,
     tunnels: &'a [InTunnel],
     sas: &'a InboundSas,
-    fib: &'a FibCell,
+    /// The FIB snapshot of this batch.
+    fib: &'a Fib,
     ike: Option<&'a crossbeam_channel::Sender<IkeDatagram>>,
     /// TUN queues to spread flows over.
     queues: usize,
@@ -1967,10 +1980,9 @@ fn count_delivered(delivered: &mut [(u64, u64)], p: RxPacket) {
 
 /// Whether tunnel `index` may carry packets from `src`: its own inside/static prefixes, or a FIB route for `src`
 /// that has the tunnel among its members (backups included).
-pub fn source_allowed(src: IpAddr, index: u32, allowed: &[Prefix], fib: &FibCell) -> bool {
+pub fn source_allowed(src: IpAddr, index: u32, allowed: &[Prefix], fib: &Fib) -> bool {
     allowed.iter().any(|p| p.contains(src))
         || fib
-            .load()
             .lookup(src)
             .is_some_and(|g| g.members().iter().any(|m| m.tunnel == index))
 }
@@ -2211,7 +2223,7 @@ mod tests {
             "203.0.113.0/24".parse().unwrap(),
             Arc::new(NextHopGroup::single(3)),
         );
-        let fib = FibCell::new(b.build());
+        let fib = b.build();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(source_allowed(ip("192.0.2.5"), 1, &allowed, &fib));
         assert!(!source_allowed(ip("192.0.2.100"), 1, &allowed, &fib));

@@ -670,6 +670,19 @@ impl FibCell {
     pub fn snapshot(&self) -> Arc<Fib> {
         self.current.load_full()
     }
+
+    /// Makes `held` the current snapshot if a newer one was published since; returns whether it changed.
+    /// A data-path worker refreshes its snapshot so once per wake-up or batch and routes every packet in
+    /// between from it, without the two atomic read-modify-writes of a [`load`](Self::load) per packet.
+    #[inline]
+    pub fn refresh(&self, held: &mut Arc<Fib>) -> bool {
+        let current = self.current.load();
+        if Arc::ptr_eq(&current, held) {
+            return false;
+        }
+        *held = Guard::into_inner(current);
+        true
+    }
 }
 
 impl fmt::Debug for FibCell {
