@@ -573,14 +573,15 @@ impl Outbound {
         send: &mut impl FnMut(&mut Outbound, &OutBatch),
     ) -> usize {
         self.reads += 1;
-        let inner = match wire::inspect(pkt) {
-            Ok(i) => i,
-            Err(_) => {
-                self.tun_stats.drops.count(DropReason::InnerMalformed);
-                return 0;
-            }
+        // Matched by reference: moving the results out copies them through the stack, where loads wider
+        // than the stores that wrote them stall (store forwarding).
+        let inspected = wire::inspect(pkt);
+        let Ok(inner) = &inspected else {
+            self.tun_stats.drops.count(DropReason::InnerMalformed);
+            return 0;
         };
-        let Ok(plan) = Plan::new(hdr, pkt) else {
+        let planned = Plan::new(hdr, pkt);
+        let Ok(plan) = &planned else {
             self.tun_stats.drops.count(DropReason::OffloadMalformed);
             return 0;
         };
@@ -588,7 +589,7 @@ impl Outbound {
         let fib = self.fib_now.take().unwrap_or_else(|| self.fib.snapshot());
         let routed = fib
             .lookup(inner.dst)
-            .and_then(|group| self.choose(group, pkt, &inner))
+            .and_then(|group| self.choose(group, pkt, inner))
             .filter(|&t| t < self.tunnels.len());
         self.fib_now = Some(fib);
         let Some(t) = routed else {
@@ -778,10 +779,11 @@ impl Inbound {
         black_box(counters);
         tunnel.stats.last_rx_ms.store(now_ms, Ordering::Relaxed);
         let payload = &buf[opened.inner.clone()];
-        let inner = match check_inner(payload, opened.next_header) {
+        let checked = check_inner(payload, opened.next_header);
+        let inner = match &checked {
             Ok(i) => i,
             Err(reason) => {
-                tunnel.stats.drops.count(reason);
+                tunnel.stats.drops.count(*reason);
                 return None;
             }
         };
