@@ -25,6 +25,11 @@
 //!   ones) and waits until the data-path threads have applied them ([`Pending::wait`] on a blocking thread);
 //!   only then does it send the session's transmits. So a CREATE_CHILD_SA response never leaves before the new
 //!   inbound SA is in place, and a Delete never before the new outbound SA is.
+//! - **No SA for a moment.** A child SA deleted without a replacement while the IKE SA lives (a peer that
+//!   deletes before it creates, as strongSwan does at a hard expiry) leaves the data path holding the tunnel's
+//!   packets for [`OUTBOUND_HOLD`], sent in order on the next child SA. A child SA we answered for (IKE_AUTH as
+//!   responder, a peer's CREATE_CHILD_SA for a new child) is used outbound only once the peer's first ESP arrives
+//!   on it, at the latest after [`PEER_READY_WAIT`]: the peer installs its half when our answer arrives.
 //! - **Rekey timing.** `child_lifetime` is when a child SA is rekeyed (minus a random 0..10%, like strongSwan's
 //!   `rekey_time`): the driver asks the session for the rekey; the session's own (hard) lifetime is 125% of
 //!   it, so a rekey that needs retransmissions still finishes before the SA expires. The IKE SA is rekeyed
