@@ -3,7 +3,8 @@
 //! transfer through the tunnel, CHILD_SA rekeys every 10 s initiated by either side and IKE SA rekeys during
 //! 60 s of sequence-numbered probe flows (zero loss) and paced TCP flows (every byte arrives), and DPD finding
 //! a SIGKILLed charon. A charon that lets its child SAs reach their hard lifetime (it deletes, then creates
-//! the next): braid holds its packets for the next SA and loses none. IKE on port 500 (RFC 7296 2.23): charon initiating on its default port 500 to braid's
+//! the next): braid holds its packets for the next SA and loses none; one whose child SA an operator terminates
+//! (no next one): braid, the initiator, creates it. IKE on port 500 (RFC 7296 2.23): charon initiating on its default port 500 to braid's
 //! port 500 socket, and braid starting on 500 (`ike.start_port`); both float to 4500 and ESP flows in UDP
 //! on 4500 without `encap = yes`.
 //!
@@ -772,8 +773,35 @@ fn interop_braid_initiates_on_500() {
         return;
     }
     // braid's `start_port = 500`: IKE_SA_INIT to charon's port 500, IKE_AUTH and ESP on 4500 (short case).
-    run_case(&Case {
+    let lab = run_case(&Case {
         on_500: true,
         ..Case::braid_aes_gcm()
     });
+    // An operator terminates charon's child SA (a Delete, and charon creates none): braid, the initiator,
+    // creates the next one itself (after 1 s), and traffic flows again both ways.
+    let before = lab.tunnel();
+    let old = before["spi_out"].clone();
+    assert!(old.is_string(), "{before}");
+    ok(
+        lab.swanctl(&["--terminate", "--child", "net", "--timeout", "10"]),
+        "swanctl --terminate --child net",
+    );
+    let took = wait_until(
+        "braid creates a child SA after charon deleted the last one",
+        Duration::from_secs(10),
+        || {
+            let t = lab.tunnel();
+            t["spi_out"].is_string() && t["spi_out"] != old && t["live"] == true
+        },
+        || lab.diag(),
+    );
+    eprintln!("charon terminated the child SA; braid's next child SA is up {took:?} later");
+    lab.ping(&lab.a, A_SITE, S_SITE);
+    lab.ping(&lab.s, S_SITE, A_SITE);
+    let log = std::fs::read_to_string(lab.dir.join("a.log")).unwrap_or_default();
+    assert!(
+        log.contains("child SA deleted without a replacement"),
+        "{}",
+        lab.diag()
+    );
 }
