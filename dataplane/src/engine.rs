@@ -621,8 +621,9 @@ struct InTunnel {
 #[derive(Clone)]
 struct SaHold {
     until: Instant,
-    /// Each read as it came (virtio-net header and packet) and the packets it carries.
-    reads: Vec<(Vec<u8>, u64)>,
+    /// Each read as it came (virtio-net header and packet).
+    reads: Vec<Vec<u8>>,
+    /// The packets they carry (segments of super-packets included).
     packets: u64,
     bytes: usize,
 }
@@ -645,7 +646,7 @@ impl SaHold {
         {
             return false;
         }
-        self.reads.push((read.to_vec(), packets));
+        self.reads.push(read.to_vec());
         self.packets += packets;
         self.bytes += read.len();
         true
@@ -927,30 +928,19 @@ impl Outbound {
                     .count_many(DropReason::NoSa, hold.packets);
                 continue;
             }
-            for (read, _) in hold.reads {
-                let area = buf.vnet_payload_area();
-                let Some(n) = read
-                    .len()
-                    .checked_sub(VNET_HDR_LEN)
-                    .filter(|_| read.len() <= area.len())
-                else {
-                    continue;
-                };
-                area[..read.len()].copy_from_slice(&read);
-                self.forward(buf, n, icmp);
+            // Each read came from this same area, virtio-net header first, so it fits it again.
+            for read in hold.reads {
+                buf.vnet_payload_area()[..read.len()].copy_from_slice(&read);
+                self.forward(buf, read.len() - VNET_HDR_LEN, icmp);
             }
         }
     }
 
-    /// Refreshes the coarse clock.
     /// Refreshes the coarse clock and the FIB snapshot.
     fn tick(&mut self) {
         self.now_s = self.epoch.elapsed().as_secs().min(u32::MAX as u64 - 1) as u32;
-        match &mut self.fib_now {
-            Some(fib) => {
-                self.fib.refresh(fib);
-            }
-            None => self.fib_now = Some(self.fib.snapshot()),
+        if let Some(fib) = &mut self.fib_now {
+            self.fib.refresh(fib);
         }
     }
 
@@ -1084,7 +1074,7 @@ impl Outbound {
                 .count_many(DropReason::NoRoute, count as u64);
         };
         let tunnel = &mut self.tunnels[t];
-        if tunnel.sa.is_none() {
+        let Some(entry) = &tunnel.sa else {
             // Waiting for the next SA: keep the read as it came (it is forwarded again when the SA is set).
             let read = &buf.as_slice()[HEADROOM - VNET_HDR_LEN..HEADROOM + n];
             if let Some(hold) = tunnel.hold.as_mut() {
@@ -1096,9 +1086,7 @@ impl Outbound {
                 .stats
                 .drops
                 .count_many(DropReason::NoSa, count as u64);
-        }
-        let tunnel = &self.tunnels[t];
-        let Some(entry) = &tunnel.sa else { return };
+        };
         let segment_len = plan.max_segment_len();
         if segment_len > tunnel.max_inner && inner.dont_fragment {
             // Too big and may not be fragmented: tell the sender the tunnel MTU (PMTUD through braid).
