@@ -402,7 +402,6 @@ pub fn start(
             behind_nat: false,
             state: SessionState::Idle,
             had_child: false,
-            last_inbound: None,
             deferred: None,
         };
         let stop = stop_rx.clone();
@@ -569,8 +568,6 @@ struct Task {
     state: SessionState,
     /// Whether the current IKE SA has had a child SA (a later install is a rekey).
     had_child: bool,
-    /// The last inbound SA installed, and its child SA.
-    last_inbound: Option<(ChildId, Spi)>,
     /// An outbound SA that waits for the peer.
     deferred: Option<DeferredOutbound>,
 }
@@ -924,7 +921,6 @@ impl Task {
                     lock(&self.table)[self.i].child_rekeys += 1;
                 }
                 self.had_child = true;
-                self.last_inbound = Some((child, spi));
                 self.rekey_at = Some(now + self.jitter(self.t.settings.child_lifetime, 0.1));
                 tracing::info!(tunnel = %name, %child, spi_in = format_args!("{:#010x}", spi.0),
                     cipher = cipher.name(), esn, "child SA: inbound installed");
@@ -954,7 +950,13 @@ impl Task {
                     self.deferred = Some(DeferredOutbound {
                         child,
                         sa: OutboundSa::new(spi, &key, esn),
-                        spi_in: self.last_inbound.filter(|l| l.0 == child).map(|l| l.1),
+                        spi_in: self
+                            .session
+                            .status()
+                            .children
+                            .iter()
+                            .find(|c| c.child == child)
+                            .map(|c| c.spi_in),
                         since: now,
                     });
                     tracing::info!(tunnel = %name, %child, spi_out = format_args!("{:#010x}", spi.0),
