@@ -34,8 +34,9 @@
 //! Deliberately left out: certificates, EAP and any authentication other than PSK; the
 //! Configuration payload; IKE fragmentation (RFC 7383); MOBIKE; transport mode and IPComp;
 //! multiple child SAs per tunnel beyond the transient ones of a rekey (a new child is created
-//! only after a hard expiry, or after the peer deleted the last one); window sizes above 1; and the hard lifetime of the IKE SA
-//! (it is rekeyed, and a peer that stops answering is declared dead). Both ends of a braid
+//! only after a hard expiry, or after the peer deleted the last one); window sizes above 1;
+//! and the hard lifetime of the IKE SA (it is rekeyed, and a peer that stops answering is
+//! declared dead). Both ends of a braid
 //! tunnel may answer IKE_SA_INIT, but only one should be configured as initiator.
 
 use std::collections::VecDeque;
@@ -2195,7 +2196,7 @@ impl IkeSession {
             self.respond(i, h, response);
             let (i2r, r2i) = child_keymat(self.sas[i].sk_d.as_bytes(), None, &ctx.ni, &ctx.nr);
             self.establish(now, i, remote_id);
-            self.add_child(now, spi_in, c.peer_spi, c.algs, i2r, Some(r2i), false);
+            self.add_child(now, spi_in, c.peer_spi, c.algs, i2r, Some((r2i, false)));
         } else if let Some((notify, reason)) = child_error {
             // Authenticated, but no child: braid has no use for the IKE SA alone.
             response.push(Payload::Notify(Notify::new(notify, Vec::new())));
@@ -2242,9 +2243,8 @@ impl IkeSession {
     }
 
     /// Adds a child SA and emits its install events: inbound now; outbound now if
-    /// `outbound` is given, else kept until the old SA's Delete. `peer_ready`: whether the
+    /// `outbound` is given, else kept until the old SA's Delete. With `outbound`: whether the
     /// peer has its inbound half already (we are the exchange's initiator).
-    #[allow(clippy::too_many_arguments)]
     fn add_child(
         &mut self,
         now: Instant,
@@ -2252,8 +2252,7 @@ impl IkeSession {
         spi_out: u32,
         algs: EspAlgorithms,
         inbound: Keymat,
-        outbound: Option<Keymat>,
-        peer_ready: bool,
+        outbound: Option<(Keymat, bool)>,
     ) -> ChildId {
         let id = self.new_child_id();
         let soft = self.jitter(self.cfg.child_lifetime);
@@ -2269,7 +2268,7 @@ impl IkeSession {
             keymat: inbound,
         });
         let has_out = outbound.is_some();
-        if let Some(k) = outbound {
+        if let Some((k, peer_ready)) = outbound {
             self.events.push_back(Event::ChildInstallOutbound {
                 child: id,
                 spi: Spi(spi_out),
@@ -2386,7 +2385,14 @@ impl IkeSession {
         self.establish(now, i, remote_id);
         let Some(i) = self.current() else { return };
         let (i2r, r2i) = child_keymat(self.sas[i].sk_d.as_bytes(), None, &ctx.ni, &ctx.nr);
-        self.add_child(now, ctx.child_spi, c.peer_spi, c.algs, r2i, Some(i2r), true);
+        self.add_child(
+            now,
+            ctx.child_spi,
+            c.peer_spi,
+            c.algs,
+            r2i,
+            Some((i2r, true)),
+        );
     }
 
     // ---------------------------------------------------------------------------------
@@ -2651,11 +2657,11 @@ impl IkeSession {
         );
         match rekeyed {
             None => {
-                self.add_child(now, spi_in, c.peer_spi, c.algs, i2r, Some(r2i), false);
+                self.add_child(now, spi_in, c.peer_spi, c.algs, i2r, Some((r2i, false)));
             }
             Some(old) => {
                 // Make-before-break: inbound now, outbound when the old SA's Delete arrives.
-                let new = self.add_child(now, spi_in, c.peer_spi, c.algs, i2r, None, false);
+                let new = self.add_child(now, spi_in, c.peer_spi, c.algs, i2r, None);
                 if let Some(ch) = self.child_mut(new) {
                     ch.pending_out = Some(r2i);
                 }
@@ -3081,7 +3087,7 @@ impl IkeSession {
             p.ts_i().unwrap_or_default().to_vec(),
             p.ts_r().unwrap_or_default().to_vec(),
         );
-        self.add_child(now, r.spi_in, c.peer_spi, c.algs, r2i, Some(i2r), true);
+        self.add_child(now, r.spi_in, c.peer_spi, c.algs, r2i, Some((i2r, true)));
         if let Some(old) = r.rekey {
             if let Some(ch) = self.child_mut(old) {
                 ch.state = ChildState::Rekeyed;
