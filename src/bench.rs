@@ -4,19 +4,21 @@
 //! them (SPIs and keys mirrored), a FIB on each side with a few prefixes and one 4-member next-hop group
 //! (equal weights) towards the other site, [`Liveness`], per-tunnel and per-uplink counters. A batch of
 //! synthetic inner IPv4 packets (half UDP, half TCP, [`FLOWS`] flows over different addresses and ports, all
-//! of the chosen size) then goes through the same functions the engine calls:
+//! of the chosen size) then goes through the engine's own code:
 //!
-//! - **outbound** (A's TUN side to A's uplink): the engine's `forward` per read of a finished packet:
-//!   [`wire::inspect`], [`Plan::new`], [`Fib::lookup`] in the published snapshot, [`Liveness::members`],
-//!   [`flow_hash_inspected`] and the engine's flow table ([`FlowTable`]: a flow
-//!   seen before keeps its tunnel, a new one goes to [`scheduler::pick`]), the tunnel-MTU check, the sequence numbers ([`OutboundSa::reserve`]), the one
-//!   user-space copy ([`Plan::write`] from the read buffer into the next slot of a 128-datagram / 256 KiB batch
-//!   buffer at `end + HEADROOM`) and [`OutboundSa::seal_next`] in place there. When the batch is full (and at
-//!   the end of a round) it is "sent" as the engine sends it: its runs formed (one tunnel, back to back, equal
-//!   sizes; UDP GSO messages) and the tunnel and uplink counters added once per run; then the SA counters are
-//!   counted and published once per tunnel and the reads counted. The kernel writes the UDP and IP headers, so
-//!   no framing beyond that is done in user space. The templates are only read, never sealed in place.
-//! - **outbound TSO**: the same `forward` for a TCP super-packet of up to 32 segments (`NEEDS_CSUM`,
+//! - **outbound** (A's TUN side to A's uplink): the engine's outbound worker path itself
+//!   ([`OutboundPath::read`], the code the engine's worker runs per TUN read, with a [`Wire`] that sends
+//!   nothing): [`wire::inspect`], the offload plan, [`Fib::lookup`] in the worker's FIB snapshot,
+//!   [`Liveness::members`], the flow hash and the flow table (a flow seen before keeps its tunnel, a new one
+//!   is hashed onto a member), the tunnel-MTU check, the sequence numbers (one [`OutboundSa::reserve`] per
+//!   read), the one user-space copy (each segment from the read buffer into the next slot of a 128-datagram /
+//!   256 KiB batch buffer) and the seal in place there. A full batch (and the batch at the end of a round) is
+//!   flushed as the engine flushes it: its runs formed (one tunnel, back to back, equal sizes; UDP GSO
+//!   messages) into one `sendmmsg`'s messages, which the wire takes whole; the tunnel and uplink counters
+//!   added once per run, the SA counters counted and published once per tunnel, the reads counted. The
+//!   kernel writes the UDP and IP headers, so no framing beyond that is done in user space. The reads are
+//!   only read, never sealed in place.
+//! - **outbound TSO**: the same path for a TCP super-packet of up to 32 segments (`NEEDS_CSUM`,
 //!   `GSO_TCPV4`): routing once per read, each segment cut, checksummed while copied and sealed in the batch.
 //! - **inbound** (A's uplink to A's TUN side): each datagram sealed by B is copied into the receive buffer
 //!   (the stand-in for `recv`'s copy), then [`classify`] (RFC 3948), the SPI lookup (a `HashMap` as in the
@@ -35,34 +37,31 @@
 //! says which modes ran and how many datagrams each call carried.
 //!
 //! Left out: the uplink cap (the shaper; benches run uncapped), ICMP too-big generation, IPv6, the TUN device.
+//! The inbound side still mirrors the engine's per-datagram routine (its receive path is not yet one
+//! function that takes its system calls from outside, as the outbound one is).
 
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::ops::Range;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use braid_crypto::{
-    classify, sealed_len, Cipher, InboundSa, NextHeader, OutboundSa, SaKey, Spi, UdpPayload,
-    HEADROOM, KEYMAT_LEN, MAX_TAILROOM,
+    classify, sealed_len, Cipher, InboundSa, OutboundSa, SaKey, Spi, UdpPayload, KEYMAT_LEN,
 };
-use braid_dataplane::engine::{check_inner, source_allowed, MAX_LIVE};
-use braid_dataplane::flow::flow_hash_inspected;
-use braid_dataplane::gso::Plan;
-use braid_dataplane::scheduler::{self, FlowTable};
+use braid_dataplane::engine::{check_inner, source_allowed};
+use braid_dataplane::outbound::{OutboundPath, Sockets, Wire};
 use braid_dataplane::stats::add;
-use braid_dataplane::sys::{
-    self, RecvBatch, SendBatch, SendMsg, UDP_GSO_MAX_BYTES, UDP_MAX_SEGMENTS,
-};
-use braid_dataplane::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
-use braid_dataplane::wire::{self, Inner};
+use braid_dataplane::sys::{self, RecvBatch, SendBatch};
+use braid_dataplane::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN};
+use braid_dataplane::wire;
 use braid_dataplane::{
     DropReason, Fib, FibBuilder, FibCell, Liveness, Member, NextHopGroup, Prefix, TunStats,
-    TunnelStats, UplinkStats,
+    TunnelIo, TunnelStats, UplinkStats,
 };
 use serde::Serialize;
 
@@ -361,115 +360,8 @@ fn spi(t: usize, a_to_b: bool) -> Spi {
     Spi(if a_to_b { 0x0000_1000 } else { 0x0000_2000 } + t as u32)
 }
 
-struct OutTunnel {
-    sa: OutboundSa,
-    /// Stand-in for the engine's published SA counters (three relaxed stores per batch and tunnel).
-    sa_counters: [AtomicU64; 3],
-    remote: SocketAddr,
-    max_inner: usize,
-    stats: TunnelStats,
-}
-
-struct InTunnel {
-    allowed: Vec<Prefix>,
-    stats: TunnelStats,
-}
-
-/// One gateway's outbound half: the TUN side to the uplink.
-struct Outbound {
-    fib: Arc<FibCell>,
-    /// The FIB snapshot, refreshed once per batch (as the engine refreshes it per wake-up).
-    fib_now: Option<Arc<Fib>>,
-    liveness: Liveness,
-    tunnels: Vec<OutTunnel>,
-    tun_stats: TunStats,
-    uplink_stats: UplinkStats,
-    /// Reads since the last flush (counted once per batch, as the engine does).
-    reads: u64,
-    /// The engine's flow table ([`FlowTable`]).
-    flows: FlowTable,
-    /// Coarse seconds since `epoch`, taken once per batch as the engine does.
-    now_s: u32,
-    epoch: Instant,
-}
-
-/// One sealed datagram in an [`OutBatch`].
-#[derive(Copy, Clone)]
-struct Queued {
-    tunnel: u32,
-    start: u32,
-    end: u32,
-    /// The inner packet's octets.
-    inner: u32,
-}
-
 /// Messages per `recvmmsg` on the loopback receiver (the engine's `RX_BATCH`).
 const RX_BATCH: usize = 32;
-/// Most datagrams in an outbound batch (the engine's `BATCH_DATAGRAMS`).
-const BATCH_DATAGRAMS: usize = 128;
-/// Octets of an outbound batch buffer (the engine's `BATCH_BYTES`).
-const BATCH_BYTES: usize = 256 * 1024;
-
-/// The engine's outbound batch: sealed datagrams back to back in one buffer (each segment written at
-/// `end + HEADROOM` and sealed there), their entries, and what each tunnel sealed since the last flush.
-struct OutBatch {
-    buf: Vec<u8>,
-    end: usize,
-    datagrams: Vec<Queued>,
-    /// Per tunnel: packets and inner octets sealed, counted on the SA once per flush.
-    sealed: Vec<(u64, u64)>,
-}
-
-impl OutBatch {
-    fn new() -> OutBatch {
-        OutBatch {
-            buf: vec![0u8; BATCH_BYTES],
-            end: 0,
-            datagrams: Vec::with_capacity(BATCH_DATAGRAMS),
-            sealed: vec![(0, 0); TUNNELS],
-        }
-    }
-
-    /// Whether a packet of `len` octets still fits.
-    fn fits(&self, len: usize) -> bool {
-        self.datagrams.len() < BATCH_DATAGRAMS
-            && self.end + HEADROOM + len + MAX_TAILROOM <= self.buf.len()
-    }
-
-    /// The engine's send runs, in order: datagrams of one tunnel, back to back, of the first one's size (the
-    /// last may be shorter), at most [`UDP_MAX_SEGMENTS`] and [`UDP_GSO_MAX_BYTES`] (with `gso`; else one
-    /// datagram each), from datagram `from` on. Calls `run(first, last, octets)` for each.
-    #[inline]
-    fn runs(&self, from: usize, gso: bool, mut run: impl FnMut(usize, usize, usize)) {
-        let ds = &self.datagrams;
-        let mut i = from;
-        while i < ds.len() {
-            let first = ds[i];
-            let len = (first.end - first.start) as usize;
-            let (mut last, mut bytes) = (i + 1, len);
-            if gso {
-                while last < ds.len() && last - i < UDP_MAX_SEGMENTS {
-                    let d = ds[last];
-                    let dlen = (d.end - d.start) as usize;
-                    if d.tunnel != first.tunnel
-                        || d.start != ds[last - 1].end
-                        || dlen > len
-                        || bytes + dlen > UDP_GSO_MAX_BYTES
-                    {
-                        break;
-                    }
-                    bytes += dlen;
-                    last += 1;
-                    if dlen < len {
-                        break;
-                    }
-                }
-            }
-            run(i, last, bytes);
-            i = last;
-        }
-    }
-}
 
 /// The FIB of gateway `side`: the inside /30s (one member each), the other site's /25 over all four
 /// tunnels, a couple of unrelated prefixes.
@@ -504,195 +396,184 @@ fn fib(side: Side) -> Fib {
     b.build()
 }
 
+struct InTunnel {
+    allowed: Vec<Prefix>,
+    stats: TunnelStats,
+}
+
+/// One gateway's outbound half, the TUN side to the uplink: the engine's own per-read path
+/// ([`OutboundPath`]) over one uncapped uplink, with the counters it adds to.
+struct Outbound {
+    path: OutboundPath,
+    tunnels: Vec<Arc<TunnelStats>>,
+    uplink: Arc<UplinkStats>,
+    tun: Arc<TunStats>,
+}
+
 impl Outbound {
+    /// Gateway `side`'s tunnels to `remote` (inner packets up to `size`, at least 1400), sealing with `cipher`.
     fn new(side: Side, cipher: Cipher, remote: SocketAddr, size: usize) -> Outbound {
         let a_to_b = side == Side::A;
-        let tunnels = (0..TUNNELS)
-            .map(|t| OutTunnel {
-                sa: OutboundSa::new(
+        let tunnels: Vec<Arc<TunnelStats>> = (0..TUNNELS).map(|_| Arc::default()).collect();
+        let io = tunnels
+            .iter()
+            .enumerate()
+            .map(|(t, stats)| TunnelIo {
+                name: format!("t{t}"),
+                uplink: 0,
+                remote,
+                outbound: Some(OutboundSa::new(
                     spi(t, a_to_b),
                     &SaKey::new(cipher, &keymat(t, a_to_b)).expect("36 octets"),
                     false,
-                ),
-                sa_counters: Default::default(),
-                remote,
+                )),
+                inbound: Vec::new(),
+                allowed_sources: Vec::new(),
                 max_inner: size.max(1400),
-                stats: TunnelStats::default(),
+                icmp_source_v4: None,
+                icmp_source_v6: None,
+                stats: stats.clone(),
             })
             .collect();
-        let cell = Arc::new(FibCell::new(fib(side)));
+        let uplink = Arc::new(UplinkStats::default());
+        let tun = Arc::new(TunStats::default());
+        let path = OutboundPath::standalone(
+            io,
+            vec![uplink.clone()],
+            Arc::new(FibCell::new(fib(side))),
+            Liveness::new(TUNNELS),
+            tun.clone(),
+            FLOW_SEED,
+        );
         Outbound {
-            fib_now: Some(cell.snapshot()),
-            fib: cell,
-            liveness: Liveness::new(TUNNELS),
+            path,
             tunnels,
-            tun_stats: TunStats::default(),
-            uplink_stats: UplinkStats::default(),
-            reads: 0,
-            flows: FlowTable::default(),
-            now_s: 0,
-            epoch: Instant::now(),
+            uplink,
+            tun,
         }
     }
 
-    /// The tunnel for a packet to `group`, as the engine's `choose` picks it (without its spray mode and
-    /// the uplink-cap headroom): a flow seen within [`scheduler::FLOW_IDLE_S`] on a live member keeps its tunnel (the
-    /// steady state of a long flow), a new one is hashed onto a member ([`scheduler::pick`]).
-    #[inline]
-    fn choose(&mut self, group: &NextHopGroup, pkt: &[u8], inner: &Inner) -> Option<usize> {
-        let mut live = [Member {
-            tunnel: 0,
-            weight: 0,
-            backup: false,
-        }; MAX_LIVE];
-        let members = self.liveness.members(group, &mut live);
-        if let [only] = members {
-            return Some(only.tunnel as usize);
-        }
-        let hash = flow_hash_inspected(pkt, inner, FLOW_SEED).unwrap_or(0);
-        if let Some(t) = self.flows.lookup(hash, self.now_s, members) {
-            return Some(t as usize);
-        }
-        let tunnel = scheduler::pick(members, hash)?;
-        self.flows.remember(hash, tunnel, self.now_s);
-        Some(tunnel as usize)
+    /// Packets dropped on the way out, for any reason.
+    fn drops(&self) -> u64 {
+        self.tun.drops.total() + self.tunnels.iter().map(|t| t.drops.total()).sum::<u64>()
     }
 
-    /// Forwards one read from the TUN device, `pkt` with its virtio-net header `hdr` (a finished packet or a
-    /// super-packet): the engine's `forward` without the shaper and the ICMP error. Routing, the flow's
-    /// tunnel, the MTU check and the sequence numbers (one [`OutboundSa::reserve`]) once per read; then each
-    /// segment written ([`Plan::write`], the one user-space copy) into the next slot of `out` at
-    /// `end + HEADROOM` and sealed there ([`OutboundSa::seal_next`]). A full batch is sent (`send`) and
-    /// flushed first. Returns the packets sealed.
-    #[inline]
-    fn forward(
+    /// Datagrams sent so far (as the path counts them: what the wire took).
+    fn sent(&self) -> u64 {
+        self.uplink.tx_packets.load(Ordering::Relaxed)
+    }
+}
+
+/// The synthetic rounds' wire: takes every message whole, as the kernel would, without a system call.
+struct Discard;
+
+impl Wire for Discard {
+    fn send_batch(
         &mut self,
-        hdr: &VnetHdr,
-        pkt: &[u8],
-        out: &mut OutBatch,
-        send: &mut impl FnMut(&mut Outbound, &OutBatch),
-    ) -> usize {
-        self.reads += 1;
-        // Matched by reference: moving the results out copies them through the stack, where loads wider
-        // than the stores that wrote them stall (store forwarding).
-        let inspected = wire::inspect(pkt);
-        let Ok(inner) = &inspected else {
-            self.tun_stats.drops.count(DropReason::InnerMalformed);
-            return 0;
-        };
-        let planned = Plan::new(hdr, pkt);
-        let Ok(plan) = &planned else {
-            self.tun_stats.drops.count(DropReason::OffloadMalformed);
-            return 0;
-        };
-        let count = plan.count();
-        let fib = self.fib_now.take().unwrap_or_else(|| self.fib.snapshot());
-        let routed = fib
-            .lookup(inner.dst)
-            .and_then(|group| self.choose(group, pkt, inner))
-            .filter(|&t| t < self.tunnels.len());
-        self.fib_now = Some(fib);
-        let Some(t) = routed else {
-            self.tun_stats
-                .drops
-                .count_many(DropReason::NoRoute, count as u64);
-            return 0;
-        };
-        let tunnel = &self.tunnels[t];
-        if plan.max_segment_len() > tunnel.max_inner && inner.dont_fragment {
-            tunnel
-                .stats
-                .drops
-                .count_many(DropReason::TooBig, count as u64);
-            return 0;
-        }
-        let next = if inner.version == 4 {
-            NextHeader::Ipv4
-        } else {
-            NextHeader::Ipv6
-        };
-        let Ok(mut seq) = tunnel.sa.reserve(count as u64) else {
-            tunnel
-                .stats
-                .drops
-                .count_many(DropReason::SeqExhausted, count as u64);
-            return 0;
-        };
-        for i in 0..count {
-            let len = plan.segment_len(i);
-            if !out.fits(len) {
-                send(self, out);
-                self.flush(out);
-            }
-            let slot = out.end;
-            plan.write(pkt, i, &mut out.buf[slot + HEADROOM..]);
-            match self.tunnels[t].sa.seal_next(
-                &mut out.buf,
-                slot + HEADROOM..slot + HEADROOM + len,
-                next,
-                &mut seq,
-            ) {
-                Ok(esp) => {
-                    out.datagrams.push(Queued {
-                        tunnel: t as u32,
-                        start: esp.start as u32,
-                        end: esp.end as u32,
-                        inner: len as u32,
-                    });
-                    out.end = esp.end;
-                    let s = &mut out.sealed[t];
-                    s.0 += 1;
-                    s.1 += len as u64;
-                }
-                Err(_) => {
-                    self.tunnels[t]
-                        .stats
-                        .drops
-                        .count_many(DropReason::SeqExhausted, (count - i) as u64);
-                    return i;
-                }
-            }
-        }
-        count
+        _: usize,
+        buf: &[u8],
+        msgs: &mut SendBatch,
+        from: usize,
+    ) -> std::io::Result<usize> {
+        black_box((buf.as_ptr(), msgs.msgs()));
+        Ok(msgs.len() - from)
     }
 
-    /// The engine's flush after the send: the SA counters counted and published once per tunnel, the reads
-    /// counted, the batch emptied. (The tunnel and uplink send counters are the send's, per run.)
-    fn flush(&mut self, out: &mut OutBatch) {
-        for (tunnel, s) in self.tunnels.iter().zip(&mut out.sealed) {
-            if s.0 > 0 {
-                tunnel.sa.count(s.0, s.1);
-                let [p, b, q] = &tunnel.sa_counters;
-                p.store(tunnel.sa.packets(), Ordering::Relaxed);
-                b.store(tunnel.sa.bytes(), Ordering::Relaxed);
-                q.store(tunnel.sa.last_seq(), Ordering::Relaxed);
-                *s = (0, 0);
-            }
-        }
-        add(&self.tun_stats.rx_packets, std::mem::take(&mut self.reads));
-        self.now_s = self.epoch.elapsed().as_secs().min(u32::MAX as u64 - 1) as u32;
-        if let Some(fib) = &mut self.fib_now {
-            self.fib.refresh(fib);
-        }
-        out.datagrams.clear();
-        out.end = 0;
+    fn send_to(&mut self, _: usize, datagram: &[u8], _: SocketAddr) -> std::io::Result<()> {
+        black_box(datagram);
+        Ok(())
     }
 
-    /// Counts a send run's datagrams (`out.datagrams[first..last]`, `octets` in all) as sent: the engine's
-    /// `account_run`, once per run.
-    #[inline]
-    fn account_run(&self, out: &OutBatch, first: usize, last: usize, octets: usize) {
-        let ds = &out.datagrams[first..last];
-        let tunnel = &self.tunnels[ds[0].tunnel as usize];
-        let packets = ds.len() as u64;
-        let inner: u64 = ds.iter().map(|d| u64::from(d.inner)).sum();
-        add(&tunnel.stats.tx_packets, packets);
-        add(&tunnel.stats.tx_bytes, inner);
-        add(&self.uplink_stats.tx_packets, packets);
-        add(&self.uplink_stats.tx_bytes, octets as u64);
-        if packets > 1 {
-            add(&self.uplink_stats.gso_sends, 1);
+    fn writable(&mut self, _: usize, _: Duration) -> bool {
+        true
+    }
+
+    fn write_tun(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+        Ok(frame.len())
+    }
+}
+
+/// A wire that keeps a copy of each datagram sent (GSO messages split at their segment size).
+#[derive(Default)]
+struct Keep(Vec<Vec<u8>>);
+
+impl Wire for Keep {
+    fn send_batch(
+        &mut self,
+        _: usize,
+        buf: &[u8],
+        msgs: &mut SendBatch,
+        from: usize,
+    ) -> std::io::Result<usize> {
+        for m in &msgs.msgs()[from..] {
+            let step = if m.segment > 0 {
+                m.segment as usize
+            } else {
+                m.len
+            };
+            self.0.extend(
+                buf[m.start..m.start + m.len]
+                    .chunks(step)
+                    .map(<[u8]>::to_vec),
+            );
         }
+        Ok(msgs.len() - from)
+    }
+
+    fn send_to(&mut self, _: usize, datagram: &[u8], _: SocketAddr) -> std::io::Result<()> {
+        self.0.push(datagram.to_vec());
+        Ok(())
+    }
+
+    fn writable(&mut self, _: usize, _: Duration) -> bool {
+        true
+    }
+
+    fn write_tun(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+        Ok(frame.len())
+    }
+}
+
+/// The loopback sender's wire: the engine's sockets, with the system calls and datagrams counted.
+struct Counted {
+    wire: Sockets,
+    calls: u64,
+    datagrams: u64,
+}
+
+impl Wire for Counted {
+    fn send_batch(
+        &mut self,
+        uplink: usize,
+        buf: &[u8],
+        msgs: &mut SendBatch,
+        from: usize,
+    ) -> std::io::Result<usize> {
+        self.calls += 1;
+        let n = self.wire.send_batch(uplink, buf, msgs, from)?;
+        self.datagrams += msgs.msgs()[from..from + n]
+            .iter()
+            .map(|m| match m.segment {
+                0 => 1,
+                s => m.len.div_ceil(s as usize) as u64,
+            })
+            .sum::<u64>();
+        Ok(n)
+    }
+
+    fn send_to(&mut self, uplink: usize, datagram: &[u8], to: SocketAddr) -> std::io::Result<()> {
+        self.calls += 1;
+        self.wire.send_to(uplink, datagram, to)?;
+        self.datagrams += 1;
+        Ok(())
+    }
+
+    fn writable(&mut self, uplink: usize, wait: Duration) -> bool {
+        self.wire.writable(uplink, wait)
+    }
+
+    fn write_tun(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+        self.wire.write_tun(frame)
     }
 }
 
@@ -852,13 +733,12 @@ fn packets(side: Side, size: usize) -> Vec<Vec<u8>> {
     (0..BATCH).map(|i| packet(side, i, size)).collect()
 }
 
-/// The synthetic rounds' send: the batch's runs formed and counted as the engine's send does (no system
-/// call).
-fn account_sent(o: &mut Outbound, b: &OutBatch) {
-    b.runs(0, true, |first, last, octets| {
-        o.account_run(b, first, last, octets)
-    });
-    black_box(&b.datagrams);
+/// A TUN read: the virtio-net header `hdr`, then packet `p`.
+fn with_vnet_hdr(hdr: &VnetHdr, p: &[u8]) -> Vec<u8> {
+    let mut read = vec![0u8; VNET_HDR_LEN + p.len()];
+    hdr.write(&mut read);
+    read[VNET_HDR_LEN..].copy_from_slice(p);
+    read
 }
 
 /// Runs the `rounds` (each handles [`BATCH`] packets) in turn, each round timed on its own, for about
@@ -926,31 +806,26 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
 
     let mut raw_round = raw_seal_round(opts.cipher, size);
 
-    // Outbound: A's TUN side to its uplink, one finished packet per read.
-    let plain = VnetHdr::default();
+    // Outbound: A's TUN side to its uplink, one finished packet per read (virtio-net header first).
     let mut a_out = Outbound::new(Side::A, opts.cipher, remote, size);
-    let templates = packets(Side::A, size);
-    let mut out = OutBatch::new();
-    let mut spread = vec![0usize; TUNNELS];
-    let mut tally = |o: &mut Outbound, b: &OutBatch| {
-        for d in &b.datagrams {
-            spread[d.tunnel as usize] += 1;
-        }
-        account_sent(o, b);
-    };
-    for p in &templates {
-        a_out.forward(&plain, p, &mut out, &mut tally);
+    let reads: Vec<Vec<u8>> = packets(Side::A, size)
+        .iter()
+        .map(|p| with_vnet_hdr(&VnetHdr::default(), p))
+        .collect();
+    for r in &reads {
+        a_out.path.read(r, &mut Discard);
     }
-    tally(&mut a_out, &out);
-    a_out.flush(&mut out);
+    a_out.path.flush(&mut Discard);
+    let spread: Vec<usize> = a_out
+        .tunnels
+        .iter()
+        .map(|t| t.tx_packets.load(Ordering::Relaxed) as usize)
+        .collect();
     let mut out_round = || {
-        let mut n = 0;
-        for p in &templates {
-            n += a_out.forward(&plain, p, &mut out, &mut account_sent);
+        for r in &reads {
+            a_out.path.read(r, &mut Discard);
         }
-        account_sent(&mut a_out, &out);
-        a_out.flush(&mut out);
-        assert_eq!(n, BATCH, "every packet sealed");
+        a_out.path.flush(&mut Discard);
     };
 
     // Outbound with TSO: TCP super-packets of TSO_SEGMENTS segments of `size` octets, BATCH segments a round.
@@ -958,8 +833,6 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
     // As many segments as fit a 64 KiB IP packet, at most TSO_SEGMENTS, a power of two (divides BATCH).
     let fit = (usize::from(u16::MAX) - HEADER_LEN) / gso_size;
     let segments = 1 << fit.clamp(1, TSO_SEGMENTS).ilog2();
-    let super_packet = packet(Side::A, 1, HEADER_LEN + segments * gso_size);
-    let mut a_tso = Outbound::new(Side::A, opts.cipher, remote, size);
     let tso_hdr = VnetHdr {
         flags: F_NEEDS_CSUM,
         gso_type: GSO_TCPV4,
@@ -968,31 +841,28 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         csum_start: 20,
         csum_offset: 16,
     };
-    let mut tso_out = OutBatch::new();
+    let super_read = with_vnet_hdr(
+        &tso_hdr,
+        &packet(Side::A, 1, HEADER_LEN + segments * gso_size),
+    );
+    let mut a_tso = Outbound::new(Side::A, opts.cipher, remote, size);
     let mut tso_round = || {
-        let mut n = 0;
         for _ in 0..BATCH / segments {
-            n += a_tso.forward(&tso_hdr, &super_packet, &mut tso_out, &mut account_sent);
+            a_tso.path.read(&super_read, &mut Discard);
         }
-        account_sent(&mut a_tso, &tso_out);
-        a_tso.flush(&mut tso_out);
-        assert_eq!(n, BATCH, "every segment sealed");
+        a_tso.path.flush(&mut Discard);
     };
 
     // Inbound: B seals a batch once; A opens copies of it.
     let mut b_out = Outbound::new(Side::B, opts.cipher, remote, size);
-    let mut b_batch = OutBatch::new();
-    let mut sealed: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
-    let mut keep = |_: &mut Outbound, b: &OutBatch| {
-        for d in &b.datagrams {
-            sealed.push(b.buf[d.start as usize..d.end as usize].to_vec());
-        }
-    };
+    let mut keep = Keep::default();
     for p in &packets(Side::B, size) {
-        b_out.forward(&plain, p, &mut b_batch, &mut keep);
+        b_out
+            .path
+            .read(&with_vnet_hdr(&VnetHdr::default(), p), &mut keep);
     }
-    keep(&mut b_out, &b_batch);
-    b_out.flush(&mut b_batch);
+    b_out.path.flush(&mut keep);
+    let sealed = keep.0;
     assert_eq!(sealed.len(), BATCH, "B forwards its batch");
     debug_assert!(sealed.iter().all(|s| s.len() == sealed_len(size)));
     let mut a_in = Inbound::new(Side::A, opts.cipher);
@@ -1022,8 +892,19 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         ],
     );
     let [raw, outbound, outbound_tso, inbound] = <[Rate; 4]>::try_from(rates).expect("four rates");
-    assert_eq!(a_out.tun_stats.drops.total(), 0, "outbound drops");
-    assert_eq!(a_tso.tun_stats.drops.total(), 0, "outbound TSO drops");
+    assert_eq!(a_out.drops(), 0, "outbound drops");
+    assert_eq!(a_tso.drops(), 0, "outbound TSO drops");
+    // Every packet of every round (and of the first one, unmeasured) went out.
+    assert_eq!(
+        a_out.sent(),
+        outbound.packets + 2 * BATCH as u64,
+        "outbound sent"
+    );
+    assert_eq!(
+        a_tso.sent(),
+        outbound_tso.packets + BATCH as u64,
+        "outbound TSO sent"
+    );
     assert_eq!(a_in.drops(), 0, "inbound drops");
     assert_eq!(delivered.len(), BATCH, "every packet delivered");
 
@@ -1064,99 +945,6 @@ fn udp_socket() -> Result<UdpSocket> {
     s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
     s.set_nonblocking(true)?;
     Ok(s.into())
-}
-
-/// How long a full socket buffer is waited for (the engine's `SEND_WAIT`).
-const SEND_WAIT: Duration = Duration::from_millis(20);
-
-/// The loopback sender's half of the engine's send: the batch's runs as `sendmmsg` messages (UDP GSO for runs
-/// of more than one datagram until the kernel refuses it), counted per run.
-struct Sender {
-    fd: RawFd,
-    send: SendBatch,
-    /// Per message: the datagrams of its run and its octets.
-    runs: Vec<(usize, usize, usize)>,
-    gso: bool,
-    calls: u64,
-    datagrams: u64,
-    /// Datagrams the kernel did not take (counted as not sent).
-    errors: u64,
-}
-
-impl Sender {
-    fn new(fd: RawFd) -> Sender {
-        Sender {
-            fd,
-            send: SendBatch::with_capacity(BATCH_DATAGRAMS),
-            runs: Vec::with_capacity(BATCH_DATAGRAMS),
-            gso: true,
-            calls: 0,
-            datagrams: 0,
-            errors: 0,
-        }
-    }
-
-    /// Sends the datagrams of `b` from the `from`-th on.
-    fn send(&mut self, o: &mut Outbound, b: &OutBatch, from: usize) {
-        let Sender {
-            send, runs, gso, ..
-        } = self;
-        send.clear();
-        runs.clear();
-        b.runs(from, *gso, |first, last, octets| {
-            let d = b.datagrams[first];
-            send.push(SendMsg {
-                start: d.start as usize,
-                len: octets,
-                to: o.tunnels[d.tunnel as usize].remote,
-                segment: if last - first > 1 {
-                    (d.end - d.start) as u16
-                } else {
-                    0
-                },
-            });
-            runs.push((first, last, octets));
-        });
-        let messages = self.send.len();
-        let mut m = 0;
-        while m < messages {
-            match sys::send_batch(self.fd, &b.buf, &mut self.send, m) {
-                Ok(n) => {
-                    self.calls += 1;
-                    for &(first, last, octets) in &self.runs[m..m + n] {
-                        o.account_run(b, first, last, octets);
-                        self.datagrams += (last - first) as u64;
-                    }
-                    m += n;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if !sys::poll_one(self.fd, libc::POLLOUT, SEND_WAIT).unwrap_or(false) {
-                        let (first, last, _) = self.runs[m];
-                        self.errors += (last - first) as u64;
-                        m += 1;
-                    }
-                }
-                Err(e)
-                    if self.send.msgs()[m].segment != 0
-                        && matches!(
-                            e.raw_os_error(),
-                            Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EMSGSIZE)
-                        ) =>
-                {
-                    // The engine's fallback: one datagram per message from here on.
-                    self.gso = false;
-                    let first = self.runs[m].0;
-                    return self.send(o, b, first);
-                }
-                Err(_) => {
-                    let (first, last, _) = self.runs[m];
-                    self.errors += (last - first) as u64;
-                    m += 1;
-                }
-            }
-        }
-    }
 }
 
 /// What the receiver thread counted.
@@ -1252,31 +1040,33 @@ pub fn loopback(opts: &BenchOptions) -> Result<LoopbackReport> {
     // The sender: A's outbound path, each full batch sent with sendmmsg.
     let secs = opts.secs;
     let sender = std::thread::Builder::new().name("bench-tx".into()).spawn(
-        move || -> (Rate, Sender, u64) {
-            let plain = VnetHdr::default();
+        move || -> (Rate, Counted, u64, bool) {
             let mut a_out = Outbound::new(Side::A, cipher, to, size);
-            let templates = packets(Side::A, size);
-            let mut out = OutBatch::new();
-            let mut tx = Sender::new(tx_sock.as_raw_fd());
-            let mut send = |o: &mut Outbound, b: &OutBatch| tx.send(o, b, 0);
+            let reads: Vec<Vec<u8>> = packets(Side::A, size)
+                .iter()
+                .map(|p| with_vnet_hdr(&VnetHdr::default(), p))
+                .collect();
+            let mut wire = Counted {
+                wire: Sockets::new(Arc::new(vec![vec![tx_sock]]), 0, None),
+                calls: 0,
+                datagrams: 0,
+            };
             let budget = Duration::from_secs_f64(secs);
             let start = Instant::now();
             while start.elapsed() < budget {
-                for p in &templates {
-                    a_out.forward(&plain, p, &mut out, &mut send);
+                for r in &reads {
+                    a_out.path.read(r, &mut wire);
                 }
             }
-            send(&mut a_out, &out);
-            a_out.flush(&mut out);
+            a_out.path.flush(&mut wire);
             let elapsed = start.elapsed();
-            // Keep the socket open until the counts are taken.
-            drop(tx_sock);
-            let sent = a_out.uplink_stats.tx_packets.load(Ordering::Relaxed);
-            let gso_sends = a_out.uplink_stats.gso_sends.load(Ordering::Relaxed);
-            (Rate::new(sent, size, elapsed), tx, gso_sends)
+            let sent = a_out.sent();
+            let gso_sends = a_out.uplink.gso_sends.load(Ordering::Relaxed);
+            let gso = a_out.uplink.gso_fallbacks.load(Ordering::Relaxed) == 0;
+            (Rate::new(sent, size, elapsed), wire, gso_sends, gso)
         },
     )?;
-    let (sent, tx, gso_sends) = sender
+    let (sent, tx, gso_sends, gso) = sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender thread panicked"))?;
     done.store(true, Ordering::Relaxed);
@@ -1300,7 +1090,7 @@ pub fn loopback(opts: &BenchOptions) -> Result<LoopbackReport> {
         cipher: cipher.name(),
         size,
         machine,
-        send_mode: if tx.gso {
+        send_mode: if gso {
             "sendmmsg + UDP GSO"
         } else {
             "sendmmsg (UDP GSO refused)"
@@ -1372,49 +1162,5 @@ mod tests {
         );
         // Loss accounting: what arrived (good or bad) never exceeds what the kernel took.
         assert!(r.received.packets + r.rejected <= r.sent.packets, "{r:?}");
-    }
-
-    /// The send runs are the engine's: one tunnel, back to back, equal sizes but a shorter last one, at most
-    /// UDP_MAX_SEGMENTS datagrams.
-    #[test]
-    fn runs_follow_the_engines_rules() {
-        let mut b = OutBatch::new();
-        let mut at = 0u32;
-        let mut push = |b: &mut OutBatch, tunnel: u32, len: u32| {
-            b.datagrams.push(Queued {
-                tunnel,
-                start: at,
-                end: at + len,
-                inner: len,
-            });
-            at += len;
-        };
-        for _ in 0..3 {
-            push(&mut b, 0, 100);
-        }
-        push(&mut b, 0, 60); // shorter: ends the run
-        push(&mut b, 0, 100);
-        push(&mut b, 1, 100); // another tunnel
-        for _ in 0..70 {
-            push(&mut b, 2, 50);
-        }
-        let mut runs = Vec::new();
-        b.runs(0, true, |f, l, n| runs.push((f, l, n)));
-        assert_eq!(
-            runs,
-            vec![
-                (0, 4, 360),
-                (4, 5, 100),
-                (5, 6, 100),
-                (6, 6 + UDP_MAX_SEGMENTS, UDP_MAX_SEGMENTS * 50),
-                (6 + UDP_MAX_SEGMENTS, 76, (70 - UDP_MAX_SEGMENTS) * 50),
-            ]
-        );
-        let mut singles = 0;
-        b.runs(3, false, |f, l, _| {
-            assert_eq!(l, f + 1);
-            singles += 1;
-        });
-        assert_eq!(singles, 76 - 3);
     }
 }

@@ -14,6 +14,7 @@ pub mod flow;
 pub mod gro;
 pub mod gso;
 pub mod kernel;
+pub mod outbound;
 pub mod path;
 pub mod prefix;
 pub mod sa;

@@ -1,0 +1,1385 @@
+//! One outbound worker's work per TUN read, without its system calls: [`OutboundPath`].
+//!
+//! A read (a virtio-net header and a finished packet or a super-packet) is inspected, routed through the
+//! worker's FIB snapshot, given a tunnel (per flow from the flow table, or sprayed), checked against the
+//! tunnel MTU (an ICMP "too big" goes back otherwise), and its segments ([`crate::gso`]) are written straight
+//! into the next slots of the worker's batch buffer and sealed there, so that the sealed datagrams lie back to
+//! back. The sequence numbers of all of a read's segments are reserved with one atomic step. A capped uplink's
+//! datagrams pass its token bucket (sent, held briefly, or dropped). A full batch, and the batch once the
+//! device is drained, goes out per uplink: runs of equal-size datagrams of one tunnel (the last may be
+//! shorter; at most 64 and 64 KiB) become one UDP GSO message, the messages of the batch one `sendmmsg`. An
+//! uplink whose kernel refuses UDP GSO is remembered by every worker at once ([`UplinkGso`]). Tunnel and
+//! uplink counters move once per run, SA counters once per batch.
+//!
+//! Everything that touches the kernel goes through a [`Wire`]: the engine's worker passes its sockets and its
+//! TUN queue ([`Sockets`]); `braid bench` passes one that sends nothing (the synthetic figures) or a loopback
+//! socket. So the benchmark measures this very code, not a copy of it.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use braid_crypto::{NextHeader, SealError, SeqRange};
+
+use crate::buffer::{PacketBuf, HEADROOM};
+use crate::engine::{warn_limited, Liveness, TunnelIo, MAX_LIVE, NO_MEMBER};
+use crate::fib::{Fib, FibCell, NextHopGroup};
+use crate::flow::flow_hash_inspected;
+use crate::gso::Plan;
+use crate::sa::{Board, OutboundEntry, SaError, TxCommand};
+use crate::scheduler::{self, FlowTable};
+use crate::shaper::{Admit, TokenBucket};
+use crate::stats::{add, DropReason, TunStats, TunnelStats, UplinkStats, WorkerStats};
+use crate::sys::{self, SendBatch, SendMsg, UDP_GSO_MAX_BYTES, UDP_MAX_SEGMENTS};
+use crate::vnet::{VnetHdr, VNET_HDR_LEN};
+use crate::wire::{self, Inner};
+
+/// How long an uplink sends one datagram per message after the kernel refused UDP GSO with `EMSGSIZE`.
+const GSO_RETRY: Duration = Duration::from_secs(30);
+/// How long a send waits for room in a full socket buffer before the datagram is dropped.
+pub const SEND_WAIT: Duration = Duration::from_millis(20);
+/// An uplink with less unused cap than this is "full" for new flows.
+const MIN_HEADROOM: f64 = 0.05;
+/// The most datagrams one uplink's cap may hold back at once, whatever their delay.
+const MAX_HELD: usize = 4096;
+/// The most sealed datagrams in one outbound batch (one flush).
+pub const BATCH_DATAGRAMS: usize = 128;
+/// Octets of the outbound batch buffer, where the sealed datagrams lie back to back (room for the largest
+/// packet even when the batch is not empty).
+const BATCH_BYTES: usize = 256 * 1024;
+/// The most packets (segments of super-packets included) one outbound worker holds per tunnel while the
+/// tunnel waits for its next outbound SA.
+pub const HOLD_PACKETS: u64 = 1024;
+/// The most octets of reads one outbound worker holds per tunnel while it waits for its next outbound SA.
+pub const HOLD_BYTES: usize = 1 << 20;
+/// Reads between two refreshes of the coarse clock and the FIB snapshot under load.
+const TICK_READS: u32 = 256;
+
+/// The system calls of an outbound worker: what [`OutboundPath`] asks of the kernel.
+pub trait Wire {
+    /// Sends `msgs[from..]` (ranges of `buf`) on uplink `uplink` with one `sendmmsg` ([`sys::send_batch`]);
+    /// returns how many messages the kernel took.
+    fn send_batch(
+        &mut self,
+        uplink: usize,
+        buf: &[u8],
+        msgs: &mut SendBatch,
+        from: usize,
+    ) -> io::Result<usize>;
+    /// Sends one datagram on uplink `uplink`.
+    fn send_to(&mut self, uplink: usize, datagram: &[u8], to: SocketAddr) -> io::Result<()>;
+    /// Waits at most `wait` for room in uplink `uplink`'s send buffer; whether there is.
+    fn writable(&mut self, uplink: usize, wait: Duration) -> bool;
+    /// Writes one packet, virtio-net header first, to the TUN device (an ICMP error for the site).
+    fn write_tun(&mut self, frame: &[u8]) -> io::Result<usize>;
+}
+
+/// The engine's [`Wire`]: the uplinks' sockets (this worker sends from socket `worker % len` of each) and,
+/// if any, this worker's TUN queue.
+pub struct Sockets {
+    sockets: Arc<Vec<Vec<UdpSocket>>>,
+    worker: usize,
+    tun: Option<Arc<File>>,
+}
+
+impl Sockets {
+    /// Per uplink, its sockets; `tun` takes the ICMP errors (without one they are not sent).
+    pub fn new(
+        sockets: Arc<Vec<Vec<UdpSocket>>>,
+        worker: usize,
+        tun: Option<Arc<File>>,
+    ) -> Sockets {
+        Sockets {
+            sockets,
+            worker,
+            tun,
+        }
+    }
+
+    fn socket(&self, uplink: usize) -> io::Result<&UdpSocket> {
+        let group = self
+            .sockets
+            .get(uplink)
+            .filter(|g| !g.is_empty())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("no uplink {uplink}"))
+            })?;
+        Ok(&group[self.worker % group.len()])
+    }
+}
+
+impl Wire for Sockets {
+    fn send_batch(
+        &mut self,
+        uplink: usize,
+        buf: &[u8],
+        msgs: &mut SendBatch,
+        from: usize,
+    ) -> io::Result<usize> {
+        sys::send_batch(self.socket(uplink)?.as_raw_fd(), buf, msgs, from)
+    }
+
+    fn send_to(&mut self, uplink: usize, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
+        self.socket(uplink)?.send_to(datagram, to).map(drop)
+    }
+
+    fn writable(&mut self, uplink: usize, wait: Duration) -> bool {
+        self.socket(uplink)
+            .and_then(|s| sys::poll_one(s.as_raw_fd(), libc::POLLOUT, wait))
+            .unwrap_or(false)
+    }
+
+    fn write_tun(&mut self, frame: &[u8]) -> io::Result<usize> {
+        match &self.tun {
+            Some(tun) => (&**tun).write(frame),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "no TUN device")),
+        }
+    }
+}
+
+/// A tunnel as an outbound worker sees it.
+#[derive(Clone)]
+pub(crate) struct OutTunnel {
+    pub(crate) uplink: usize,
+    pub(crate) remote: SocketAddr,
+    pub(crate) sa: Option<Arc<OutboundEntry>>,
+    /// Reads kept while the tunnel waits for its next outbound SA.
+    hold: Option<SaHold>,
+    max_inner: usize,
+    icmp_source_v4: Option<Ipv4Addr>,
+    icmp_source_v6: Option<Ipv6Addr>,
+    stats: Arc<TunnelStats>,
+}
+
+impl OutTunnel {
+    /// Tunnel `t`'s outbound half, sealing with `sa`.
+    pub(crate) fn new(t: &TunnelIo, sa: Option<Arc<OutboundEntry>>) -> OutTunnel {
+        OutTunnel {
+            uplink: t.uplink,
+            remote: t.remote,
+            sa,
+            hold: None,
+            max_inner: t.max_inner,
+            icmp_source_v4: t.icmp_source_v4,
+            icmp_source_v6: t.icmp_source_v6,
+            stats: t.stats.clone(),
+        }
+    }
+}
+
+/// One worker's reads of one tunnel kept while the tunnel waits for its next outbound SA (the peer deleted the
+/// child SA and the next one is being negotiated).
+#[derive(Clone)]
+struct SaHold {
+    until: Instant,
+    /// Each read as it came (virtio-net header and packet).
+    reads: Vec<Vec<u8>>,
+    /// The packets they carry (segments of super-packets included).
+    packets: u64,
+    bytes: usize,
+}
+
+impl SaHold {
+    fn new(until: Instant) -> SaHold {
+        SaHold {
+            until,
+            reads: Vec::new(),
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Keeps `read` (carrying `packets` packets) if the hold has room and time left.
+    fn keep(&mut self, read: &[u8], packets: u64, now: Instant) -> bool {
+        if now >= self.until
+            || self.packets + packets > HOLD_PACKETS
+            || self.bytes + read.len() > HOLD_BYTES
+        {
+            return false;
+        }
+        self.reads.push(read.to_vec());
+        self.packets += packets;
+        self.bytes += read.len();
+        true
+    }
+}
+
+/// Whether an uplink's kernel takes UDP GSO, shared by the outbound workers so that one refusal tells them all:
+/// 0 = on, `u64::MAX` = off for good, else off until that many milliseconds after the epoch (after an
+/// `EMSGSIZE` refusal: a path MTU that may grow back).
+#[derive(Default)]
+pub struct UplinkGso(AtomicU64);
+
+impl UplinkGso {
+    /// Whether to build GSO runs now (`now_ms` since the epoch); turns GSO back on once a retry is due.
+    fn is_on(&self, now_ms: u64) -> bool {
+        match self.0.load(Ordering::Relaxed) {
+            0 => true,
+            u64::MAX => false,
+            until if now_ms >= until => {
+                // Only the first worker to see the retry due turns it back on.
+                let _ = self
+                    .0
+                    .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Turns GSO off until `until_ms` (`u64::MAX`: for good); whether it was on (the first refusal).
+    fn refuse(&self, until_ms: u64) -> bool {
+        self.0.swap(until_ms, Ordering::Relaxed) == 0
+    }
+}
+
+/// The outbound worker's batch: sealed datagrams back to back in one buffer, each written at
+/// `end + HEADROOM` and sealed there, so datagram `i + 1` starts where `i` ends.
+struct TxBatch {
+    buf: Box<[u8]>,
+    /// Where the next datagram starts.
+    end: usize,
+    datagrams: Vec<Datagram>,
+    /// The messages of one `sendmmsg` and, for each, the datagrams it carries (`first..last`).
+    send: SendBatch,
+    runs: Vec<(usize, usize)>,
+    /// Tunnels whose outbound SA sealed in this batch, with the packets and inner octets sealed: their SA
+    /// counters move once, at the flush.
+    sealed: Vec<(usize, u64, u64)>,
+}
+
+/// TUN reads of one outbound worker not yet added to the shared counters.
+#[derive(Default)]
+struct ReadCounts {
+    reads: u64,
+    gso_reads: u64,
+    gso_segments: u64,
+}
+
+/// One sealed datagram in the batch.
+#[derive(Copy, Clone, Debug)]
+struct Datagram {
+    start: usize,
+    len: usize,
+    tunnel: usize,
+    inner_len: usize,
+    /// Within the tunnel MTU, so it may go out in a UDP GSO run (an oversize IPv4 packet without DF is sealed
+    /// whole and left to the kernel to fragment: never in a run).
+    gso: bool,
+}
+
+impl TxBatch {
+    fn new() -> TxBatch {
+        TxBatch {
+            buf: vec![0u8; BATCH_BYTES].into_boxed_slice(),
+            end: 0,
+            datagrams: Vec::with_capacity(BATCH_DATAGRAMS),
+            send: SendBatch::with_capacity(BATCH_DATAGRAMS),
+            runs: Vec::with_capacity(BATCH_DATAGRAMS),
+            sealed: Vec::new(),
+        }
+    }
+
+    /// Whether an inner packet of `len` octets still fits, sealed.
+    fn fits(&self, len: usize) -> bool {
+        self.datagrams.len() < BATCH_DATAGRAMS
+            && self.end + HEADROOM + len + braid_crypto::MAX_TAILROOM <= self.buf.len()
+    }
+}
+
+/// One uplink's cap as one outbound worker sees it: the bucket (shared by all workers, lock-free) and the
+/// datagrams this worker holds back, oldest first.
+struct Shaper {
+    bucket: Arc<TokenBucket>,
+    held: VecDeque<Held>,
+}
+
+/// A sealed datagram waiting for its tokens.
+struct Held {
+    due: Instant,
+    tunnel: usize,
+    inner_len: usize,
+    datagram: Vec<u8>,
+}
+
+/// What one outbound worker shares with the others and the control plane.
+pub(crate) struct Shared {
+    pub(crate) tunnels: Vec<OutTunnel>,
+    pub(crate) uplink_stats: Vec<Arc<UplinkStats>>,
+    /// Per uplink: its cap's bucket, if it has one.
+    pub(crate) caps: Vec<Option<Arc<TokenBucket>>>,
+    pub(crate) gso: Arc<[UplinkGso]>,
+    pub(crate) fib: Arc<FibCell>,
+    pub(crate) liveness: Liveness,
+    pub(crate) tun_stats: Arc<TunStats>,
+    pub(crate) worker_stats: Arc<[WorkerStats]>,
+    pub(crate) spray: bool,
+    pub(crate) flow_seed: u64,
+    pub(crate) epoch: Instant,
+}
+
+/// One outbound worker's state and its per-read work: everything but the system calls (see the module docs).
+pub struct OutboundPath {
+    worker: usize,
+    worker_stats: Arc<[WorkerStats]>,
+    /// Reads since the last flush, counted into the shared counters once per batch.
+    reads: ReadCounts,
+    /// Reads since the last refresh of the clock and the FIB snapshot.
+    since_tick: u32,
+    uplink_stats: Vec<Arc<UplinkStats>>,
+    tunnels: Vec<OutTunnel>,
+    /// How many of `tunnels` hold reads for their next SA (none: the hold costs nothing).
+    holding: usize,
+    fib: Arc<FibCell>,
+    /// The FIB snapshot this worker routes from, refreshed per wake-up and every few hundred packets (taken
+    /// out while a packet is routed).
+    fib_now: Option<Arc<Fib>>,
+    tun_stats: Arc<TunStats>,
+    last_warn: Option<Instant>,
+    /// Per uplink: its cap, if it has one.
+    shapers: Vec<Option<Shaper>>,
+    /// Datagrams held by all shapers.
+    held: usize,
+    /// Spare buffers for held datagrams.
+    pool: Vec<Vec<u8>>,
+    flows: FlowTable,
+    spray: bool,
+    spray_counter: u64,
+    flow_seed: u64,
+    liveness: Liveness,
+    epoch: Instant,
+    /// A coarse clock for the flow table: whole seconds since `epoch`, refreshed per wake-up and every few
+    /// hundred packets.
+    now_s: u32,
+    /// The sealed datagrams waiting to be sent.
+    batch: TxBatch,
+    /// Per uplink: whether the kernel takes UDP GSO on its sockets (shared by the workers).
+    gso: Arc<[UplinkGso]>,
+    /// Where an ICMP error is built.
+    icmp: PacketBuf,
+}
+
+impl OutboundPath {
+    /// Worker `worker`'s path.
+    pub(crate) fn new(worker: usize, shared: &Shared) -> OutboundPath {
+        OutboundPath {
+            worker,
+            worker_stats: shared.worker_stats.clone(),
+            reads: ReadCounts::default(),
+            since_tick: 0,
+            uplink_stats: shared.uplink_stats.clone(),
+            tunnels: shared.tunnels.clone(),
+            holding: 0,
+            fib: shared.fib.clone(),
+            fib_now: Some(shared.fib.snapshot()),
+            tun_stats: shared.tun_stats.clone(),
+            last_warn: None,
+            shapers: shared
+                .caps
+                .iter()
+                .map(|c| {
+                    c.as_ref().map(|bucket| Shaper {
+                        bucket: bucket.clone(),
+                        held: VecDeque::new(),
+                    })
+                })
+                .collect(),
+            held: 0,
+            pool: Vec::new(),
+            flows: FlowTable::default(),
+            spray: shared.spray,
+            spray_counter: worker as u64,
+            flow_seed: shared.flow_seed,
+            liveness: shared.liveness.clone(),
+            epoch: shared.epoch,
+            now_s: 0,
+            batch: TxBatch::new(),
+            gso: shared.gso.clone(),
+            icmp: PacketBuf::new(),
+        }
+    }
+
+    /// A worker's path outside the engine, for `braid bench`: `tunnels` (their inbound SAs are not used) over
+    /// `uplinks` (uncapped), flows hashed with `flow_seed`.
+    pub fn standalone(
+        tunnels: Vec<TunnelIo>,
+        uplinks: Vec<Arc<UplinkStats>>,
+        fib: Arc<FibCell>,
+        liveness: Liveness,
+        tun_stats: Arc<TunStats>,
+        flow_seed: u64,
+    ) -> OutboundPath {
+        let shared = Shared {
+            tunnels: tunnels
+                .into_iter()
+                .map(|mut t| {
+                    let sa = t.outbound.take().map(|sa| Arc::new(OutboundEntry::new(sa)));
+                    OutTunnel::new(&t, sa)
+                })
+                .collect(),
+            caps: uplinks.iter().map(|_| None).collect(),
+            gso: uplinks.iter().map(|_| UplinkGso::default()).collect(),
+            uplink_stats: uplinks,
+            fib,
+            liveness,
+            tun_stats,
+            worker_stats: Arc::new([WorkerStats::default()]),
+            spray: false,
+            flow_seed,
+            epoch: Instant::now(),
+        };
+        OutboundPath::new(0, &shared)
+    }
+
+    /// Handles one TUN read, `read` = virtio-net header and packet: counts it and forwards it (see the
+    /// module docs); under load, refreshes the clock and the FIB snapshot every 256 reads.
+    #[inline]
+    pub fn read(&mut self, read: &[u8], wire: &mut impl Wire) {
+        self.reads.reads += 1;
+        if read.len() < VNET_HDR_LEN {
+            self.tun_stats.drops.count(DropReason::InnerMalformed);
+        } else {
+            self.forward(read, wire);
+        }
+        self.since_tick += 1;
+        if self.since_tick >= TICK_READS {
+            self.tick();
+        }
+    }
+
+    /// Refreshes the coarse clock and the FIB snapshot (per wake-up, and under load every few hundred reads).
+    pub fn tick(&mut self) {
+        self.since_tick = 0;
+        self.now_s = self.epoch.elapsed().as_secs().min(u32::MAX as u64 - 1) as u32;
+        if let Some(fib) = &mut self.fib_now {
+            self.fib.refresh(fib);
+        }
+    }
+
+    /// Applies one command of the control plane to this worker's tunnels and answers it (the caller may have
+    /// stopped waiting: that is fine).
+    pub(crate) fn apply(&mut self, board: &Board, command: TxCommand) {
+        apply_tx(&mut self.tunnels, board, command);
+        self.holding = self.tunnels.iter().filter(|t| t.hold.is_some()).count();
+    }
+
+    /// The tunnel for a packet to `group`: per flow (remembered in the flow table) or per packet (spray).
+    fn choose(&mut self, group: &NextHopGroup, pkt: &[u8], inner: &Inner) -> Option<usize> {
+        let mut live = [NO_MEMBER; MAX_LIVE];
+        let members = self.liveness.members(group, &mut live);
+        if let [only] = members {
+            return Some(only.tunnel as usize);
+        }
+        if self.spray {
+            self.spray_counter = self.spray_counter.wrapping_add(1);
+            return scheduler::pick_spray(members, self.spray_counter).map(|t| t as usize);
+        }
+        let hash = flow_hash_inspected(pkt, inner, self.flow_seed).unwrap_or(0);
+        if let Some(t) = self.flows.lookup(hash, self.now_s, members) {
+            return Some(t as usize);
+        }
+        // A new flow (or its tunnel left the group): hash it, but away from a full uplink if another has room.
+        let mut tunnel = scheduler::pick(members, hash)?;
+        let at = Instant::now();
+        if !self.has_headroom(tunnel, at) {
+            let mut roomy = [NO_MEMBER; MAX_LIVE];
+            let mut n = 0;
+            for m in members.iter().take(roomy.len()) {
+                if self.has_headroom(m.tunnel, at) {
+                    roomy[n] = *m;
+                    n += 1;
+                }
+            }
+            if let Some(t) = scheduler::pick(&roomy[..n], hash) {
+                tunnel = t;
+            }
+        }
+        self.flows.remember(hash, tunnel, self.now_s);
+        Some(tunnel as usize)
+    }
+
+    /// Whether `tunnel`'s uplink has unused cap (always, for an uncapped uplink).
+    fn has_headroom(&self, tunnel: u32, now: Instant) -> bool {
+        let Some(t) = self.tunnels.get(tunnel as usize) else {
+            return false;
+        };
+        match &self.shapers[t.uplink] {
+            Some(s) => s.bucket.headroom(now) >= MIN_HEADROOM,
+            None => true,
+        }
+    }
+
+    /// Forwards one read (its virtio-net header, then a finished packet, one whose checksum is still to be
+    /// completed, or a super-packet to segment). Routing, the tunnel choice, the SA and the MTU are decided
+    /// once for all its segments (they share the 5-tuple); each segment is then written into the batch and
+    /// sealed there.
+    fn forward(&mut self, read: &[u8], wire: &mut impl Wire) {
+        let hdr = VnetHdr::parse(read).unwrap_or_default();
+        let pkt = &read[VNET_HDR_LEN..];
+        // Matched by reference: moving the results out copies them through the stack, where loads wider than
+        // the stores that wrote them stall (store forwarding; ~15 ns a packet in `braid bench`).
+        let inspected = wire::inspect(pkt);
+        let Ok(inner) = &inspected else {
+            return self.tun_stats.drops.count(DropReason::InnerMalformed);
+        };
+        let planned = Plan::new(&hdr, pkt);
+        let Ok(plan) = &planned else {
+            return self.tun_stats.drops.count(DropReason::OffloadMalformed);
+        };
+        let count = plan.count();
+        if plan.is_gso() {
+            self.reads.gso_reads += 1;
+            self.reads.gso_segments += count as u64;
+        }
+        // The snapshot is taken out while `choose` borrows the worker, and put back (a move, no atomics).
+        let fib = self.fib_now.take().unwrap_or_else(|| self.fib.snapshot());
+        let routed = fib
+            .lookup(inner.dst)
+            .and_then(|group| self.choose(group, pkt, inner))
+            .filter(|&t| t < self.tunnels.len());
+        self.fib_now = Some(fib);
+        let Some(t) = routed else {
+            return self
+                .tun_stats
+                .drops
+                .count_many(DropReason::NoRoute, count as u64);
+        };
+        let tunnel = &mut self.tunnels[t];
+        let Some(entry) = &tunnel.sa else {
+            // Waiting for the next SA: keep the read as it came (it is forwarded again when the SA is set).
+            if let Some(hold) = tunnel.hold.as_mut() {
+                if hold.keep(read, count as u64, Instant::now()) {
+                    return add(&tunnel.stats.held_for_sa, count as u64);
+                }
+            }
+            return tunnel
+                .stats
+                .drops
+                .count_many(DropReason::NoSa, count as u64);
+        };
+        let segment_len = plan.max_segment_len();
+        if segment_len > tunnel.max_inner && inner.dont_fragment {
+            // Too big and may not be fragmented: tell the sender the tunnel MTU (PMTUD through braid).
+            tunnel
+                .stats
+                .drops
+                .count_many(DropReason::TooBig, count as u64);
+            let from = match inner.version {
+                4 => tunnel.icmp_source_v4.map(IpAddr::V4),
+                _ => tunnel.icmp_source_v6.map(IpAddr::V6),
+            };
+            if let Some(from) = from {
+                let (hdr, out) = self.icmp.as_mut_slice().split_at_mut(VNET_HDR_LEN);
+                VnetHdr::default().write(hdr);
+                if let Some(len) =
+                    wire::icmp_too_big(pkt, inner, from, tunnel.max_inner as u32, out)
+                {
+                    if wire
+                        .write_tun(&self.icmp.as_slice()[..VNET_HDR_LEN + len])
+                        .is_ok()
+                    {
+                        add(&tunnel.stats.icmp_too_big, 1);
+                    }
+                }
+            }
+            return;
+        }
+        // IPv4 without DF that exceeds the tunnel MTU is sealed whole; the kernel fragments the outer datagram.
+        let gso = segment_len <= tunnel.max_inner;
+        let next = if inner.version == 4 {
+            NextHeader::Ipv4
+        } else {
+            NextHeader::Ipv6
+        };
+        let u = tunnel.uplink;
+        let on_wire_extra = crate::outer_overhead(tunnel.remote.is_ipv6());
+        // The segments' sequence numbers: one atomic step for the whole read, whichever workers share the SA.
+        let mut seq = match entry.sa.reserve(count as u64) {
+            Ok(r) => r,
+            Err(_) => {
+                return tunnel
+                    .stats
+                    .drops
+                    .count_many(DropReason::SeqExhausted, count as u64)
+            }
+        };
+        let segments = Segments {
+            t,
+            plan,
+            pkt,
+            next,
+            gso,
+            on_wire_extra,
+            // The cap's clock: once per read, not per segment.
+            now: self.shapers[u].as_ref().map(|_| Instant::now()),
+        };
+        let mut i = 0;
+        while i < count {
+            match self.seal_segments(&segments, i, &mut seq) {
+                // The batch is full: send it, go on with the rest (a segment that fits no batch at all, which
+                // a 64 KiB read cannot make, is dropped rather than retried forever).
+                Some(stopped) if stopped < count => {
+                    if stopped == i && self.batch.datagrams.is_empty() && self.batch.end == 0 {
+                        return self.tunnels[t]
+                            .stats
+                            .drops
+                            .count_many(DropReason::InnerMalformed, (count - i) as u64);
+                    }
+                    self.flush(wire);
+                    i = stopped;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Writes and seals segments `from..` of one read into the batch until they are done or the batch is full;
+    /// returns where it stopped (`None` when the SA ran out of sequence numbers: the rest are dropped).
+    fn seal_segments(
+        &mut self,
+        s: &Segments<'_>,
+        from: usize,
+        seq: &mut SeqRange,
+    ) -> Option<usize> {
+        let OutboundPath {
+            tunnels,
+            batch,
+            shapers,
+            pool,
+            held,
+            uplink_stats,
+            ..
+        } = self;
+        let tunnel = &tunnels[s.t];
+        let (u, count) = (tunnel.uplink, s.plan.count());
+        // Borrowed, not cloned: no reference count moves per read.
+        let entry = tunnel.sa.as_ref()?;
+        let mut sealed = (0u64, 0u64);
+        let mut i = from;
+        while i < count {
+            let len = s.plan.segment_len(i);
+            if !batch.fits(len) {
+                break;
+            }
+            i += 1;
+            let slot = batch.end;
+            s.plan
+                .write(s.pkt, i - 1, &mut batch.buf[slot + HEADROOM..]);
+            let esp = match entry.sa.seal_next(
+                &mut batch.buf,
+                slot + HEADROOM..slot + HEADROOM + len,
+                s.next,
+                seq,
+            ) {
+                Ok(r) => r,
+                Err(SealError::SeqExhausted) => {
+                    note_sealed(&mut batch.sealed, s.t, sealed);
+                    tunnel
+                        .stats
+                        .drops
+                        .count_many(DropReason::SeqExhausted, (count - i + 1) as u64);
+                    return None;
+                }
+                Err(_) => {
+                    tunnel.stats.drops.count(DropReason::InnerMalformed);
+                    continue;
+                }
+            };
+            sealed.0 += 1;
+            sealed.1 += len as u64;
+            if let (Some(shaper), Some(now)) = (&mut shapers[u], s.now) {
+                let datagram = &batch.buf[esp.clone()];
+                let verdict = shaper.bucket.admit(now, datagram.len() + s.on_wire_extra);
+                let due = match verdict {
+                    // Tokens now, and nothing held ahead of it: into the batch.
+                    Admit::Send if shaper.held.is_empty() => None,
+                    Admit::Send => Some(now),
+                    Admit::Delay(wait) if shaper.held.len() < MAX_HELD => Some(now + wait),
+                    Admit::Delay(_) | Admit::Drop => {
+                        uplink_stats[u].drops.count(DropReason::CapExceeded);
+                        continue;
+                    }
+                };
+                if let Some(due) = due {
+                    // Held: copied out, and its slot is taken by the next datagram.
+                    let mut copy = pool.pop().unwrap_or_default();
+                    copy.clear();
+                    copy.extend_from_slice(datagram);
+                    shaper.held.push_back(Held {
+                        due,
+                        tunnel: s.t,
+                        inner_len: len,
+                        datagram: copy,
+                    });
+                    *held += 1;
+                    add(&uplink_stats[u].cap_delayed, 1);
+                    continue;
+                }
+            }
+            batch.datagrams.push(Datagram {
+                start: esp.start,
+                len: esp.len(),
+                tunnel: s.t,
+                inner_len: len,
+                gso: s.gso,
+            });
+            batch.end = esp.end;
+        }
+        note_sealed(&mut batch.sealed, s.t, sealed);
+        Some(i)
+    }
+
+    /// Sends the batch: per uplink, in order, runs of equal-size datagrams to one tunnel's remote as one UDP GSO
+    /// message each (the last of a run may be shorter), all the messages of a stretch of the batch in one
+    /// `sendmmsg`. Then publishes the SA counters, empties the batch and sends what the caps have released.
+    pub fn flush(&mut self, wire: &mut impl Wire) {
+        let total = self.batch.datagrams.len();
+        let mut i = 0;
+        while i < total {
+            let u = self.tunnels[self.batch.datagrams[i].tunnel].uplink;
+            let gso_on = self.gso[u].is_on(self.epoch.elapsed().as_millis() as u64);
+            self.batch.send.clear();
+            self.batch.runs.clear();
+            while i < total && !self.batch.send.is_full() {
+                let ds = &self.batch.datagrams;
+                let first = ds[i];
+                let tunnel = &self.tunnels[first.tunnel];
+                if tunnel.uplink != u {
+                    break;
+                }
+                let mut last = i + 1;
+                let mut bytes = first.len;
+                if first.gso && gso_on {
+                    while last < total && last - i < UDP_MAX_SEGMENTS {
+                        let d = ds[last];
+                        if d.tunnel != first.tunnel
+                            || !d.gso
+                            || d.start != ds[last - 1].start + ds[last - 1].len
+                            || d.len > first.len
+                            || bytes + d.len > UDP_GSO_MAX_BYTES
+                        {
+                            break;
+                        }
+                        bytes += d.len;
+                        last += 1;
+                        if d.len < first.len {
+                            break; // a shorter datagram ends its run
+                        }
+                    }
+                }
+                self.batch.send.push(SendMsg {
+                    start: first.start,
+                    len: bytes,
+                    to: tunnel.remote,
+                    segment: if last - i > 1 { first.len as u16 } else { 0 },
+                });
+                self.batch.runs.push((i, last));
+                i = last;
+            }
+            self.send_runs(u, wire);
+        }
+        for &(t, packets, bytes) in &self.batch.sealed {
+            if let Some(e) = &self.tunnels[t].sa {
+                e.sa.count(packets, bytes);
+                e.counters.publish_outbound(&e.sa);
+            }
+        }
+        self.batch.sealed.clear();
+        self.batch.datagrams.clear();
+        self.batch.end = 0;
+        let reads = std::mem::take(&mut self.reads);
+        if reads.reads > 0 {
+            add(&self.tun_stats.rx_packets, reads.reads);
+            add(&self.worker_stats[self.worker].tun_reads, reads.reads);
+        }
+        if reads.gso_reads > 0 {
+            add(&self.tun_stats.gso_reads, reads.gso_reads);
+            add(&self.tun_stats.gso_segments, reads.gso_segments);
+        }
+        if self.held > 0 {
+            self.release_due(Instant::now(), wire);
+        }
+    }
+
+    /// Sends the messages in `self.batch.send` on uplink `u` and counts them. A full socket buffer is waited for
+    /// briefly ([`SEND_WAIT`]); a refusal of UDP GSO turns it off for the uplink and sends the refused run (and
+    /// the rest) one datagram at a time. A refusal is `EIO` (the route's device has no checksum offload),
+    /// `EINVAL` or `ENOPROTOOPT` (no UDP GSO), or `EMSGSIZE` (the datagrams no longer fit the route's MTU, e.g.
+    /// the uplink's MTU was lowered: single datagrams are still fragmented by the kernel, as before the fast
+    /// path, while a GSO message is refused whole).
+    fn send_runs(&mut self, u: usize, wire: &mut impl Wire) {
+        let messages = self.batch.send.len();
+        let mut from = 0;
+        while from < messages {
+            match wire.send_batch(u, &self.batch.buf, &mut self.batch.send, from) {
+                Ok(n) => {
+                    for m in from..from + n {
+                        self.account_run(u, self.batch.runs[m], Ok(()));
+                    }
+                    from += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wire.writable(u, SEND_WAIT) {
+                        self.account_run(u, self.batch.runs[from], Err(e));
+                        from += 1;
+                    }
+                }
+                Err(e)
+                    if self.batch.send.msgs()[from].segment != 0
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EMSGSIZE)
+                        ) =>
+                {
+                    // The path's MTU shrank with EMSGSIZE; it may grow back: try GSO again later.
+                    let for_a_while = e.raw_os_error() == Some(libc::EMSGSIZE);
+                    let until = if for_a_while {
+                        (self.epoch.elapsed() + GSO_RETRY).as_millis() as u64
+                    } else {
+                        u64::MAX
+                    };
+                    if self.gso[u].refuse(until) {
+                        add(&self.uplink_stats[u].gso_fallbacks, 1);
+                        if for_a_while {
+                            tracing::info!(uplink = u, error = %e,
+                                "UDP GSO datagrams exceed the route's MTU; one datagram per message for a while");
+                        } else {
+                            tracing::info!(uplink = u, error = %e,
+                                "the kernel refuses UDP GSO on this uplink; sending one datagram per message");
+                        }
+                    }
+                    for m in from..messages {
+                        let (first, last) = self.batch.runs[m];
+                        for d in first..last {
+                            let d = self.batch.datagrams[d];
+                            let tunnel = &self.tunnels[d.tunnel];
+                            let datagram = &self.batch.buf[d.start..d.start + d.len];
+                            let result = send_one(wire, u, datagram, tunnel.remote);
+                            account(
+                                result,
+                                tunnel,
+                                &self.uplink_stats[u],
+                                d.inner_len,
+                                d.len,
+                                &mut self.last_warn,
+                            );
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.account_run(u, self.batch.runs[from], Err(e));
+                    from += 1;
+                }
+            }
+        }
+    }
+
+    /// Counts a run's send outcome on its tunnel and uplink, once for the run.
+    fn account_run(&mut self, u: usize, (first, last): (usize, usize), result: io::Result<()>) {
+        let ds = &self.batch.datagrams[first..last];
+        let tunnel = &self.tunnels[ds[0].tunnel];
+        let packets = ds.len() as u64;
+        match result {
+            Ok(()) => {
+                let inner: usize = ds.iter().map(|d| d.inner_len).sum();
+                let outer: usize = ds.iter().map(|d| d.len).sum();
+                let us = &self.uplink_stats[u];
+                add(&tunnel.stats.tx_packets, packets);
+                add(&tunnel.stats.tx_bytes, inner as u64);
+                add(&us.tx_packets, packets);
+                add(&us.tx_bytes, outer as u64);
+                if packets > 1 {
+                    add(&us.gso_sends, 1);
+                }
+            }
+            Err(e) => {
+                tunnel
+                    .stats
+                    .drops
+                    .count_many(DropReason::SendFailed, packets);
+                let remote = tunnel.remote;
+                warn_limited(
+                    &mut self.last_warn,
+                    || tracing::warn!(%remote, error = %e, "uplink send failed"),
+                );
+            }
+        }
+    }
+
+    /// Forwards the reads held for tunnels whose next SA has come, in the order they were read, and drops as
+    /// `no_sa` those whose hold has ended.
+    pub fn release_holds(&mut self, wire: &mut impl Wire) {
+        if self.holding == 0 {
+            return;
+        }
+        let now = Instant::now();
+        for t in 0..self.tunnels.len() {
+            let tunnel = &mut self.tunnels[t];
+            let ready = tunnel.sa.is_some();
+            if !tunnel
+                .hold
+                .as_ref()
+                .is_some_and(|h| ready || now >= h.until)
+            {
+                continue;
+            }
+            let Some(hold) = tunnel.hold.take() else {
+                continue;
+            };
+            self.holding -= 1;
+            if !ready {
+                self.tunnels[t]
+                    .stats
+                    .drops
+                    .count_many(DropReason::NoSa, hold.packets);
+                continue;
+            }
+            for read in hold.reads {
+                self.forward(&read, wire);
+            }
+        }
+    }
+
+    /// When the earliest held datagram is due or the earliest hold for an SA ends, if any.
+    pub fn next_due(&self) -> Option<Instant> {
+        if self.held == 0 && self.holding == 0 {
+            return None;
+        }
+        let holds = self
+            .tunnels
+            .iter()
+            .filter_map(|t| t.hold.as_ref().map(|h| h.until));
+        self.shapers
+            .iter()
+            .flatten()
+            .filter_map(|s| s.held.front().map(|h| h.due))
+            .chain(holds)
+            .min()
+    }
+
+    /// Sends every held datagram whose time has come, in order per uplink.
+    pub fn release_due(&mut self, now: Instant, wire: &mut impl Wire) {
+        if self.held == 0 {
+            return;
+        }
+        for u in 0..self.shapers.len() {
+            let Some(shaper) = &mut self.shapers[u] else {
+                continue;
+            };
+            while shaper.held.front().is_some_and(|h| h.due <= now) {
+                let Some(h) = shaper.held.pop_front() else {
+                    break;
+                };
+                self.held -= 1;
+                let tunnel = &self.tunnels[h.tunnel];
+                let result = send_one(wire, u, &h.datagram, tunnel.remote);
+                account(
+                    result,
+                    tunnel,
+                    &self.uplink_stats[u],
+                    h.inner_len,
+                    h.datagram.len(),
+                    &mut self.last_warn,
+                );
+                self.pool.push(h.datagram);
+            }
+        }
+    }
+}
+
+/// Remembers in a batch's `sealed` list that tunnel `t`'s SA sealed `(packets, octets)`, for its counters at
+/// the flush.
+fn note_sealed(sealed: &mut Vec<(usize, u64, u64)>, t: usize, (packets, bytes): (u64, u64)) {
+    if packets == 0 {
+        return;
+    }
+    match sealed.iter_mut().find(|s| s.0 == t) {
+        Some(s) => {
+            s.1 += packets;
+            s.2 += bytes;
+        }
+        None => sealed.push((t, packets, bytes)),
+    }
+}
+
+/// One read's segments as [`OutboundPath::seal_segments`] seals them: decided once per read.
+struct Segments<'a> {
+    t: usize,
+    plan: &'a Plan,
+    pkt: &'a [u8],
+    next: NextHeader,
+    gso: bool,
+    on_wire_extra: usize,
+    now: Option<Instant>,
+}
+
+/// Applies one command to an outbound worker's tunnels and answers it (the caller may have stopped waiting:
+/// that is fine).
+fn apply_tx(tunnels: &mut [OutTunnel], board: &Board, command: TxCommand) {
+    match command {
+        TxCommand::SetOutbound {
+            tunnel,
+            sa,
+            hold,
+            done,
+        } => {
+            let applied = tunnels.get_mut(tunnel).map(|t| {
+                board.set_outbound(tunnel, sa.as_ref().map(|e| e.counters.clone()));
+                if sa.is_none() {
+                    if hold.is_zero() {
+                        // No SA is coming: what was held is lost.
+                        if let Some(h) = t.hold.take() {
+                            t.stats.drops.count_many(DropReason::NoSa, h.packets);
+                        }
+                    } else {
+                        let until = Instant::now() + hold;
+                        match &mut t.hold {
+                            Some(h) => h.until = until,
+                            None => t.hold = Some(SaHold::new(until)),
+                        }
+                    }
+                }
+                // With an SA, the worker forwards what it held (`release_holds`).
+                t.sa = sa;
+            });
+            let _ = done.send(applied.ok_or(SaError::UnknownTunnel(tunnel)));
+        }
+        TxCommand::SetRemote {
+            tunnel,
+            remote,
+            done,
+        } => {
+            let applied = tunnels.get_mut(tunnel).map(|t| {
+                t.remote = remote;
+                board.set_remote(tunnel, remote);
+            });
+            let _ = done.send(applied.ok_or(SaError::UnknownTunnel(tunnel)));
+        }
+    }
+}
+
+/// Counts a send's outcome on the tunnel and its uplink.
+fn account(
+    result: io::Result<()>,
+    tunnel: &OutTunnel,
+    uplink: &UplinkStats,
+    inner_len: usize,
+    datagram_len: usize,
+    last_warn: &mut Option<Instant>,
+) {
+    match result {
+        Ok(()) => {
+            add(&tunnel.stats.tx_packets, 1);
+            add(&tunnel.stats.tx_bytes, inner_len as u64);
+            add(&uplink.tx_packets, 1);
+            add(&uplink.tx_bytes, datagram_len as u64);
+        }
+        Err(e) => {
+            tunnel.stats.drops.count(DropReason::SendFailed);
+            let remote = tunnel.remote;
+            warn_limited(
+                last_warn,
+                || tracing::warn!(%remote, error = %e, "uplink send failed"),
+            );
+        }
+    }
+}
+
+/// Sends one datagram on uplink `u`; waits briefly for room if the socket buffer is full.
+pub(crate) fn send_one(
+    wire: &mut impl Wire,
+    u: usize,
+    datagram: &[u8],
+    to: SocketAddr,
+) -> io::Result<()> {
+    loop {
+        match wire.send_to(u, datagram, to) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !wire.writable(u, SEND_WAIT) {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sa::{Board, OutboundEntry};
+    use braid_crypto::OutboundSa;
+
+    /// Records what the path sends: per `sendmmsg`, its messages (start, octets, segment size).
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<Vec<(usize, usize, u16)>>,
+        /// Fail GSO messages with this error (a kernel that refuses UDP GSO).
+        refuse: Option<i32>,
+        singles: usize,
+    }
+
+    impl Wire for Recorder {
+        fn send_batch(
+            &mut self,
+            _: usize,
+            _: &[u8],
+            msgs: &mut SendBatch,
+            from: usize,
+        ) -> io::Result<usize> {
+            let msgs = &msgs.msgs()[from..];
+            if let (Some(errno), true) = (self.refuse, msgs.iter().any(|m| m.segment != 0)) {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            self.calls
+                .push(msgs.iter().map(|m| (m.start, m.len, m.segment)).collect());
+            Ok(msgs.len())
+        }
+        fn send_to(&mut self, _: usize, _: &[u8], _: SocketAddr) -> io::Result<()> {
+            self.singles += 1;
+            Ok(())
+        }
+        fn writable(&mut self, _: usize, _: Duration) -> bool {
+            true
+        }
+        fn write_tun(&mut self, frame: &[u8]) -> io::Result<usize> {
+            Ok(frame.len())
+        }
+    }
+
+    fn path_with_tunnels(n: usize) -> OutboundPath {
+        let tunnels = (0..n)
+            .map(|t| TunnelIo {
+                name: format!("t{t}"),
+                uplink: 0,
+                remote: SocketAddr::from(([192, 0, 2, 1 + t as u8], 4500)),
+                outbound: None,
+                inbound: Vec::new(),
+                allowed_sources: Vec::new(),
+                max_inner: 1400,
+                icmp_source_v4: None,
+                icmp_source_v6: None,
+                stats: Arc::default(),
+            })
+            .collect();
+        OutboundPath::standalone(
+            tunnels,
+            vec![Arc::default()],
+            Arc::new(FibCell::new(crate::fib::FibBuilder::new().build())),
+            Liveness::new(n),
+            Arc::default(),
+            1,
+        )
+    }
+
+    /// The send runs: one tunnel, back to back, equal sizes but a shorter last one, at most
+    /// UDP_MAX_SEGMENTS datagrams; after a GSO refusal one datagram per message, for every worker.
+    #[test]
+    fn flush_sends_runs_of_one_tunnels_equal_datagrams() {
+        let mut p = path_with_tunnels(3);
+        let fill = |p: &mut OutboundPath| {
+            let mut at = 0;
+            let mut push = |p: &mut OutboundPath, tunnel: usize, len: usize| {
+                p.batch.datagrams.push(Datagram {
+                    start: at,
+                    len,
+                    tunnel,
+                    inner_len: len,
+                    gso: true,
+                });
+                at += len;
+            };
+            for _ in 0..3 {
+                push(p, 0, 100);
+            }
+            push(p, 0, 60); // shorter: ends the run
+            push(p, 0, 100);
+            push(p, 1, 100); // another tunnel
+            for _ in 0..70 {
+                push(p, 2, 50);
+            }
+        };
+        fill(&mut p);
+        let mut wire = Recorder::default();
+        p.flush(&mut wire);
+        assert_eq!(
+            wire.calls,
+            vec![vec![
+                (0, 360, 100),
+                (360, 100, 0),
+                (460, 100, 0),
+                (560, UDP_MAX_SEGMENTS * 50, 50),
+                (
+                    560 + UDP_MAX_SEGMENTS * 50,
+                    (70 - UDP_MAX_SEGMENTS) * 50,
+                    50
+                ),
+            ]]
+        );
+        let uplink = p.uplink_stats[0].clone();
+        assert_eq!(uplink.tx_packets.load(Ordering::Relaxed), 76);
+        assert_eq!(uplink.gso_sends.load(Ordering::Relaxed), 3);
+        assert!(p.batch.datagrams.is_empty(), "the flush empties the batch");
+
+        // The kernel refuses UDP GSO: the refused run and the rest go one by one, later batches too.
+        fill(&mut p);
+        let mut wire = Recorder {
+            refuse: Some(libc::EINVAL),
+            ..Recorder::default()
+        };
+        p.flush(&mut wire);
+        assert_eq!(wire.singles, 76);
+        assert_eq!(uplink.gso_fallbacks.load(Ordering::Relaxed), 1);
+        fill(&mut p);
+        p.flush(&mut wire);
+        assert_eq!(wire.calls.len(), 1);
+        assert!(wire.calls[0].iter().all(|&(_, _, segment)| segment == 0));
+        assert_eq!(wire.calls[0].len() + wire.singles, 2 * 76);
+        assert_eq!(uplink.tx_packets.load(Ordering::Relaxed), 3 * 76);
+    }
+
+    #[test]
+    fn one_gso_refusal_tells_every_worker_and_a_retry_comes_due() {
+        let g = UplinkGso::default();
+        assert!(g.is_on(0));
+        assert!(g.refuse(30_000), "the first refusal turns it off");
+        assert!(
+            !g.refuse(30_000),
+            "a second worker's refusal is not a second fallback"
+        );
+        assert!(!g.is_on(29_999));
+        assert!(g.is_on(30_000), "due again");
+        assert!(g.is_on(30_001));
+        assert!(g.refuse(u64::MAX));
+        assert!(!g.is_on(u64::MAX - 1), "off for good");
+    }
+
+    #[test]
+    fn outbound_commands_switch_sa_and_remote() {
+        use braid_crypto::Spi;
+        let first: SocketAddr = "192.0.2.1:4500".parse().unwrap();
+        let moved: SocketAddr = "192.0.2.1:61000".parse().unwrap();
+        let board = Board::new([first]);
+        let mut tunnels = vec![OutTunnel {
+            uplink: 0,
+            remote: first,
+            sa: None,
+            hold: None,
+            max_inner: 1400,
+            icmp_source_v4: None,
+            icmp_source_v6: None,
+            stats: Arc::default(),
+        }];
+        let apply = |tunnels: &mut Vec<OutTunnel>, command: fn(_) -> TxCommand| {
+            let (done, answer) = crossbeam_channel::bounded(1);
+            apply_tx(tunnels, &board, command(done));
+            answer.try_recv().expect("answered at once")
+        };
+        let seal = |t: &mut OutTunnel| {
+            let mut buf = PacketBuf::new();
+            buf.as_mut_slice()[HEADROOM] = 0x45;
+            let e = t.sa.as_mut().expect("an outbound SA");
+            let esp =
+                e.sa.seal(
+                    buf.as_mut_slice(),
+                    HEADROOM..HEADROOM + 60,
+                    NextHeader::Ipv4,
+                )
+                .unwrap();
+            e.counters.publish_outbound(&e.sa);
+            u32::from_be_bytes(buf.as_slice()[esp.start..esp.start + 4].try_into().unwrap())
+        };
+
+        assert!(tunnels[0].sa.is_none());
+        assert_eq!(board_sas(&board).outbound, None);
+        // (`fn` pointers cannot capture, so each SA is made inside.)
+        assert_eq!(
+            apply(&mut tunnels, |done| TxCommand::SetOutbound {
+                tunnel: 0,
+                hold: Duration::ZERO,
+                sa: Some(Arc::new(OutboundEntry::new(OutboundSa::new(
+                    Spi(0x100),
+                    &key_for_test(),
+                    false
+                )))),
+                done
+            }),
+            Ok(())
+        );
+        assert_eq!(seal(&mut tunnels[0]), 0x100);
+        assert_eq!(seal(&mut tunnels[0]), 0x100);
+        let out = board_sas(&board).outbound.unwrap();
+        assert_eq!(
+            (out.spi, out.packets, out.bytes, out.seq),
+            (Spi(0x100), 2, 120, 2)
+        );
+
+        // A rekey: the next packet goes out on the new SPI, starting at sequence number 1.
+        apply(&mut tunnels, |done| TxCommand::SetOutbound {
+            tunnel: 0,
+            hold: Duration::ZERO,
+            sa: Some(Arc::new(OutboundEntry::new(OutboundSa::new(
+                Spi(0x101),
+                &key_for_test(),
+                false,
+            )))),
+            done,
+        })
+        .unwrap();
+        assert_eq!(seal(&mut tunnels[0]), 0x101);
+        let out = board_sas(&board).outbound.unwrap();
+        assert_eq!((out.spi, out.packets, out.seq), (Spi(0x101), 1, 1));
+
+        apply(&mut tunnels, |done| TxCommand::SetRemote {
+            tunnel: 0,
+            remote: "192.0.2.1:61000".parse().unwrap(),
+            done,
+        })
+        .unwrap();
+        assert_eq!(tunnels[0].remote, moved);
+        assert_eq!(board_sas(&board).remote, moved);
+
+        assert_eq!(
+            apply(&mut tunnels, |done| TxCommand::SetOutbound {
+                tunnel: 0,
+                hold: Duration::ZERO,
+                sa: None,
+                done
+            }),
+            Ok(())
+        );
+        assert!(tunnels[0].sa.is_none());
+        assert_eq!(board_sas(&board).outbound, None);
+
+        assert_eq!(
+            apply(&mut tunnels, |done| TxCommand::SetRemote {
+                tunnel: 3,
+                remote: "192.0.2.9:4500".parse().unwrap(),
+                done
+            }),
+            Err(SaError::UnknownTunnel(3))
+        );
+        assert_eq!(tunnels[0].remote, moved, "unknown tunnel: nothing changed");
+    }
+
+    fn key_for_test() -> braid_crypto::SaKey {
+        braid_crypto::SaKey::new(
+            braid_crypto::Cipher::Aes256Gcm16,
+            &[9; braid_crypto::KEYMAT_LEN],
+        )
+        .unwrap()
+    }
+
+    fn board_sas(board: &Board) -> crate::sa::TunnelSas {
+        board.snapshot(0).unwrap()
+    }
+}
