@@ -20,12 +20,13 @@
 //!   only read, never sealed in place.
 //! - **outbound TSO**: the same path for a TCP super-packet of up to 32 segments (`NEEDS_CSUM`,
 //!   `GSO_TCPV4`): routing once per read, each segment cut, checksummed while copied and sealed in the batch.
-//! - **inbound** (A's uplink to A's TUN side): each datagram sealed by B is copied into the receive buffer
-//!   (the stand-in for `recv`'s copy), then [`classify`] (RFC 3948), the SPI lookup (a `HashMap` as in the
-//!   engine), [`InboundSa::open`] with the default 1024-packet replay window, the counters, the inner-packet
-//!   checks (version, length, the inner source allowed on that tunnel: the engine's own `check_inner`
-//!   and `source_allowed`) and the packet queued for the TUN write. The SAs are created anew
-//!   each round (the batch's sequence numbers repeat), 4 per round of [`BATCH`] packets.
+//! - **inbound** (A's uplink to A's TUN side): the engine's inbound worker path itself
+//!   ([`InboundPath::receive`], with a [`TunWire`] that takes every write). Before each round, untimed, B
+//!   seals its next batch (fresh sequence numbers, as a peer sends them); the round copies the datagrams into
+//!   receive slots, 32 messages at a time (the stand-in for `recvmmsg`'s copy), and A's path handles each
+//!   batch: classification (RFC 3948), the SPI lookup, the replay check (default 1024-packet window) and the
+//!   open in place, the inner-packet checks (version, length, the source allowed on that tunnel), the TUN
+//!   queue, GRO coalescing where packets allow it, the TUN writes and the counters once per batch.
 //! - **raw ring AEAD seal** over the same number of octets with an 8-octet AAD: the ceiling.
 //!
 //! Each direction runs on one thread, so the figures are per core. `--loopback` sends the sealed datagrams
@@ -33,35 +34,30 @@
 //! sockets on 127.0.0.1, with the engine's batched system calls: each full batch goes out with
 //! [`sys::send_batch`] (one `sendmmsg`, runs of one tunnel's datagrams as UDP GSO messages; after a refusal
 //! one datagram per message, as the engine falls back), and the receiver takes up to 32 messages per
-//! `recvmmsg` ([`RecvBatch`]) with UDP GRO on, splitting coalesced messages at their segment size. The report
-//! says which modes ran and how many datagrams each call carried.
+//! `recvmmsg` ([`RecvBatch`]) with UDP GRO on and hands each batch to B's inbound path (which splits coalesced
+//! messages at their segment size). The report says which modes ran and how many datagrams each call carried.
 //!
 //! Left out: the uplink cap (the shaper; benches run uncapped), ICMP too-big generation, IPv6, the TUN device.
-//! The inbound side still mirrors the engine's per-datagram routine (its receive path is not yet one
-//! function that takes its system calls from outside, as the outbound one is).
 
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::hint::black_box;
+use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use braid_crypto::{
-    classify, sealed_len, Cipher, InboundSa, OutboundSa, SaKey, Spi, UdpPayload, KEYMAT_LEN,
-};
-use braid_dataplane::engine::{check_inner, source_allowed};
+use braid_crypto::{sealed_len, Cipher, InboundSa, OutboundSa, SaKey, Spi, KEYMAT_LEN};
+use braid_dataplane::inbound::{InboundPath, TunWire};
 use braid_dataplane::outbound::{OutboundPath, Sockets, Wire};
-use braid_dataplane::stats::add;
 use braid_dataplane::sys::{self, RecvBatch, SendBatch};
 use braid_dataplane::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN};
 use braid_dataplane::wire;
 use braid_dataplane::{
-    DropReason, Fib, FibBuilder, FibCell, Liveness, Member, NextHopGroup, Prefix, TunStats,
-    TunnelIo, TunnelStats, UplinkStats,
+    Fib, FibBuilder, FibCell, Liveness, Member, NextHopGroup, Prefix, TunStats, TunnelIo,
+    TunnelStats, UplinkStats,
 };
 use serde::Serialize;
 
@@ -396,11 +392,6 @@ fn fib(side: Side) -> Fib {
     b.build()
 }
 
-struct InTunnel {
-    allowed: Vec<Prefix>,
-    stats: TunnelStats,
-}
-
 /// One gateway's outbound half, the TUN side to the uplink: the engine's own per-read path
 /// ([`OutboundPath`]) over one uncapped uplink, with the counters it adds to.
 struct Outbound {
@@ -577,113 +568,86 @@ impl Wire for Counted {
     }
 }
 
-/// One gateway's inbound half: the uplink to the TUN side.
+/// One gateway's inbound half, the uplink to the TUN side: the engine's own per-batch path ([`InboundPath`])
+/// with the counters it adds to.
 struct Inbound {
-    side: Side,
-    cipher: Cipher,
-    fib: Arc<FibCell>,
-    /// The FIB snapshot, refreshed once per batch (as the engine does).
-    fib_now: Arc<Fib>,
-    sas: HashMap<u32, (usize, InboundSa)>,
-    tunnels: Vec<InTunnel>,
-    uplink_stats: UplinkStats,
-    epoch: Instant,
+    path: InboundPath,
+    tunnels: Vec<Arc<TunnelStats>>,
+    uplink: Arc<UplinkStats>,
 }
 
 impl Inbound {
+    /// Gateway `side`'s inbound SAs (what the other side seals with `cipher`), replay window
+    /// [`REPLAY_WINDOW`]. A tunnel accepts the peer's inside address from its own prefixes and the other
+    /// site's sources through the FIB (the BGP-learned case), the longer of the engine's two checks.
     fn new(side: Side, cipher: Cipher) -> Inbound {
-        let cell = Arc::new(FibCell::new(fib(side)));
-        let mut r = Inbound {
-            side,
-            cipher,
-            fib_now: cell.snapshot(),
-            fib: cell,
-            sas: HashMap::new(),
-            tunnels: (0..TUNNELS)
-                .map(|t| InTunnel {
-                    // The peer's inside address only: the site's sources are allowed through the FIB (the
-                    // BGP-learned case), the longer of the engine's two checks.
-                    allowed: vec![
-                        Prefix::new(IpAddr::V4(Ipv4Addr::new(169, 254, t as u8, 0)), 30)
-                            .expect("prefix"),
-                    ],
-                    stats: TunnelStats::default(),
-                })
-                .collect(),
-            uplink_stats: UplinkStats::default(),
-            epoch: Instant::now(),
-        };
-        r.rekey();
-        r
-    }
-
-    /// Fresh inbound SAs (sequence numbers start over).
-    fn rekey(&mut self) {
         // We receive what the other side sends.
-        let a_to_b = self.side == Side::B;
-        self.sas.clear();
-        for t in 0..TUNNELS {
-            let s = spi(t, a_to_b);
-            let key = SaKey::new(self.cipher, &keymat(t, a_to_b)).expect("36 octets");
-            self.sas
-                .insert(s.0, (t, InboundSa::new(s, &key, false, REPLAY_WINDOW)));
+        let a_to_b = side == Side::B;
+        let tunnels: Vec<Arc<TunnelStats>> = (0..TUNNELS).map(|_| Arc::default()).collect();
+        let io = tunnels
+            .iter()
+            .enumerate()
+            .map(|(t, stats)| {
+                let key = SaKey::new(cipher, &keymat(t, a_to_b)).expect("36 octets");
+                TunnelIo {
+                    name: format!("t{t}"),
+                    uplink: 0,
+                    remote: SocketAddr::from(([198, 51, 100, 2], 4500)),
+                    outbound: None,
+                    inbound: vec![InboundSa::new(spi(t, a_to_b), &key, false, REPLAY_WINDOW)],
+                    allowed_sources: vec![Prefix::new(
+                        IpAddr::V4(Ipv4Addr::new(169, 254, t as u8, 0)),
+                        30,
+                    )
+                    .expect("prefix")],
+                    max_inner: 1400,
+                    icmp_source_v4: None,
+                    icmp_source_v6: None,
+                    stats: stats.clone(),
+                }
+            })
+            .collect();
+        let uplink = Arc::new(UplinkStats::default());
+        let path = InboundPath::standalone(
+            io,
+            vec![uplink.clone()],
+            Arc::new(FibCell::new(fib(side))),
+            Arc::default(),
+        )
+        .expect("distinct SPIs");
+        Inbound {
+            path,
+            tunnels,
+            uplink,
         }
     }
 
-    /// Handles the datagram at `buf[..n]`: the engine's `receive` up to the TUN write. Returns the inner
-    /// packet's range.
-    #[inline]
-    fn receive(&mut self, buf: &mut [u8], n: usize, now_ms: u64) -> Option<Range<usize>> {
-        let us = &self.uplink_stats;
-        add(&us.rx_packets, 1);
-        add(&us.rx_bytes, n as u64);
-        let spi = match classify(&buf[..n]) {
-            UdpPayload::Esp(spi) => spi,
-            _ => {
-                us.drops.count(DropReason::Malformed);
-                return None;
-            }
-        };
-        let Some((t, sa)) = self.sas.get_mut(&spi.0) else {
-            us.drops.count(DropReason::UnknownSpi);
-            return None;
-        };
-        let tunnel = &self.tunnels[*t];
-        let opened = match sa.open(&mut buf[..n]) {
-            Ok(o) => o,
-            Err(e) => {
-                tunnel.stats.drops.count(e.into());
-                return None;
-            }
-        };
-        let counters = [sa.packets(), sa.bytes(), sa.highest_seq()];
-        black_box(counters);
-        tunnel.stats.last_rx_ms.store(now_ms, Ordering::Relaxed);
-        let payload = &buf[opened.inner.clone()];
-        let checked = check_inner(payload, opened.next_header);
-        let inner = match &checked {
-            Ok(i) => i,
-            Err(reason) => {
-                tunnel.stats.drops.count(*reason);
-                return None;
-            }
-        };
-        if !source_allowed(inner.src, *t as u32, &tunnel.allowed, &self.fib_now) {
-            tunnel.stats.drops.count(DropReason::InnerSource);
-            return None;
-        }
-        add(&tunnel.stats.rx_packets, 1);
-        add(&tunnel.stats.rx_bytes, inner.len as u64);
-        Some(opened.inner.start..opened.inner.start + inner.len)
+    /// Inner packets written to the TUN device so far.
+    fn delivered(&self) -> u64 {
+        self.tunnels
+            .iter()
+            .map(|t| t.rx_packets.load(Ordering::Relaxed))
+            .sum()
     }
 
+    /// Datagrams dropped on the way in, for any reason.
     fn drops(&self) -> u64 {
-        self.uplink_stats.drops.total()
-            + self
-                .tunnels
-                .iter()
-                .map(|t| t.stats.drops.total())
-                .sum::<u64>()
+        self.uplink.drops.total() + self.tunnels.iter().map(|t| t.drops.total()).sum::<u64>()
+    }
+}
+
+/// The TUN side of the benches: takes every write whole, without a system call.
+struct TunSink;
+
+impl TunWire for TunSink {
+    fn write(&mut self, _: usize, frame: &[u8]) -> std::io::Result<usize> {
+        black_box(frame.as_ptr());
+        Ok(frame.len())
+    }
+
+    fn write_vectored(&mut self, _: usize, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        black_box(iov.as_ptr());
+        Ok(iov.iter().map(|s| s.len()).sum())
     }
 }
 
@@ -741,19 +705,24 @@ fn with_vnet_hdr(hdr: &VnetHdr, p: &[u8]) -> Vec<u8> {
     read
 }
 
-/// Runs the `rounds` (each handles [`BATCH`] packets) in turn, each round timed on its own, for about
-/// `secs` each in all, after one unmeasured round of each. Interleaving exposes all of them to the same
-/// contention, and the median round is what one core does when it is not preempted (a round takes 0.1-1 ms;
-/// a time slice is several): the figures stay comparable on a busy machine.
-fn measure(secs: f64, size: usize, rounds: &mut [&mut dyn FnMut()]) -> Vec<Rate> {
-    for r in rounds.iter_mut() {
+/// One benchmark round: its preparation (not timed), then the round itself (timed).
+type Round<'a> = (&'a mut dyn FnMut(), &'a mut dyn FnMut());
+
+/// Runs the `rounds` (each handles [`BATCH`] packets; each a preparation, not timed, and the round itself) in
+/// turn, each round timed on its own, for about `secs` each in all, after one unmeasured round of each.
+/// Interleaving exposes all of them to the same contention, and the median round is what one core does when
+/// it is not preempted (a round takes 0.1-1 ms; a time slice is several): the figures stay comparable on a
+/// busy machine.
+fn measure(secs: f64, size: usize, rounds: &mut [Round<'_>]) -> Vec<Rate> {
+    for (_, r) in rounds.iter_mut() {
         r();
     }
     let budget = Duration::from_secs_f64(secs * rounds.len() as f64);
     let start = Instant::now();
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); rounds.len()];
     while start.elapsed() < budget || times[0].len() < 3 {
-        for (r, t) in rounds.iter_mut().zip(&mut times) {
+        for ((prepare, r), t) in rounds.iter_mut().zip(&mut times) {
+            prepare();
             let t0 = Instant::now();
             r();
             t.push(t0.elapsed());
@@ -853,42 +822,50 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         a_tso.path.flush(&mut Discard);
     };
 
-    // Inbound: B seals a batch once; A opens copies of it.
+    // Inbound: before each round (untimed), B seals the next batch (fresh sequence numbers, as a peer sends
+    // them); the round copies them into receive slots, 32 messages at a time (the stand-in for `recvmmsg`'s
+    // copy), and A's inbound path handles each batch as the engine does, up to the TUN write.
     let mut b_out = Outbound::new(Side::B, opts.cipher, remote, size);
-    let mut keep = Keep::default();
-    for p in &packets(Side::B, size) {
-        b_out
-            .path
-            .read(&with_vnet_hdr(&VnetHdr::default(), p), &mut keep);
-    }
-    b_out.path.flush(&mut keep);
-    let sealed = keep.0;
-    assert_eq!(sealed.len(), BATCH, "B forwards its batch");
-    debug_assert!(sealed.iter().all(|s| s.len() == sealed_len(size)));
-    let mut a_in = Inbound::new(Side::A, opts.cipher);
-    let mut rx: Vec<Vec<u8>> = sealed.iter().map(|s| vec![0u8; s.len()]).collect();
-    let mut delivered: Vec<Range<usize>> = Vec::with_capacity(BATCH);
-    let mut in_round = || {
-        a_in.rekey();
-        a_in.fib.refresh(&mut a_in.fib_now);
-        delivered.clear();
-        let now_ms = (a_in.epoch.elapsed().as_millis() as u64).max(1);
-        for (buf, s) in rx.iter_mut().zip(&sealed) {
-            buf.copy_from_slice(s);
-            if let Some(r) = a_in.receive(buf, s.len(), now_ms) {
-                delivered.push(r);
-            }
+    let b_reads: Vec<Vec<u8>> = packets(Side::B, size)
+        .iter()
+        .map(|p| with_vnet_hdr(&VnetHdr::default(), p))
+        .collect();
+    let sealed = RefCell::new(Keep::default());
+    let mut seal_next = || {
+        let mut keep = sealed.borrow_mut();
+        keep.0.clear();
+        for r in &b_reads {
+            b_out.path.read(r, &mut *keep);
         }
-        black_box(&delivered);
+        b_out.path.flush(&mut *keep);
+    };
+    seal_next();
+    assert_eq!(sealed.borrow().0.len(), BATCH, "B forwards its batch");
+    debug_assert!(sealed
+        .borrow()
+        .0
+        .iter()
+        .all(|s| s.len() == sealed_len(size)));
+    let mut a_in = Inbound::new(Side::A, opts.cipher);
+    let mut rx = RecvBatch::new(RX_BATCH, sealed_len(size));
+    let from = SocketAddr::from(([198, 51, 100, 2], 4500));
+    let mut in_round = || {
+        for chunk in sealed.borrow().0.chunks(RX_BATCH) {
+            rx.clear();
+            for d in chunk {
+                rx.push(d, from, 0);
+            }
+            a_in.path.receive(0, &mut rx, chunk.len(), &mut TunSink);
+        }
     };
     let rates = measure(
         opts.secs,
         size,
         &mut [
-            &mut raw_round,
-            &mut out_round,
-            &mut tso_round,
-            &mut in_round,
+            (&mut || {}, &mut raw_round),
+            (&mut || {}, &mut out_round),
+            (&mut || {}, &mut tso_round),
+            (&mut seal_next, &mut in_round),
         ],
     );
     let [raw, outbound, outbound_tso, inbound] = <[Rate; 4]>::try_from(rates).expect("four rates");
@@ -906,7 +883,11 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         "outbound TSO sent"
     );
     assert_eq!(a_in.drops(), 0, "inbound drops");
-    assert_eq!(delivered.len(), BATCH, "every packet delivered");
+    assert_eq!(
+        a_in.delivered(),
+        inbound.packets + BATCH as u64,
+        "every packet delivered"
+    );
 
     let ratio = |r: &Rate| {
         if raw.mpps > 0.0 {
@@ -992,34 +973,7 @@ pub fn loopback(opts: &BenchOptions) -> Result<LoopbackReport> {
                             r.first.get_or_insert(now);
                             r.last = Some(now);
                             r.calls += 1;
-                            let now_ms = (b_in.epoch.elapsed().as_millis() as u64).max(1);
-                            for i in 0..n {
-                                let meta = batch.meta(i);
-                                if meta.truncated {
-                                    r.bad += 1;
-                                    continue;
-                                }
-                                // With UDP GRO a message is several datagrams of `segment` octets back to
-                                // back, the last maybe shorter.
-                                let step = if meta.segment > 0 && meta.segment < meta.len {
-                                    meta.segment
-                                } else {
-                                    meta.len
-                                };
-                                let slot = batch.slot_mut(i);
-                                let mut at = 0;
-                                while at < meta.len {
-                                    let len = step.min(meta.len - at);
-                                    match b_in.receive(&mut slot[at..], len, now_ms) {
-                                        Some(range) => {
-                                            black_box(&slot[at + range.start..at + range.end]);
-                                            r.ok += 1;
-                                        }
-                                        None => r.bad += 1,
-                                    }
-                                    at += len;
-                                }
-                            }
+                            b_in.path.receive(0, &mut batch, n, &mut TunSink);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             let wait = Duration::from_millis(200);
@@ -1033,6 +987,8 @@ pub fn loopback(opts: &BenchOptions) -> Result<LoopbackReport> {
                         Err(_) => r.bad += 1,
                     }
                 }
+                r.ok = b_in.delivered();
+                r.bad += b_in.drops();
                 r
             })?
     };

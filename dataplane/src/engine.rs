@@ -14,7 +14,7 @@
 //! `DataplaneSpec::tun.len()` (TUN queues) and the uplinks' socket count. Nothing passes between them: outbound
 //! worker `i` reads TUN queue `i` of a multi-queue device (the kernel keeps a flow on one queue), inbound worker
 //! `i` receives on socket `i` of each uplink's `SO_REUSEPORT` group (the kernel keeps a peer on one socket) and
-//! writes each flow to the TUN queue of its [`queue_hash`] (so the kernel steers the flow's other direction to
+//! writes each flow to the TUN queue of its [`queue_hash`](crate::flow::queue_hash) (so the kernel steers the flow's other direction to
 //! the outbound worker of that queue). Per-flow order holds without any reordering step. The workers share each
 //! SA: an [`OutboundSa`] seals through `&self` with an atomic sequence number, reserved once per TUN read; an
 //! inbound SA sits behind a mutex that a worker takes once per run of datagrams with its SPI (uncontended: the
@@ -22,7 +22,7 @@
 //! compare-and-swap per datagram on a capped uplink, [`TokenBucket`]). Each worker blocks in `epoll` (mio) with a waker for shutdown, never on the tokio runtime.
 //! Counters are relaxed atomics read by the control plane, moved once per batch.
 //!
-//! Routing: both threads read the control plane's current [`Fib`] snapshot from a [`FibCell`] (read-copy-update,
+//! Routing: both threads read the control plane's current [`Fib`](crate::fib::Fib) snapshot from a [`FibCell`] (read-copy-update,
 //! no lock). A prefix maps to a [`NextHopGroup`]; the tunnel for a packet is chosen per flow (5-tuple, or 3-tuple
 //! for fragments and other protocols: [`flow_hash`](crate::flow::flow_hash)) by weighted rendezvous hashing
 //! ([`scheduler::pick`](crate::scheduler::pick)), so a member leaving a group moves only its own flows. A flow table remembers each live flow's tunnel: a flow stays
@@ -73,11 +73,12 @@
 //! which GSO is tried again. Tunnel and uplink counters are added once per run,
 //! SA counters published once per batch.
 //!
-//! Inbound fast path: the inbound thread takes up to 32 messages per `recvmmsg` into receive slots it
+//! Inbound fast path (per batch: [`crate::inbound`], whose [`InboundPath`] takes its TUN writes from a
+//! [`TunWire`](crate::inbound::TunWire), so `braid bench` runs the same code): the inbound thread takes up to 32 messages per `recvmmsg` into receive slots it
 //! allocated once ([`RecvBatch`], 64 KiB each). The uplink sockets have UDP GRO on, so
 //! one message may be several ESP datagrams of one sender back to back (the `UDP_GRO` control message gives
 //! their size); each datagram is classified, looked up, checked against the replay window and opened in place
-//! exactly as if it had come alone. The inner packets of the whole batch then go through [`Gro`]
+//! exactly as if it had come alone. The inner packets of the whole batch then go through [`Gro`](crate::gro::Gro)
 //! ([`crate::gro`]): consecutive TCP segments (and equal-size UDP datagrams) of one flow become one
 //! super-packet written with one `writev` (a virtio-net header with the GSO type, and the payloads where they
 //! lie: no copy); everything else is written one packet per write, as before, in order per flow. Counters move
@@ -89,32 +90,31 @@
 //! over several workers (its 4-tuple is one socket's; several tunnels spread).
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use braid_crypto::udp_encap::NAT_KEEPALIVE;
-use braid_crypto::{classify, InboundSa, NextHeader, OutboundSa, UdpPayload, NON_ESP_MARKER};
+use braid_crypto::{InboundSa, OutboundSa, NON_ESP_MARKER};
 use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::buffer::{PacketBuf, HEADROOM};
-use crate::fib::{Fib, FibCell, Member, NextHopGroup};
-use crate::flow::queue_hash;
-use crate::gro::{self, Gro, Output};
+use crate::fib::{FibCell, Member, NextHopGroup};
+use crate::inbound::{self, InTunnel, InboundPath, TunQueues};
+pub use crate::inbound::{check_inner, source_allowed};
 use crate::outbound::{self, OutTunnel, OutboundPath, Sockets, UplinkGso};
 use crate::prefix::Prefix;
-use crate::sa::{Board, InboundEntry, InboundSas, OutboundEntry, RxCommand, SaControl, TxCommand};
+use crate::sa::{Board, InboundSas, OutboundEntry, RxCommand, SaControl, TxCommand};
 use crate::shaper::TokenBucket;
-use crate::stats::{add, DropReason, TunStats, TunnelStats, UplinkStats, WorkerStats};
+use crate::stats::{add, TunStats, TunnelStats, UplinkStats, WorkerStats};
 use crate::sys::{self, RecvBatch};
-use crate::vnet::{VnetHdr, VNET_HDR_LEN};
-use crate::wire::{self, Inner};
+use crate::vnet::VNET_HDR_LEN;
 
 const WAKE: Token = Token(usize::MAX);
 const TUN: Token = Token(usize::MAX - 1);
@@ -323,23 +323,13 @@ impl Dataplane {
         let mut sas = InboundSas::default();
         for (i, mut t) in spec.tunnels.into_iter().enumerate() {
             for sa in std::mem::take(&mut t.inbound) {
-                let spi = sa.spi();
-                sas.install(i, sa).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("tunnel {:?}: inbound SPI {spi}: {e}", t.name),
-                    )
-                })?;
+                inbound::install(&mut sas, i, &t.name, sa)?;
             }
             board.set_inbound(i, sas.counters(i));
             let sa = t.outbound.take().map(|sa| Arc::new(OutboundEntry::new(sa)));
             board.set_outbound(i, sa.as_ref().map(|e| e.counters.clone()));
             outbound.push(OutTunnel::new(&t, sa));
-            inbound.push(InTunnel {
-                index: i as u32,
-                allowed_sources: t.allowed_sources,
-                stats: t.stats,
-            });
+            inbound.push(InTunnel::new(i, &t));
         }
 
         let mut tx_polls = Vec::new();
@@ -404,30 +394,29 @@ impl Dataplane {
                     .spawn(move || tx.run())?,
             );
         }
+        let rx_shared = inbound::Shared {
+            queues: tuns.len(),
+            tunnels: inbound,
+            uplink_stats: uplink_stats.clone(),
+            sas,
+            fib: spec.fib.clone(),
+            ike: spec.ike.clone(),
+            tun_stats: spec.tun_stats.clone(),
+            worker_stats: workers.clone(),
+            epoch,
+        };
         for (w, (poll, commands)) in rx_polls.into_iter().zip(queues.rx).enumerate() {
             let rx = Inbound {
                 poll,
                 stop: stop.clone(),
-                tuns: tuns.clone().into(),
+                tuns: TunQueues(tuns.clone().into()),
                 sockets: sockets.clone(),
                 worker: w,
-                worker_stats: workers.clone(),
-                uplink_stats: uplink_stats.clone(),
-                tunnels: inbound.clone(),
-                fib: spec.fib.clone(),
-                fib_now: spec.fib.snapshot(),
-                sas: sas.clone(),
                 commands,
                 board: board.clone(),
-                ike: spec.ike.clone(),
-                epoch,
                 last_warn: None,
-                tun_stats: spec.tun_stats.clone(),
                 batch: RecvBatch::new(RX_BATCH, RX_SLOT),
-                packets: Vec::with_capacity(RX_DATAGRAMS),
-                gro: Gro::new(),
-                delivered: vec![(0, 0); inbound.len()],
-                touched_tunnels: Vec::new(),
+                path: InboundPath::new(w, &rx_shared),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -552,14 +541,6 @@ impl IkeSender {
     }
 }
 
-#[derive(Clone)]
-struct InTunnel {
-    /// This tunnel's index, as FIB members name it.
-    index: u32,
-    allowed_sources: Vec<Prefix>,
-    stats: Arc<TunnelStats>,
-}
-
 /// Logs a warning at most once per [`WARN_EVERY`].
 pub(crate) fn warn_limited(last: &mut Option<Instant>, f: impl FnOnce()) {
     let now = Instant::now();
@@ -660,57 +641,25 @@ fn enable_offloads(tun: &File) {
 }
 
 /// Messages one `recvmmsg` takes from an uplink socket.
-const RX_BATCH: usize = 32;
+pub(crate) const RX_BATCH: usize = 32;
 /// Octets of one receive slot: a UDP GRO message carries up to 64 KiB of datagrams.
 const RX_SLOT: usize = 1 << 16;
-/// Datagrams a batch usually holds at most (the kernel puts at most 64 in one GRO message); more only grows
-/// the list once.
-const RX_DATAGRAMS: usize = RX_BATCH * 64;
-
-/// An inner packet opened in place in a receive slot, waiting for the TUN write.
-#[derive(Copy, Clone, Debug)]
-struct RxPacket {
-    slot: u16,
-    /// The TUN queue it is written to.
-    queue: u16,
-    /// Where the inner packet starts in the slot; a zero virtio-net header lies just before it.
-    start: u32,
-    len: u32,
-    tunnel: u32,
-}
-
+/// An inbound worker: its sockets and its wake-ups; the per-batch work is its [`InboundPath`].
 struct Inbound {
     poll: Poll,
     stop: Arc<AtomicBool>,
-    /// Every TUN queue: a flow's packets are written to queue [`queue_hash`] mod queues, so that the kernel
-    /// steers the flow's other direction to the outbound worker reading that queue.
-    tuns: Arc<[Arc<File>]>,
+    /// Every TUN queue: a flow's packets are written to queue [`queue_hash`](crate::flow::queue_hash) mod
+    /// queues, so that the kernel steers the flow's other direction to the outbound worker reading that queue.
+    tuns: TunQueues,
     /// Per uplink, its sockets; this worker receives on socket `worker` of each uplink that has one.
     sockets: Arc<Vec<Vec<UdpSocket>>>,
     worker: usize,
-    worker_stats: Arc<[WorkerStats]>,
-    uplink_stats: Vec<Arc<UplinkStats>>,
-    tunnels: Vec<InTunnel>,
-    fib: Arc<FibCell>,
-    /// The FIB snapshot this worker routes from, refreshed per batch.
-    fib_now: Arc<Fib>,
-    /// Every tunnel's inbound SAs by SPI, across all uplinks (shared entries; this worker's map).
-    sas: InboundSas,
     commands: Receiver<RxCommand>,
     board: Arc<Board>,
-    ike: Option<crossbeam_channel::Sender<IkeDatagram>>,
-    epoch: Instant,
     last_warn: Option<Instant>,
-    tun_stats: Arc<TunStats>,
     /// The receive buffers, allocated once: ESP is opened in place in them and written to the TUN from there.
     batch: RecvBatch,
-    /// The inner packets of the current batch, in arrival order.
-    packets: Vec<RxPacket>,
-    gro: Gro,
-    /// Per tunnel, what the current batch delivered to the TUN device: packets, octets.
-    delivered: Vec<(u64, u64)>,
-    /// Tunnels that authenticated a packet in the current batch (their counters move once per batch).
-    touched_tunnels: Vec<u32>,
+    path: InboundPath,
 }
 
 impl Inbound {
@@ -742,7 +691,7 @@ impl Inbound {
                         break;
                     };
                     match self.batch.recv(socket.as_raw_fd()) {
-                        Ok(n) => self.receive_batch(u, n),
+                        Ok(n) => self.path.receive(u, &mut self.batch, n, &mut self.tuns),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => {
@@ -762,363 +711,14 @@ impl Inbound {
     /// Applies the control plane's SA changes waiting in the queue.
     fn apply_commands(&mut self) {
         while let Ok(command) = self.commands.try_recv() {
-            self.sas.apply(&self.board, command);
+            self.path.apply(&self.board, command);
         }
     }
-
-    /// Handles the `n` messages just received on uplink `u`: splits GRO messages into their datagrams, opens
-    /// each in place, writes the inner packets to the TUN device (coalesced where they can be), then updates
-    /// the counters once.
-    fn receive_batch(&mut self, u: usize, n: usize) {
-        // A coarse clock and the FIB snapshot: once per batch, not per packet.
-        let now_ms = (self.epoch.elapsed().as_millis() as u64).max(1);
-        self.fib.refresh(&mut self.fib_now);
-        self.packets.clear();
-        let (mut datagrams, mut octets, mut coalesced) = (0u64, 0u64, 0u64);
-        let mut cx = RxContext {
-            uplink: u,
-            stats: &self.uplink_stats[u],
-            tunnels: &self.tunnels,
-            sas: &self.sas,
-            fib: &self.fib_now,
-            ike: self.ike.as_ref(),
-            queues: self.tuns.len(),
-            packets: &mut self.packets,
-            touched_tunnels: &mut self.touched_tunnels,
-            run: None,
-        };
-        for m in 0..n {
-            let meta = self.batch.meta(m);
-            let (Some(from), false) = (meta.from, meta.truncated) else {
-                // Larger than a slot (no UDP datagram is), or from an address family braid does not use.
-                datagrams += 1;
-                octets += meta.len as u64;
-                cx.stats.drops.count(DropReason::Malformed);
-                continue;
-            };
-            // With UDP GRO the message is several datagrams of `segment` octets back to back, the last maybe
-            // shorter; each is handled exactly as if it had come alone.
-            let segment = if meta.segment > 0 && meta.segment < meta.len {
-                coalesced += 1;
-                meta.segment
-            } else {
-                meta.len.max(1)
-            };
-            let slot = self.batch.slot_mut(m);
-            let mut start = 0;
-            loop {
-                let end = (start + segment).min(meta.len);
-                datagrams += 1;
-                octets += (end - start) as u64;
-                cx.open_datagram(m, &mut slot[start..end], start, from);
-                start = end;
-                if start >= meta.len {
-                    break;
-                }
-            }
-        }
-        // The last run's SA: its counters are published and its lock released before the TUN writes.
-        drop(cx);
-        self.write_packets();
-
-        let us = &self.uplink_stats[u];
-        add(&us.rx_packets, datagrams);
-        add(&us.rx_bytes, octets);
-        add(&us.rx_batches, 1);
-        add(&self.worker_stats[self.worker].uplink_datagrams, datagrams);
-        if coalesced > 0 {
-            add(&us.gro_receives, coalesced);
-        }
-        for t in self.touched_tunnels.drain(..) {
-            let stats = &self.tunnels[t as usize].stats;
-            stats.last_rx_ms.store(now_ms, Ordering::Relaxed);
-            let (packets, bytes) = std::mem::take(&mut self.delivered[t as usize]);
-            if packets > 0 {
-                add(&stats.rx_packets, packets);
-                add(&stats.rx_bytes, bytes);
-            }
-        }
-    }
-
-    /// Writes the batch's inner packets to the TUN device, in order per flow, coalescing what [`Gro`] can.
-    fn write_packets(&mut self) {
-        let Inbound {
-            batch,
-            packets,
-            gro,
-            tuns,
-            tunnels,
-            delivered,
-            tun_stats,
-            last_warn,
-            ..
-        } = self;
-        let (batch, packets, tuns) = (&*batch, &*packets, &**tuns);
-        let mut offloads = gro.offloads();
-        let mut sink = |out: Output<'_>| match out {
-            Output::Single(id) => {
-                let p = packets[id as usize];
-                deliver(
-                    &tuns[p.queue as usize],
-                    frame(batch, p),
-                    p,
-                    tunnels,
-                    delivered,
-                    last_warn,
-                );
-            }
-            Output::Super(s) => {
-                let mut iov = [IoSlice::new(&[]); gro::MAX_SEGMENTS + 1];
-                iov[0] = IoSlice::new(s.header);
-                for (slice, piece) in iov[1..].iter_mut().zip(s.pieces) {
-                    let p = packets[piece.id as usize];
-                    let start = p.start as usize;
-                    *slice = IoSlice::new(
-                        &batch.slot(p.slot as usize)[start + piece.start..start + piece.end],
-                    );
-                }
-                // The TUN device copies the iovecs into one buffer and takes the virtio-net header from its
-                // first octets: no copy here. The pieces are one flow's: one queue.
-                let queue = s.pieces.first().map_or(0, |p| packets[p.id as usize].queue);
-                let tun = &*tuns[queue as usize];
-                match (&mut &*tun).write_vectored(&iov[..s.pieces.len() + 1]) {
-                    Ok(n) if n == VNET_HDR_LEN + s.ip_len => {
-                        add(&tun_stats.gro_writes, 1);
-                        add(&tun_stats.gro_packets, s.pieces.len() as u64);
-                        for piece in s.pieces {
-                            count_delivered(delivered, packets[piece.id as usize]);
-                        }
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        // The kernel refuses this kind of super-packet (e.g. USO before Linux 6.2): stop building
-                        // it, and write these packets one by one, so none is lost.
-                        add(&tun_stats.gro_fallbacks, 1);
-                        let kind = if s.udp {
-                            &mut offloads.udp
-                        } else {
-                            &mut offloads.tcp
-                        };
-                        if std::mem::replace(kind, false) {
-                            tracing::info!(
-                                udp = s.udp,
-                                error = %e,
-                                "the TUN device refused a coalesced write; writing packets one by one"
-                            );
-                        }
-                        for piece in s.pieces {
-                            let p = packets[piece.id as usize];
-                            deliver(tun, frame(batch, p), p, tunnels, delivered, last_warn);
-                        }
-                    }
-                    Ok(_) | Err(_) => {
-                        for piece in s.pieces {
-                            let t = packets[piece.id as usize].tunnel as usize;
-                            tunnels[t].stats.drops.count(DropReason::TunWriteFailed);
-                        }
-                        warn_limited(last_warn, || {
-                            tracing::warn!(udp = s.udp, "TUN write failed")
-                        });
-                    }
-                }
-            }
-        };
-        for (id, p) in packets.iter().enumerate() {
-            let start = p.start as usize;
-            let pkt = &batch.slot(p.slot as usize)[start..start + p.len as usize];
-            gro.push(id as u32, p.tunnel, pkt, &mut sink);
-        }
-        gro.flush(&mut sink);
-        gro.set_offloads(offloads);
-    }
-}
-
-/// What opening one batch's datagrams needs, borrowed from the inbound worker (apart from the receive slots,
-/// which the datagrams are opened in).
-struct RxContext<'a> {
-    uplink: usize,
-    stats: &'a UplinkStats,
-    tunnels: &'a [InTunnel],
-    sas: &'a InboundSas,
-    /// The FIB snapshot of this batch.
-    fib: &'a Fib,
-    ike: Option<&'a crossbeam_channel::Sender<IkeDatagram>>,
-    /// TUN queues to spread flows over.
-    queues: usize,
-    packets: &'a mut Vec<RxPacket>,
-    touched_tunnels: &'a mut Vec<u32>,
-    /// The SA of the current run of datagrams with one SPI, locked (see [`SaRun`]).
-    run: Option<SaRun<'a>>,
-}
-
-/// An inbound SA locked for a run of consecutive datagrams with its SPI: one lock per run, not per packet.
-/// When the run ends (another SPI, or the end of the batch) its counters are published and the lock released.
-struct SaRun<'a> {
-    spi: u32,
-    entry: &'a InboundEntry,
-    sa: MutexGuard<'a, InboundSa>,
-}
-
-impl Drop for SaRun<'_> {
-    fn drop(&mut self) {
-        self.entry.counters.publish_inbound(&self.sa);
-    }
-}
-
-impl<'a> RxContext<'a> {
-    /// Handles one datagram (at `offset` in receive slot `m`): IKE and keepalives go their way, ESP is opened
-    /// in place; an inner packet that passes the checks gets a zero virtio-net header in front (where the ESP
-    /// header was) and joins the batch's packets.
-    fn open_datagram(&mut self, m: usize, datagram: &mut [u8], offset: usize, from: SocketAddr) {
-        let us = self.stats;
-        let spi = match classify(datagram) {
-            UdpPayload::Esp(spi) => spi,
-            UdpPayload::Ike(message) => {
-                add(&us.ike_received, 1);
-                if let Some(ike) = self.ike {
-                    let _ = ike.try_send(IkeDatagram {
-                        uplink: self.uplink,
-                        from,
-                        message: message.to_vec(),
-                    });
-                }
-                return;
-            }
-            UdpPayload::NatKeepalive => return add(&us.nat_keepalives, 1),
-            UdpPayload::Malformed => return us.drops.count(DropReason::Malformed),
-        };
-        if self.run.as_ref().map(|r| r.spi) != Some(spi.0) {
-            self.run = None;
-            let Some(entry) = self.sas.get(spi) else {
-                return us.drops.count(DropReason::UnknownSpi);
-            };
-            self.run = Some(SaRun {
-                spi: spi.0,
-                entry,
-                sa: entry.lock(),
-            });
-        }
-        let Some(run) = &mut self.run else {
-            return;
-        };
-        let Some(tunnel) = self.tunnels.get(run.entry.tunnel) else {
-            return us.drops.count(DropReason::UnknownSpi);
-        };
-        let opened = match run.sa.open(datagram) {
-            Ok(o) => o,
-            Err(e) => return tunnel.stats.drops.count(e.into()),
-        };
-        if !self.touched_tunnels.contains(&tunnel.index) {
-            self.touched_tunnels.push(tunnel.index);
-        }
-        let checked = check_inner(&datagram[opened.inner.clone()], opened.next_header);
-        let inner = match &checked {
-            Ok(i) => i,
-            Err(reason) => return tunnel.stats.drops.count(*reason),
-        };
-        if !source_allowed(inner.src, tunnel.index, &tunnel.allowed_sources, self.fib) {
-            return tunnel.stats.drops.count(DropReason::InnerSource);
-        }
-        let queue = if self.queues > 1 {
-            queue_hash(&datagram[opened.inner.clone()], inner) as usize % self.queues
-        } else {
-            0
-        };
-        // The virtio-net header goes where the ESP header was: the packet is written from where it lies.
-        VnetHdr::default().write(&mut datagram[opened.inner.start - VNET_HDR_LEN..]);
-        self.packets.push(RxPacket {
-            slot: m as u16,
-            queue: queue as u16,
-            start: (offset + opened.inner.start) as u32,
-            len: inner.len as u32,
-            tunnel: tunnel.index,
-        });
-    }
-}
-
-/// Packet `p` with the zero virtio-net header in front of it, as it lies in its receive slot.
-fn frame(batch: &RecvBatch, p: RxPacket) -> &[u8] {
-    let start = p.start as usize;
-    &batch.slot(p.slot as usize)[start - VNET_HDR_LEN..start + p.len as usize]
-}
-
-/// Writes one packet (`frame`: header and packet) to the TUN device; counts it as delivered or dropped.
-fn deliver(
-    mut tun: &File,
-    frame: &[u8],
-    p: RxPacket,
-    tunnels: &[InTunnel],
-    delivered: &mut [(u64, u64)],
-    last_warn: &mut Option<Instant>,
-) {
-    // One packet per write on a TUN device: it is taken whole or refused.
-    match tun.write(frame) {
-        Ok(n) if n == frame.len() => count_delivered(delivered, p),
-        Ok(_) => tunnels[p.tunnel as usize]
-            .stats
-            .drops
-            .count(DropReason::TunWriteFailed),
-        Err(e) => {
-            tunnels[p.tunnel as usize]
-                .stats
-                .drops
-                .count(DropReason::TunWriteFailed);
-            warn_limited(last_warn, || tracing::warn!(error = %e, "TUN write failed"));
-        }
-    }
-}
-
-/// Adds packet `p` to its tunnel's delivered (packets, octets) of this batch.
-fn count_delivered(delivered: &mut [(u64, u64)], p: RxPacket) {
-    let d = &mut delivered[p.tunnel as usize];
-    d.0 += 1;
-    d.1 += u64::from(p.len);
-}
-
-/// Whether tunnel `index` may carry packets from `src`: its own inside/static prefixes, or a FIB route for `src`
-/// that has the tunnel among its members (backups included).
-pub fn source_allowed(src: IpAddr, index: u32, allowed: &[Prefix], fib: &Fib) -> bool {
-    allowed.iter().any(|p| p.contains(src))
-        || fib
-            .lookup(src)
-            .is_some_and(|g| g.members().iter().any(|m| m.tunnel == index))
-}
-
-/// The inner-packet sanity check after decryption: the version must match ESP's next header and the length
-/// must be consistent.
-pub fn check_inner(payload: &[u8], next: NextHeader) -> Result<Inner, DropReason> {
-    let inner = wire::inspect(payload).map_err(|_| DropReason::InnerMalformed)?;
-    let expected = match next {
-        NextHeader::Ipv4 => 4,
-        NextHeader::Ipv6 => 6,
-    };
-    if inner.version != expected {
-        return Err(DropReason::InnerMalformed);
-    }
-    Ok(inner)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::PacketBuilder;
-
-    #[test]
-    fn inner_checks() {
-        let mut ok = Vec::new();
-        PacketBuilder::ipv4([192, 0, 2, 5], [198, 51, 100, 1], 64)
-            .udp(1, 2)
-            .write(&mut ok, &[0; 10])
-            .unwrap();
-        assert!(check_inner(&ok, NextHeader::Ipv4).is_ok());
-        assert_eq!(
-            check_inner(&ok, NextHeader::Ipv6),
-            Err(DropReason::InnerMalformed)
-        );
-        assert_eq!(
-            check_inner(&ok[..20], NextHeader::Ipv4),
-            Err(DropReason::InnerMalformed)
-        );
-    }
 
     #[test]
     fn dead_tunnels_leave_groups_and_backups_take_over() {
@@ -1157,43 +757,5 @@ mod tests {
         );
         live.set(99, false); // unknown: ignored
         assert!(!live.is_live(99));
-    }
-
-    #[test]
-    fn sources_allowed_by_static_prefixes_or_by_fib_membership() {
-        use crate::fib::FibBuilder;
-        let allowed: Vec<Prefix> = vec!["192.0.2.0/26".parse().unwrap()];
-        let mut b = FibBuilder::new();
-        // 198.51.100.0/24 learned over tunnels 1 (active) and 2 (backup); 203.0.113.0/24 over tunnel 3 only.
-        let group = NextHopGroup::new(vec![
-            Member {
-                tunnel: 1,
-                weight: 1,
-                backup: false,
-            },
-            Member {
-                tunnel: 2,
-                weight: 1,
-                backup: true,
-            },
-        ])
-        .unwrap();
-        b.insert("198.51.100.0/24".parse().unwrap(), Arc::new(group));
-        b.insert(
-            "203.0.113.0/24".parse().unwrap(),
-            Arc::new(NextHopGroup::single(3)),
-        );
-        let fib = b.build();
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(source_allowed(ip("192.0.2.5"), 1, &allowed, &fib));
-        assert!(!source_allowed(ip("192.0.2.100"), 1, &allowed, &fib));
-        assert!(source_allowed(ip("198.51.100.7"), 1, &allowed, &fib));
-        assert!(
-            source_allowed(ip("198.51.100.7"), 2, &allowed, &fib),
-            "a backup member may send too"
-        );
-        assert!(!source_allowed(ip("198.51.100.7"), 3, &allowed, &fib));
-        assert!(!source_allowed(ip("203.0.113.9"), 1, &allowed, &fib));
-        assert!(source_allowed(ip("203.0.113.9"), 3, &[], &fib));
     }
 }

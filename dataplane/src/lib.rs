@@ -13,6 +13,7 @@ pub mod fib;
 pub mod flow;
 pub mod gro;
 pub mod gso;
+pub mod inbound;
 pub mod kernel;
 pub mod outbound;
 pub mod path;

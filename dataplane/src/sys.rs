@@ -409,6 +409,30 @@ impl RecvBatch {
         Ok(n)
     }
 
+    /// Empties the batch, to [`push`](Self::push) messages into it as if they had been received
+    /// (benchmarks and tests).
+    pub fn clear(&mut self) {
+        self.filled = 0;
+    }
+
+    /// Adds `message` from `from` as if [`recv`](Self::recv) had received it (`segment` > 0: a UDP GRO
+    /// message of datagrams of that size); false if the batch or the slot is too small for it.
+    pub fn push(&mut self, message: &[u8], from: SocketAddr, segment: usize) -> bool {
+        let i = self.filled;
+        if i >= self.meta.len() || message.len() > self.slot_len {
+            return false;
+        }
+        self.data[i * self.slot_len..][..message.len()].copy_from_slice(message);
+        self.meta[i] = RecvMeta {
+            len: message.len(),
+            from: Some(from),
+            segment,
+            truncated: false,
+        };
+        self.filled += 1;
+        true
+    }
+
     /// Messages the last [`recv`](Self::recv) returned.
     pub fn len(&self) -> usize {
         self.filled
