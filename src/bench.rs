@@ -455,10 +455,25 @@ impl Outbound {
     }
 }
 
-/// The synthetic rounds' wire: takes every message whole, as the kernel would, without a system call.
-struct Discard;
+/// The synthetic rounds' wire: takes every message whole, as the kernel would, without a system call; with
+/// `keep`, it also keeps a copy of each datagram (GSO messages split at their segment size).
+#[derive(Default)]
+struct Sink {
+    keep: bool,
+    kept: Vec<Vec<u8>>,
+}
 
-impl Wire for Discard {
+impl Sink {
+    /// A sink that keeps what it is sent.
+    fn keeping() -> Sink {
+        Sink {
+            keep: true,
+            kept: Vec::new(),
+        }
+    }
+}
+
+impl Wire for Sink {
     fn send_batch(
         &mut self,
         _: usize,
@@ -467,52 +482,28 @@ impl Wire for Discard {
         from: usize,
     ) -> std::io::Result<usize> {
         black_box((buf.as_ptr(), msgs.msgs()));
-        Ok(msgs.len() - from)
-    }
-
-    fn send_to(&mut self, _: usize, datagram: &[u8], _: SocketAddr) -> std::io::Result<()> {
-        black_box(datagram);
-        Ok(())
-    }
-
-    fn writable(&mut self, _: usize, _: Duration) -> bool {
-        true
-    }
-
-    fn write_tun(&mut self, frame: &[u8]) -> std::io::Result<usize> {
-        Ok(frame.len())
-    }
-}
-
-/// A wire that keeps a copy of each datagram sent (GSO messages split at their segment size).
-#[derive(Default)]
-struct Keep(Vec<Vec<u8>>);
-
-impl Wire for Keep {
-    fn send_batch(
-        &mut self,
-        _: usize,
-        buf: &[u8],
-        msgs: &mut SendBatch,
-        from: usize,
-    ) -> std::io::Result<usize> {
-        for m in &msgs.msgs()[from..] {
-            let step = if m.segment > 0 {
-                m.segment as usize
-            } else {
-                m.len
-            };
-            self.0.extend(
-                buf[m.start..m.start + m.len]
-                    .chunks(step)
-                    .map(<[u8]>::to_vec),
-            );
+        if self.keep {
+            for m in &msgs.msgs()[from..] {
+                let step = if m.segment > 0 {
+                    m.segment as usize
+                } else {
+                    m.len
+                };
+                self.kept.extend(
+                    buf[m.start..m.start + m.len]
+                        .chunks(step)
+                        .map(<[u8]>::to_vec),
+                );
+            }
         }
         Ok(msgs.len() - from)
     }
 
     fn send_to(&mut self, _: usize, datagram: &[u8], _: SocketAddr) -> std::io::Result<()> {
-        self.0.push(datagram.to_vec());
+        black_box(datagram);
+        if self.keep {
+            self.kept.push(datagram.to_vec());
+        }
         Ok(())
     }
 
@@ -781,10 +772,11 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         .iter()
         .map(|p| with_vnet_hdr(&VnetHdr::default(), p))
         .collect();
+    let mut out_sink = Sink::default();
     for r in &reads {
-        a_out.path.read(r, &mut Discard);
+        a_out.path.read(r, &mut out_sink);
     }
-    a_out.path.flush(&mut Discard);
+    a_out.path.flush(&mut out_sink);
     let spread: Vec<usize> = a_out
         .tunnels
         .iter()
@@ -792,9 +784,9 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         .collect();
     let mut out_round = || {
         for r in &reads {
-            a_out.path.read(r, &mut Discard);
+            a_out.path.read(r, &mut out_sink);
         }
-        a_out.path.flush(&mut Discard);
+        a_out.path.flush(&mut out_sink);
     };
 
     // Outbound with TSO: TCP super-packets of TSO_SEGMENTS segments of `size` octets, BATCH segments a round.
@@ -815,11 +807,12 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         &packet(Side::A, 1, HEADER_LEN + segments * gso_size),
     );
     let mut a_tso = Outbound::new(Side::A, opts.cipher, remote, size);
+    let mut tso_sink = Sink::default();
     let mut tso_round = || {
         for _ in 0..BATCH / segments {
-            a_tso.path.read(&super_read, &mut Discard);
+            a_tso.path.read(&super_read, &mut tso_sink);
         }
-        a_tso.path.flush(&mut Discard);
+        a_tso.path.flush(&mut tso_sink);
     };
 
     // Inbound: before each round (untimed), B seals the next batch (fresh sequence numbers, as a peer sends
@@ -830,27 +823,27 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         .iter()
         .map(|p| with_vnet_hdr(&VnetHdr::default(), p))
         .collect();
-    let sealed = RefCell::new(Keep::default());
+    let sealed = RefCell::new(Sink::keeping());
     let mut seal_next = || {
         let mut keep = sealed.borrow_mut();
-        keep.0.clear();
+        keep.kept.clear();
         for r in &b_reads {
             b_out.path.read(r, &mut *keep);
         }
         b_out.path.flush(&mut *keep);
     };
     seal_next();
-    assert_eq!(sealed.borrow().0.len(), BATCH, "B forwards its batch");
+    assert_eq!(sealed.borrow().kept.len(), BATCH, "B forwards its batch");
     debug_assert!(sealed
         .borrow()
-        .0
+        .kept
         .iter()
         .all(|s| s.len() == sealed_len(size)));
     let mut a_in = Inbound::new(Side::A, opts.cipher);
     let mut rx = RecvBatch::new(RX_BATCH, sealed_len(size));
     let from = SocketAddr::from(([198, 51, 100, 2], 4500));
     let mut in_round = || {
-        for chunk in sealed.borrow().0.chunks(RX_BATCH) {
+        for chunk in sealed.borrow().kept.chunks(RX_BATCH) {
             rx.clear();
             for d in chunk {
                 rx.push(d, from, 0);
