@@ -107,7 +107,6 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::buffer::{PacketBuf, HEADROOM};
 use crate::fib::{FibCell, Member, NextHopGroup};
 use crate::inbound::{self, InTunnel, InboundPath, TunQueues};
-pub use crate::inbound::{check_inner, source_allowed};
 use crate::outbound::{self, OutTunnel, OutboundPath, Sockets, UplinkGso};
 use crate::prefix::Prefix;
 use crate::sa::{Board, InboundSas, OutboundEntry, RxCommand, SaControl, TxCommand};
@@ -534,8 +533,8 @@ impl IkeSender {
     }
 
     fn send_raw(&self, uplink: usize, to: SocketAddr, datagram: &[u8]) -> io::Result<()> {
-        self.socket(uplink)?;
-        // Worker 0's socket of the uplink, the one `socket` names; a full buffer is waited for briefly.
+        // Worker 0's socket of the uplink, the one `socket` names (the same error for an unknown uplink); a full
+        // buffer is waited for briefly.
         let mut wire = Sockets::new(self.sockets.clone(), 0, None);
         outbound::send_one(&mut wire, uplink, datagram, to)
     }
