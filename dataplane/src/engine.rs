@@ -90,7 +90,7 @@
 //! over several workers (its 4-tuple is one socket's; several tunnels spread).
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, IoSliceMut, Read};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,7 +104,6 @@ use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::buffer::{PacketBuf, HEADROOM};
 use crate::fib::{FibCell, Member, NextHopGroup};
 use crate::inbound::{self, InTunnel, InboundPath, TunQueues};
 use crate::outbound::{self, OutTunnel, OutboundPath, Sockets, UplinkGso};
@@ -113,7 +112,6 @@ use crate::sa::{Board, InboundSas, OutboundEntry, RxCommand, SaControl, TxComman
 use crate::shaper::TokenBucket;
 use crate::stats::{add, TunStats, TunnelStats, UplinkStats, WorkerStats};
 use crate::sys::{self, RecvBatch};
-use crate::vnet::VNET_HDR_LEN;
 
 const WAKE: Token = Token(usize::MAX);
 const TUN: Token = Token(usize::MAX - 1);
@@ -566,7 +564,6 @@ struct Outbound {
 impl Outbound {
     fn run(mut self) {
         let mut events = Events::with_capacity(8);
-        let mut buf = PacketBuf::new();
         while !self.stop.load(Ordering::Relaxed) {
             let timeout = self
                 .path
@@ -596,7 +593,11 @@ impl Outbound {
                     self.apply_commands();
                     self.path.release_holds(&mut self.wire);
                 }
-                let n = match (&*self.tun).read(buf.vnet_payload_area()) {
+                // One copy: the kernel's, straight into the batch's next slot (a larger read's rest into the
+                // spill buffer).
+                let (slot, spill) = self.path.read_areas(&mut self.wire);
+                let mut areas = [IoSliceMut::new(slot), IoSliceMut::new(spill)];
+                let n = match (&*self.tun).read_vectored(&mut areas) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -608,8 +609,7 @@ impl Outbound {
                         break;
                     }
                 };
-                let read = &buf.as_slice()[HEADROOM - VNET_HDR_LEN..HEADROOM - VNET_HDR_LEN + n];
-                self.path.read(read, &mut self.wire);
+                self.path.read_placed(n, &mut self.wire);
             }
             self.path.flush(&mut self.wire);
         }

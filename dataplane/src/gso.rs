@@ -195,6 +195,23 @@ impl Plan {
         self.segment_len(0)
     }
 
+    /// Finishes a packet that is not a super-packet where it lies (`pkt`, the packet [`Plan::new`] checked):
+    /// completes its checksum if it has one to complete. Returns its length, or `None` for a super-packet
+    /// (its segments are written elsewhere by [`write`](Self::write)).
+    pub fn finish_in_place(&self, pkt: &mut [u8]) -> Option<usize> {
+        match self.work {
+            Work::Plain => Some(self.len),
+            Work::Checksum { start, offset } => {
+                // The field holds the pseudo-header sum: the checksum over `start..` including it is the result.
+                let c = fold(sum(0, &pkt[start..self.len]));
+                let c = if c == 0 { 0xffff } else { c };
+                pkt[start + offset..start + offset + 2].copy_from_slice(&c.to_be_bytes());
+                Some(self.len)
+            }
+            Work::Segment { .. } => None,
+        }
+    }
+
     /// Writes packet `i` of `pkt` (the packet [`Plan::new`] checked) into the start of `out` and returns its
     /// length, [`segment_len`](Self::segment_len)`(i)`.
     ///
@@ -758,6 +775,10 @@ mod tests {
             assert!(transport_ok(&segs[0]));
             assert_eq!(segs[0][..start + offset], pkt[..start + offset]);
             assert_eq!(segs[0][start + offset + 2..], pkt[start + offset + 2..]);
+            // Finished where it lies (a read straight into the batch): the same octets.
+            let mut in_place = pkt.clone();
+            assert_eq!(plan.finish_in_place(&mut in_place), Some(pkt.len()));
+            assert_eq!(in_place, segs[0]);
         }
     }
 
@@ -769,6 +790,9 @@ mod tests {
         let plan = Plan::new(&VnetHdr::default(), &pkt).unwrap();
         assert_eq!(plan.count(), 1);
         assert_eq!(segments(&plan, &pkt), vec![pkt[..len].to_vec()]);
+        let mut in_place = pkt.clone();
+        assert_eq!(plan.finish_in_place(&mut in_place), Some(len));
+        assert_eq!(in_place, pkt, "left as it is");
     }
 
     #[test]
@@ -782,6 +806,11 @@ mod tests {
         );
         let plan = Plan::new(&gso(GSO_TCPV4, 1448, 20, 16), &pkt).unwrap();
         assert_eq!(plan.count(), 1);
+        assert_eq!(
+            plan.finish_in_place(&mut pkt.clone()),
+            None,
+            "segmented, not finished"
+        );
         let s = &segments(&plan, &pkt)[0];
         assert_eq!(s[33], TCP_FIN | TCP_PSH | TCP_CWR | 0x10, "first and last");
         assert!(transport_ok(s) && ipv4_header_ok(s));

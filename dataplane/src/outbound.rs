@@ -2,9 +2,11 @@
 //!
 //! A read (a virtio-net header and a finished packet or a super-packet) is inspected, routed through the
 //! worker's FIB snapshot, given a tunnel (per flow from the flow table, or sprayed), checked against the
-//! tunnel MTU (an ICMP "too big" goes back otherwise), and its segments ([`crate::gso`]) are written straight
-//! into the next slots of the worker's batch buffer and sealed there, so that the sealed datagrams lie back to
-//! back. The sequence numbers of all of a read's segments are reserved with one atomic step. A capped uplink's
+//! tunnel MTU (an ICMP "too big" goes back otherwise), and sealed into the next slots of the worker's batch
+//! buffer, so that the sealed datagrams lie back to back. The TUN device reads straight into the next slot
+//! ([`OutboundPath::read_areas`]: one `readv`, the slot first, a spill buffer for the rest of a larger read),
+//! so a finished packet is sealed where the kernel put it, with no copy in user space; a super-packet's
+//! segments ([`crate::gso`]) are written from the spill buffer into the slots (the segmentation is the copy). The sequence numbers of all of a read's segments are reserved with one atomic step. A capped uplink's
 //! datagrams pass its token bucket (sent, held briefly, or dropped). A full batch, and the batch once the
 //! device is drained, goes out per uplink: runs of equal-size datagrams of one tunnel (the last may be
 //! shorter; at most 64 and 64 KiB) become one UDP GSO message, the messages of the batch one `sendmmsg`. An
@@ -57,6 +59,11 @@ const BATCH_BYTES: usize = 256 * 1024;
 pub const HOLD_PACKETS: u64 = 1024;
 /// The most octets of reads one outbound worker holds per tunnel while it waits for its next outbound SA.
 pub const HOLD_BYTES: usize = 1 << 20;
+/// Octets of packet the batch's next slot takes from a TUN read at first: a finished packet up to this size is
+/// sealed where the kernel put it (no copy in user space).
+const SLOT_ROOM_MIN: usize = 2048;
+/// The most the slot grows to after larger finished packets (a TUN MTU above [`SLOT_ROOM_MIN`]).
+const SLOT_ROOM_MAX: usize = 16 * 1024;
 /// Reads between two refreshes of the coarse clock and the FIB snapshot under load.
 const TICK_READS: u32 = 256;
 
@@ -372,6 +379,11 @@ pub struct OutboundPath {
     gso: Arc<[UplinkGso]>,
     /// Where an ICMP error is built.
     icmp: PacketBuf,
+    /// Octets of packet a read may put into the batch's next slot (see [`OutboundPath::read_areas`]).
+    slot_room: usize,
+    /// Where the rest of a read larger than the slot goes, and where it is made whole (taken out while it is
+    /// forwarded).
+    spill: Option<PacketBuf>,
 }
 
 impl OutboundPath {
@@ -415,6 +427,8 @@ impl OutboundPath {
             batch: TxBatch::new(),
             gso: shared.gso.clone(),
             icmp: PacketBuf::new(),
+            slot_room: SLOT_ROOM_MIN,
+            spill: Some(PacketBuf::new()),
         }
     }
 
@@ -450,20 +464,65 @@ impl OutboundPath {
         OutboundPath::new(0, &shared)
     }
 
-    /// Handles one TUN read, `read` = virtio-net header and packet: counts it and forwards it (see the
-    /// module docs); under load, refreshes the clock and the FIB snapshot every 256 reads.
-    #[inline]
-    pub fn read(&mut self, read: &[u8], wire: &mut impl Wire) {
+    /// Where the next TUN read goes (one `readv` of both): the batch's next slot, where a packet of up to
+    /// [`slot_room`](Self) octets is sealed where the kernel put it (the virtio-net header just before it), and
+    /// the worker's spill buffer for the rest of a larger read (a super-packet). Sends the batch first if it has
+    /// no room for a slot.
+    pub fn read_areas(&mut self, wire: &mut impl Wire) -> (&mut [u8], &mut [u8]) {
+        if !self.batch.fits(self.slot_room) {
+            self.flush(wire);
+        }
+        let start = self.batch.end + HEADROOM - VNET_HDR_LEN;
+        let room = VNET_HDR_LEN + self.slot_room;
+        let spill = self.spill.get_or_insert_with(PacketBuf::new);
+        (
+            &mut self.batch.buf[start..start + room],
+            &mut spill.vnet_payload_area()[room..],
+        )
+    }
+
+    /// Handles the TUN read of `n` octets that went into [`read_areas`](Self::read_areas): counts it and
+    /// forwards it (see the module docs); under load, refreshes the clock and the FIB snapshot every 256 reads.
+    /// A finished packet is sealed in its slot; a super-packet, or a packet larger than the slot, is first made
+    /// whole in the spill buffer (its slot part copied there) and its segments written into the batch.
+    pub fn read_placed(&mut self, n: usize, wire: &mut impl Wire) {
         self.reads.reads += 1;
-        if read.len() < VNET_HDR_LEN {
+        let room = VNET_HDR_LEN + self.slot_room;
+        let start = self.batch.end + HEADROOM - VNET_HDR_LEN;
+        if n < VNET_HDR_LEN {
             self.tun_stats.drops.count(DropReason::InnerMalformed);
+        } else if n <= room && !is_super(&self.batch.buf[start..]) {
+            self.forward_in_slot(n, wire);
         } else {
+            // Taken out while it is forwarded (a move), put back after.
+            let mut spill = self.spill.take().unwrap_or_default();
+            let first = n.min(room);
+            spill.vnet_payload_area()[..first]
+                .copy_from_slice(&self.batch.buf[start..start + first]);
+            let read = &spill.as_slice()[HEADROOM - VNET_HDR_LEN..][..n];
+            if n > room && !is_super(read) {
+                // A packet larger than the slot (the TUN MTU is above it): later slots take such packets.
+                self.slot_room = (n - VNET_HDR_LEN).min(SLOT_ROOM_MAX);
+            }
             self.forward(read, wire);
+            self.spill = Some(spill);
         }
         self.since_tick += 1;
         if self.since_tick >= TICK_READS {
             self.tick();
         }
+    }
+
+    /// Handles one read that is not in the batch (`read` = virtio-net header and packet) as if the TUN device
+    /// had just put it there: copied into [`read_areas`](Self::read_areas) (as the kernel's `readv` would),
+    /// then [`read_placed`](Self::read_placed). For callers without a TUN device (`braid bench`, tests).
+    pub fn read(&mut self, read: &[u8], wire: &mut impl Wire) {
+        let (slot, spill) = self.read_areas(wire);
+        let first = read.len().min(slot.len());
+        slot[..first].copy_from_slice(&read[..first]);
+        let rest = (read.len() - first).min(spill.len());
+        spill[..rest].copy_from_slice(&read[first..first + rest]);
+        self.read_placed(first + rest, wire);
     }
 
     /// Refreshes the coarse clock and the FIB snapshot (per wake-up, and under load every few hundred reads).
@@ -528,22 +587,81 @@ impl OutboundPath {
         }
     }
 
-    /// Forwards one read (its virtio-net header, then a finished packet, one whose checksum is still to be
-    /// completed, or a super-packet to segment). Routing, the tunnel choice, the SA and the MTU are decided
-    /// once for all its segments (they share the 5-tuple); each segment is then written into the batch and
-    /// sealed there.
+    /// Forwards one read that lies outside the batch (its virtio-net header, then a finished packet, one whose
+    /// checksum is still to be completed, or a super-packet to segment): what happens to it is decided once
+    /// for all its segments ([`decide`](Self::decide)); each segment is then written into the batch and sealed
+    /// there.
     fn forward(&mut self, read: &[u8], wire: &mut impl Wire) {
+        let Some((mut segments, mut seq)) = self.decide(read, wire) else {
+            return;
+        };
+        let pkt = &read[VNET_HDR_LEN..];
+        segments.pkt = Some(pkt);
+        let count = segments.plan.count();
+        let mut i = 0;
+        while i < count {
+            match self.seal_segments(&segments, i, &mut seq) {
+                // The batch is full: send it, go on with the rest (a segment that fits no batch at all, which
+                // a 64 KiB read cannot make, is dropped rather than retried forever).
+                Some(stopped) if stopped < count => {
+                    if stopped == i && self.batch.datagrams.is_empty() && self.batch.end == 0 {
+                        return self.tunnels[segments.t]
+                            .stats
+                            .drops
+                            .count_many(DropReason::InnerMalformed, (count - i) as u64);
+                    }
+                    self.flush(wire);
+                    i = stopped;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Forwards the finished packet of `n` octets (virtio-net header included) that the TUN device read into
+    /// the batch's next slot ([`read_areas`](Self::read_areas)): decided as any read, then sealed where it lies.
+    fn forward_in_slot(&mut self, n: usize, wire: &mut impl Wire) {
+        let start = self.batch.end + HEADROOM - VNET_HDR_LEN;
+        // The batch buffer is taken out while the read in it is decided on (a move), and put back.
+        let buf = std::mem::take(&mut self.batch.buf);
+        let decided = self.decide(&buf[start..start + n], wire);
+        self.batch.buf = buf;
+        let Some((segments, mut seq)) = decided else {
+            return;
+        };
+        // The slot was made to fit it: it cannot stop for room (if it did, the packet is dropped, not lost
+        // track of: a flush would move the slot).
+        if self.seal_segments(&segments, 0, &mut seq) == Some(0) {
+            debug_assert!(false, "a read in its slot did not fit the batch");
+            self.tunnels[segments.t]
+                .stats
+                .drops
+                .count(DropReason::InnerMalformed);
+        }
+    }
+
+    /// Decides what happens to one read, once for all its segments (they share the 5-tuple): inspected, routed,
+    /// given a tunnel, an SA and the segments' sequence numbers, checked against the tunnel MTU. Returns the
+    /// segments to seal (their source not yet set), or `None` when the read was dropped, held for the next SA,
+    /// or answered with an ICMP "too big" (each counted).
+    fn decide(
+        &mut self,
+        read: &[u8],
+        wire: &mut impl Wire,
+    ) -> Option<(Segments<'static>, SeqRange)> {
         let hdr = VnetHdr::parse(read).unwrap_or_default();
         let pkt = &read[VNET_HDR_LEN..];
         // Matched by reference: moving the results out copies them through the stack, where loads wider than
         // the stores that wrote them stall (store forwarding; ~15 ns a packet in `braid bench`).
         let inspected = wire::inspect(pkt);
         let Ok(inner) = &inspected else {
-            return self.tun_stats.drops.count(DropReason::InnerMalformed);
+            self.tun_stats.drops.count(DropReason::InnerMalformed);
+            return None;
         };
         let planned = Plan::new(&hdr, pkt);
         let Ok(plan) = &planned else {
-            return self.tun_stats.drops.count(DropReason::OffloadMalformed);
+            self.tun_stats.drops.count(DropReason::OffloadMalformed);
+            return None;
         };
         let count = plan.count();
         if plan.is_gso() {
@@ -558,23 +676,25 @@ impl OutboundPath {
             .filter(|&t| t < self.tunnels.len());
         self.fib_now = Some(fib);
         let Some(t) = routed else {
-            return self
-                .tun_stats
+            self.tun_stats
                 .drops
                 .count_many(DropReason::NoRoute, count as u64);
+            return None;
         };
         let tunnel = &mut self.tunnels[t];
         let Some(entry) = &tunnel.sa else {
             // Waiting for the next SA: keep the read as it came (it is forwarded again when the SA is set).
             if let Some(hold) = tunnel.hold.as_mut() {
                 if hold.keep(read, count as u64, Instant::now()) {
-                    return add(&tunnel.stats.held_for_sa, count as u64);
+                    add(&tunnel.stats.held_for_sa, count as u64);
+                    return None;
                 }
             }
-            return tunnel
+            tunnel
                 .stats
                 .drops
                 .count_many(DropReason::NoSa, count as u64);
+            return None;
         };
         let segment_len = plan.max_segment_len();
         if segment_len > tunnel.max_inner && inner.dont_fragment {
@@ -601,55 +721,37 @@ impl OutboundPath {
                     }
                 }
             }
-            return;
+            return None;
         }
-        // IPv4 without DF that exceeds the tunnel MTU is sealed whole; the kernel fragments the outer datagram.
-        let gso = segment_len <= tunnel.max_inner;
-        let next = if inner.version == 4 {
-            NextHeader::Ipv4
-        } else {
-            NextHeader::Ipv6
-        };
-        let u = tunnel.uplink;
-        let on_wire_extra = crate::outer_overhead(tunnel.remote.is_ipv6());
         // The segments' sequence numbers: one atomic step for the whole read, whichever workers share the SA.
-        let mut seq = match entry.sa.reserve(count as u64) {
+        let seq = match entry.sa.reserve(count as u64) {
             Ok(r) => r,
             Err(_) => {
-                return tunnel
+                tunnel
                     .stats
                     .drops
-                    .count_many(DropReason::SeqExhausted, count as u64)
+                    .count_many(DropReason::SeqExhausted, count as u64);
+                return None;
             }
         };
+        let u = tunnel.uplink;
         let segments = Segments {
             t,
-            plan,
-            pkt,
-            next,
-            gso,
-            on_wire_extra,
+            plan: *plan,
+            pkt: None,
+            next: if inner.version == 4 {
+                NextHeader::Ipv4
+            } else {
+                NextHeader::Ipv6
+            },
+            // IPv4 without DF that exceeds the tunnel MTU is sealed whole; the kernel fragments the outer
+            // datagram.
+            gso: segment_len <= tunnel.max_inner,
+            on_wire_extra: crate::outer_overhead(tunnel.remote.is_ipv6()),
             // The cap's clock: once per read, not per segment.
             now: self.shapers[u].as_ref().map(|_| Instant::now()),
         };
-        let mut i = 0;
-        while i < count {
-            match self.seal_segments(&segments, i, &mut seq) {
-                // The batch is full: send it, go on with the rest (a segment that fits no batch at all, which
-                // a 64 KiB read cannot make, is dropped rather than retried forever).
-                Some(stopped) if stopped < count => {
-                    if stopped == i && self.batch.datagrams.is_empty() && self.batch.end == 0 {
-                        return self.tunnels[t]
-                            .stats
-                            .drops
-                            .count_many(DropReason::InnerMalformed, (count - i) as u64);
-                    }
-                    self.flush(wire);
-                    i = stopped;
-                }
-                _ => return,
-            }
-        }
+        Some((segments, seq))
     }
 
     /// Writes and seals segments `from..` of one read into the batch until they are done or the batch is full;
@@ -682,8 +784,16 @@ impl OutboundPath {
             }
             i += 1;
             let slot = batch.end;
-            s.plan
-                .write(s.pkt, i - 1, &mut batch.buf[slot + HEADROOM..]);
+            match s.pkt {
+                Some(pkt) => {
+                    s.plan.write(pkt, i - 1, &mut batch.buf[slot + HEADROOM..]);
+                }
+                // Read into this slot: finished where it lies.
+                None => {
+                    s.plan
+                        .finish_in_place(&mut batch.buf[slot + HEADROOM..slot + HEADROOM + len]);
+                }
+            }
             let esp = match entry.sa.seal_next(
                 &mut batch.buf,
                 slot + HEADROOM..slot + HEADROOM + len,
@@ -1048,11 +1158,17 @@ fn note_sealed(sealed: &mut Vec<(usize, u64, u64)>, t: usize, (packets, bytes): 
     }
 }
 
+/// Whether a read (virtio-net header first) is a super-packet to segment (or too short to tell).
+fn is_super(read: &[u8]) -> bool {
+    VnetHdr::parse(read).is_none_or(|h| h.gso_kind() != crate::vnet::GSO_NONE)
+}
+
 /// One read's segments as [`OutboundPath::seal_segments`] seals them: decided once per read.
 struct Segments<'a> {
     t: usize,
-    plan: &'a Plan,
-    pkt: &'a [u8],
+    plan: Plan,
+    /// The packet they are written from, or `None` for a finished packet read into the batch's next slot.
+    pkt: Option<&'a [u8]>,
     next: NextHeader,
     gso: bool,
     on_wire_extra: usize,
@@ -1158,10 +1274,12 @@ mod tests {
     use crate::sa::{Board, OutboundEntry};
     use braid_crypto::OutboundSa;
 
-    /// Records what the path sends: per `sendmmsg`, its messages (start, octets, segment size).
+    /// Records what the path sends: per `sendmmsg`, its messages (start, octets, segment size); and every
+    /// datagram (GSO messages split at their segment size).
     #[derive(Default)]
     struct Recorder {
         calls: Vec<Vec<(usize, usize, u16)>>,
+        datagrams: Vec<Vec<u8>>,
         /// Fail GSO messages with this error (a kernel that refuses UDP GSO).
         refuse: Option<i32>,
         singles: usize,
@@ -1171,13 +1289,22 @@ mod tests {
         fn send_batch(
             &mut self,
             _: usize,
-            _: &[u8],
+            buf: &[u8],
             msgs: &mut SendBatch,
             from: usize,
         ) -> io::Result<usize> {
             let msgs = &msgs.msgs()[from..];
             if let (Some(errno), true) = (self.refuse, msgs.iter().any(|m| m.segment != 0)) {
                 return Err(io::Error::from_raw_os_error(errno));
+            }
+            for m in msgs {
+                let step = if m.segment > 0 {
+                    m.segment as usize
+                } else {
+                    m.len
+                };
+                let message = buf[m.start..m.start + m.len].chunks(step);
+                self.datagrams.extend(message.map(<[u8]>::to_vec));
             }
             self.calls
                 .push(msgs.iter().map(|m| (m.start, m.len, m.segment)).collect());
@@ -1284,6 +1411,123 @@ mod tests {
         assert!(wire.calls[0].iter().all(|&(_, _, segment)| segment == 0));
         assert_eq!(wire.calls[0].len() + wire.singles, 2 * 76);
         assert_eq!(uplink.tx_packets.load(Ordering::Relaxed), 3 * 76);
+    }
+
+    /// An IPv4 UDP packet of `len` octets from 192.0.2.10 to 198.51.100.20 (DF set if `df`), its header
+    /// checksum and its UDP checksum right.
+    fn udp_v4(len: usize, df: bool, fill: u8) -> Vec<u8> {
+        let mut p = vec![fill; len];
+        p[..20].copy_from_slice(&[
+            0x45, 0, 0, 0, 0, 7, 0, 0, 64, 17, 0, 0, 192, 0, 2, 10, 198, 51, 100, 20,
+        ]);
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[6] = if df { 0x40 } else { 0 };
+        let c = wire::checksum(0, &p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p[20..28].copy_from_slice(&[0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 0]);
+        p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
+        let pseudo = crate::gso::sum((len - 20) as u64 + 17, &p[12..20]);
+        let c = crate::gso::fold(crate::gso::sum(pseudo, &p[20..]));
+        p[26..28].copy_from_slice(&if c == 0 { 0xffff } else { c }.to_be_bytes());
+        p
+    }
+
+    /// Reads go into the batch's next slot: a finished packet is sealed where the TUN device put it (its
+    /// checksum completed there when the kernel left it to braid); a packet larger than the slot, or a
+    /// super-packet, is made whole in the spill buffer and its segments written into the batch. Each comes
+    /// out of the tunnel octet for octet as it went in, and a larger packet makes later slots larger.
+    #[test]
+    fn reads_in_their_slot_or_through_the_spill_come_out_intact() {
+        use crate::fib::{FibBuilder, NextHopGroup};
+        use crate::vnet::{F_NEEDS_CSUM, GSO_UDP_L4};
+        use braid_crypto::{InboundSa, Spi};
+        let tunnel = TunnelIo {
+            name: "t0".into(),
+            uplink: 0,
+            remote: SocketAddr::from(([192, 0, 2, 1], 4500)),
+            outbound: Some(OutboundSa::new(Spi(0x200), &key_for_test(), false)),
+            inbound: Vec::new(),
+            allowed_sources: Vec::new(),
+            max_inner: 9000,
+            icmp_source_v4: None,
+            icmp_source_v6: None,
+            stats: Arc::default(),
+        };
+        let mut fib = FibBuilder::new();
+        let all = crate::prefix::Prefix::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).unwrap();
+        fib.insert(all, Arc::new(NextHopGroup::single(0)));
+        let mut p = OutboundPath::standalone(
+            vec![tunnel],
+            vec![Arc::default()],
+            Arc::new(FibCell::new(fib.build())),
+            Liveness::new(1),
+            Arc::default(),
+            1,
+        );
+        let with_hdr = |hdr: VnetHdr, pkt: &[u8]| {
+            let mut read = vec![0u8; VNET_HDR_LEN];
+            hdr.write(&mut read);
+            read.extend_from_slice(pkt);
+            read
+        };
+        let mut wire = Recorder::default();
+        let mut sent = Vec::new();
+
+        // A finished packet: in its slot.
+        let plain = udp_v4(1000, true, 0x11);
+        p.read(&with_hdr(VnetHdr::default(), &plain), &mut wire);
+        sent.push(plain);
+        // A packet whose UDP checksum the kernel left to braid (the pseudo-header sum in its field).
+        let full = udp_v4(600, true, 0x22);
+        let mut partial = full.clone();
+        let pseudo = !crate::gso::fold(crate::gso::sum(580 + 17, &partial[12..20]));
+        partial[26..28].copy_from_slice(&pseudo.to_be_bytes());
+        let needs_csum = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 20,
+            csum_offset: 6,
+            ..VnetHdr::default()
+        };
+        p.read(&with_hdr(needs_csum, &partial), &mut wire);
+        sent.push(full);
+        assert_eq!(p.slot_room, SLOT_ROOM_MIN);
+        // Larger than the slot (a TUN MTU above it): through the spill, and later slots take such packets.
+        for fill in [0x33, 0x44] {
+            let big = udp_v4(3000, false, fill);
+            p.read(&with_hdr(VnetHdr::default(), &big), &mut wire);
+            sent.push(big);
+            assert_eq!(p.slot_room, 3000);
+        }
+        // A UDP super-packet of three 500-octet segments: through the spill.
+        let superpacket = udp_v4(28 + 1500, true, 0x55);
+        let uso = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_UDP_L4,
+            hdr_len: 28,
+            gso_size: 500,
+            csum_start: 20,
+            csum_offset: 6,
+        };
+        p.read(&with_hdr(uso, &superpacket), &mut wire);
+        p.flush(&mut wire);
+
+        let mut inbound = InboundSa::new(Spi(0x200), &key_for_test(), false, 64);
+        let inner: Vec<Vec<u8>> = wire
+            .datagrams
+            .iter_mut()
+            .map(|d| {
+                let opened = inbound.open(d).expect("authentic");
+                let pkt = &d[opened.inner];
+                pkt[..u16::from_be_bytes([pkt[2], pkt[3]]) as usize].to_vec()
+            })
+            .collect();
+        assert_eq!(inner.len(), sent.len() + 3);
+        assert_eq!(inner[..sent.len()], sent[..]);
+        for (i, segment) in inner[sent.len()..].iter().enumerate() {
+            assert_eq!(segment.len(), 528);
+            assert_eq!(segment[28..], superpacket[28 + 500 * i..28 + 500 * (i + 1)]);
+        }
+        assert_eq!(p.tun_stats.drops.total(), 0);
     }
 
     #[test]
