@@ -93,7 +93,7 @@ use std::fs::File;
 use std::io::{self, IoSliceMut, Read};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -180,25 +180,42 @@ pub struct TunnelIo {
 /// connected route, one member) reachable, so BGP and BFD can see the tunnel come back, and a wrong verdict
 /// never blackholes a route that has nowhere else to go.
 #[derive(Clone)]
-pub struct Liveness(Arc<[AtomicBool]>);
+pub struct Liveness {
+    live: Arc<[AtomicBool]>,
+    /// Counts the verdicts that changed (what the outbound workers' route cache stamps its entries with).
+    generation: Arc<AtomicU64>,
+}
 
 impl Liveness {
     pub fn new(tunnels: usize) -> Liveness {
-        Liveness((0..tunnels).map(|_| AtomicBool::new(true)).collect())
+        Liveness {
+            live: (0..tunnels).map(|_| AtomicBool::new(true)).collect(),
+            generation: Arc::default(),
+        }
     }
 
     /// Marks `tunnel` live or dead; unknown tunnels are ignored.
     pub fn set(&self, tunnel: usize, live: bool) {
-        if let Some(f) = self.0.get(tunnel) {
-            f.store(live, Ordering::Relaxed);
+        if let Some(f) = self.live.get(tunnel) {
+            if f.swap(live, Ordering::Relaxed) != live {
+                // Released after the verdict: whoever sees the new generation sees the new verdict.
+                self.generation.fetch_add(1, Ordering::Release);
+            }
         }
     }
 
     #[inline]
     pub fn is_live(&self, tunnel: u32) -> bool {
-        self.0
+        self.live
             .get(tunnel as usize)
             .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// How many verdicts have changed so far: while it is the same, every group's [`members`](Self::members)
+    /// are the same.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The members of `group` that carry traffic now: its active members that are live, else its live backups,

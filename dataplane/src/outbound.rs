@@ -364,7 +364,12 @@ pub struct OutboundPath {
     held: usize,
     /// Spare buffers for held datagrams.
     pool: Vec<Vec<u8>>,
+    /// Which tunnel each flow took, and the route cache.
     flows: FlowTable,
+    /// Counts the FIB snapshots this worker has routed from (part of the route cache's stamp).
+    fib_generation: u64,
+    /// Which 65536 routing changes the stamp is in (see [`OutboundPath::route_stamp`]).
+    route_epoch: u64,
     spray: bool,
     spray_counter: u64,
     flow_seed: u64,
@@ -418,6 +423,8 @@ impl OutboundPath {
             held: 0,
             pool: Vec::new(),
             flows: FlowTable::default(),
+            fib_generation: 0,
+            route_epoch: 0,
             spray: shared.spray,
             spray_counter: worker as u64,
             flow_seed: shared.flow_seed,
@@ -530,8 +537,25 @@ impl OutboundPath {
         self.since_tick = 0;
         self.now_s = self.epoch.elapsed().as_secs().min(u32::MAX as u64 - 1) as u32;
         if let Some(fib) = &mut self.fib_now {
-            self.fib.refresh(fib);
+            if self.fib.refresh(fib) {
+                self.fib_generation = self.fib_generation.wrapping_add(1);
+            }
         }
+    }
+
+    /// The stamp of the routing a flow's tunnel is found under (the FIB snapshot and the liveness verdicts):
+    /// it changes whenever either does, and the route cache ([`FlowTable::cached`]) holds only under it. The
+    /// stamp is the low 16 bits of a count that only grows; when the count passes into its next 65536, the flow
+    /// table is emptied, so no old stamp can come round again (its flows are placed afresh, where rendezvous
+    /// hashing puts them back on their tunnels).
+    #[inline]
+    fn route_stamp(&mut self) -> u16 {
+        let count = self.fib_generation.wrapping_add(self.liveness.generation());
+        if count >> 16 != self.route_epoch {
+            self.route_epoch = count >> 16;
+            self.flows.forget_all();
+        }
+        count as u16
     }
 
     /// Applies one command of the control plane to this worker's tunnels and answers it (the caller may have
@@ -541,20 +565,49 @@ impl OutboundPath {
         self.holding = self.tunnels.iter().filter(|t| t.hold.is_some()).count();
     }
 
-    /// The tunnel for a packet to `group`: per flow (remembered in the flow table) or per packet (spray).
-    fn choose(&mut self, group: &NextHopGroup, pkt: &[u8], inner: &Inner) -> Option<usize> {
+    /// The tunnel for a packet: from the route cache when its flow's tunnel was found under the current
+    /// routing; otherwise routed to its next-hop group and chosen there, per flow (remembered in the flow
+    /// table) or per packet (spray). `None`: no route.
+    fn route(&mut self, pkt: &[u8], inner: &Inner) -> Option<usize> {
+        let flow = if self.spray {
+            None
+        } else {
+            flow_hash_inspected(pkt, inner, self.flow_seed)
+        };
+        let stamp = self.route_stamp();
+        if let Some(t) = flow.and_then(|h| self.flows.cached(h, self.now_s, stamp)) {
+            return Some(t as usize);
+        }
+        // The snapshot is taken out while `choose` borrows the worker, and put back (a move, no atomics).
+        let fib = self.fib_now.take().unwrap_or_else(|| self.fib.snapshot());
+        let routed = fib
+            .lookup(inner.dst)
+            .and_then(|group| self.choose(group, flow, stamp));
+        self.fib_now = Some(fib);
+        routed
+    }
+
+    /// The tunnel for a packet of flow `flow` (`None`: sprayed, or no flow hash) to `group`, under the routing
+    /// stamped `stamp`.
+    fn choose(&mut self, group: &NextHopGroup, flow: Option<u64>, stamp: u16) -> Option<usize> {
         let mut live = [NO_MEMBER; MAX_LIVE];
         let members = self.liveness.members(group, &mut live);
-        if let [only] = members {
-            return Some(only.tunnel as usize);
-        }
-        if self.spray {
-            self.spray_counter = self.spray_counter.wrapping_add(1);
-            return scheduler::pick_spray(members, self.spray_counter).map(|t| t as usize);
-        }
-        let hash = flow_hash_inspected(pkt, inner, self.flow_seed).unwrap_or(0);
-        if let Some(t) = self.flows.lookup(hash, self.now_s, members) {
+        let Some(hash) = flow else {
+            if let [only] = members {
+                return Some(only.tunnel as usize);
+            }
+            if self.spray {
+                self.spray_counter = self.spray_counter.wrapping_add(1);
+                return scheduler::pick_spray(members, self.spray_counter).map(|t| t as usize);
+            }
+            return scheduler::pick(members, 0).map(|t| t as usize);
+        };
+        if let Some(t) = self.flows.lookup(hash, self.now_s, members, stamp) {
             return Some(t as usize);
+        }
+        if let [only] = members {
+            self.flows.remember(hash, only.tunnel, self.now_s, stamp);
+            return Some(only.tunnel as usize);
         }
         // A new flow (or its tunnel left the group): hash it, but away from a full uplink if another has room.
         let mut tunnel = scheduler::pick(members, hash)?;
@@ -572,7 +625,7 @@ impl OutboundPath {
                 tunnel = t;
             }
         }
-        self.flows.remember(hash, tunnel, self.now_s);
+        self.flows.remember(hash, tunnel, self.now_s, stamp);
         Some(tunnel as usize)
     }
 
@@ -668,13 +721,7 @@ impl OutboundPath {
             self.reads.gso_reads += 1;
             self.reads.gso_segments += count as u64;
         }
-        // The snapshot is taken out while `choose` borrows the worker, and put back (a move, no atomics).
-        let fib = self.fib_now.take().unwrap_or_else(|| self.fib.snapshot());
-        let routed = fib
-            .lookup(inner.dst)
-            .and_then(|group| self.choose(group, pkt, inner))
-            .filter(|&t| t < self.tunnels.len());
-        self.fib_now = Some(fib);
+        let routed = self.route(pkt, inner).filter(|&t| t < self.tunnels.len());
         let Some(t) = routed else {
             self.tun_stats
                 .drops
@@ -1527,6 +1574,106 @@ mod tests {
             assert_eq!(segment.len(), 528);
             assert_eq!(segment[28..], superpacket[28 + 500 * i..28 + 500 * (i + 1)]);
         }
+        assert_eq!(p.tun_stats.drops.total(), 0);
+    }
+
+    /// The route cache follows the routing: a flow keeps its tunnel while nothing changes; when its tunnel
+    /// is declared dead, or a new FIB sends its destination elsewhere, its very next packet follows; and when
+    /// the routing count passes into its next 65536 the flow table starts afresh.
+    #[test]
+    fn route_cache_follows_liveness_and_fib_changes() {
+        use crate::fib::{FibBuilder, Member, NextHopGroup};
+        use braid_crypto::Spi;
+        let tunnels: Vec<TunnelIo> = (0..2u8)
+            .map(|t| TunnelIo {
+                name: format!("t{t}"),
+                uplink: 0,
+                remote: SocketAddr::from(([192, 0, 2, 1 + t], 4500)),
+                outbound: Some(OutboundSa::new(
+                    Spi(0x300 + t as u32),
+                    &key_for_test(),
+                    false,
+                )),
+                inbound: Vec::new(),
+                allowed_sources: Vec::new(),
+                max_inner: 1400,
+                icmp_source_v4: None,
+                icmp_source_v6: None,
+                stats: Arc::default(),
+            })
+            .collect();
+        let stats: Vec<Arc<TunnelStats>> = tunnels.iter().map(|t| t.stats.clone()).collect();
+        let all = crate::prefix::Prefix::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).unwrap();
+        let fib_to = |members: &[u32]| {
+            let group = NextHopGroup::new(
+                members
+                    .iter()
+                    .map(|&tunnel| Member {
+                        tunnel,
+                        weight: 1,
+                        backup: false,
+                    })
+                    .collect(),
+            )
+            .unwrap();
+            let mut b = FibBuilder::new();
+            b.insert(all, Arc::new(group));
+            b.build()
+        };
+        let cell = Arc::new(FibCell::new(fib_to(&[0, 1])));
+        let liveness = Liveness::new(2);
+        let mut p = OutboundPath::standalone(
+            tunnels,
+            vec![Arc::default()],
+            cell.clone(),
+            liveness.clone(),
+            Arc::default(),
+            1,
+        );
+        let mut read = vec![0u8; VNET_HDR_LEN];
+        read.extend_from_slice(&udp_v4(200, true, 0x66));
+        let mut wire = Recorder::default();
+        let sent = |p: &mut OutboundPath, wire: &mut Recorder| {
+            p.read(&read, wire);
+            p.flush(wire);
+            let n: Vec<u64> = stats
+                .iter()
+                .map(|s| s.tx_packets.load(Ordering::Relaxed))
+                .collect();
+            n
+        };
+        let first = sent(&mut p, &mut wire);
+        let on = first
+            .iter()
+            .position(|&n| n == 1)
+            .expect("one tunnel took it");
+        let other = 1 - on;
+        let mut expect = first.clone();
+        for _ in 0..3 {
+            expect[on] += 1;
+            assert_eq!(sent(&mut p, &mut wire), expect, "the flow keeps its tunnel");
+        }
+        // Its tunnel is declared dead: the next packet takes the other one, and stays there.
+        liveness.set(on, false);
+        expect[other] += 1;
+        assert_eq!(sent(&mut p, &mut wire), expect);
+        expect[other] += 1;
+        assert_eq!(sent(&mut p, &mut wire), expect);
+        // Back to life: the flow stays where it is (it is still a member); a new FIB with only the first
+        // tunnel moves it back at once (the snapshot is taken at the next tick).
+        liveness.set(on, true);
+        expect[other] += 1;
+        assert_eq!(sent(&mut p, &mut wire), expect);
+        cell.publish(fib_to(&[on as u32]));
+        p.tick();
+        expect[on] += 1;
+        assert_eq!(sent(&mut p, &mut wire), expect);
+        // The count passes into its next 65536: every flow is forgotten, and placed afresh.
+        p.fib_generation = (p.fib_generation | 0xffff) + 1 - p.liveness.generation();
+        let before = p.route_epoch;
+        expect[on] += 1;
+        assert_eq!(sent(&mut p, &mut wire), expect);
+        assert_eq!(p.route_epoch, before + 1);
         assert_eq!(p.tun_stats.drops.total(), 0);
     }
 

@@ -21,7 +21,10 @@
 //! links whose traffic tolerates that and is off unless the operator asks for it.
 //!
 //! [`FlowTable`] remembers which tunnel each live flow (by its hash) took, so a flow stays on its tunnel while
-//! that tunnel is in the group, even when members join (which [`pick`] alone would move some flows onto).
+//! that tunnel is in the group, even when members join (which [`pick`] alone would move some flows onto). It
+//! is also a route cache: each slot carries the caller's stamp of the routing (FIB snapshot, liveness) its
+//! tunnel was found under, and while the stamp is unchanged [`FlowTable::cached`] gives the tunnel without a
+//! route lookup.
 //!
 //! Left out: preferring members whose uplink has headroom for *new* flows; that is the caller's, between a
 //! [`FlowTable::lookup`] miss and [`FlowTable::remember`] (see `shaper::TokenBucket::headroom`).
@@ -31,13 +34,15 @@ pub const FLOW_SLOTS: usize = 1 << 16;
 /// A flow idle this long is forgotten: its next packet is a new flow.
 pub const FLOW_IDLE_S: u32 = 30;
 
-/// One flow's tunnel, and when the flow was last seen.
+/// One flow's tunnel, when the flow was last seen, and under which routing its tunnel was found.
 #[derive(Copy, Clone, Default)]
 struct FlowSlot {
     hash: u64,
-    tunnel: u32,
     /// Coarse seconds (the caller's clock) plus one; 0 = empty.
     seen: u32,
+    tunnel: u16,
+    /// The caller's stamp of its routing (FIB snapshot and liveness) when the tunnel was found or confirmed.
+    route: u16,
 }
 
 /// Which tunnel each live flow took: a direct-mapped table by flow hash (a colliding flow takes the slot
@@ -55,30 +60,70 @@ impl Default for FlowTable {
 }
 
 impl FlowTable {
-    /// The tunnel the flow `hash` took, if it was seen within [`FLOW_IDLE_S`] of `now_s` and that tunnel is
-    /// still among `members`; a hit counts as seen now.
+    /// The tunnel the flow `hash` took, if it was seen within [`FLOW_IDLE_S`] of `now_s` and its tunnel was
+    /// found or confirmed under the routing the caller stamps `route` (its FIB snapshot and liveness, which
+    /// change the stamp whenever they change): then the route and the group's members need no look, since
+    /// they are what they were. A hit counts as seen now.
+    ///
+    /// The flow hash stands for the flow's destination here: two flows with one 64-bit keyed hash but
+    /// different routes would share a tunnel (as likely as any 64-bit collision).
     #[inline]
-    pub fn lookup<C: Candidate>(&mut self, hash: u64, now_s: u32, members: &[C]) -> Option<u32> {
+    pub fn cached(&mut self, hash: u64, now_s: u32, route: u16) -> Option<u32> {
+        let now = now_s.saturating_add(1);
+        let slot = &mut self.slots[hash as usize & (FLOW_SLOTS - 1)];
+        if slot.seen != 0
+            && slot.hash == hash
+            && slot.route == route
+            && now.saturating_sub(slot.seen) <= FLOW_IDLE_S
+        {
+            slot.seen = now;
+            return Some(u32::from(slot.tunnel));
+        }
+        None
+    }
+
+    /// The tunnel the flow `hash` took, if it was seen within [`FLOW_IDLE_S`] of `now_s` and that tunnel is
+    /// still among `members` (the flow's group under the routing stamped `route`); a hit counts as seen now
+    /// and confirms the tunnel under `route`.
+    #[inline]
+    pub fn lookup<C: Candidate>(
+        &mut self,
+        hash: u64,
+        now_s: u32,
+        members: &[C],
+        route: u16,
+    ) -> Option<u32> {
         let now = now_s.saturating_add(1);
         let slot = &mut self.slots[hash as usize & (FLOW_SLOTS - 1)];
         if slot.seen != 0
             && slot.hash == hash
             && now.saturating_sub(slot.seen) <= FLOW_IDLE_S
-            && members.iter().any(|m| m.tunnel() == slot.tunnel)
+            && members.iter().any(|m| m.tunnel() == u32::from(slot.tunnel))
         {
             slot.seen = now;
-            return Some(slot.tunnel);
+            slot.route = route;
+            return Some(u32::from(slot.tunnel));
         }
         None
     }
 
-    /// Remembers that the flow `hash` took `tunnel` at `now_s`.
+    /// Forgets every flow (each is placed afresh at its next packet).
+    pub fn forget_all(&mut self) {
+        self.slots.fill(FlowSlot::default());
+    }
+
+    /// Remembers that the flow `hash` took `tunnel` at `now_s` under the routing stamped `route`. Tunnel
+    /// indexes above 65535 are not remembered (their flows are placed afresh per packet).
     #[inline]
-    pub fn remember(&mut self, hash: u64, tunnel: u32, now_s: u32) {
+    pub fn remember(&mut self, hash: u64, tunnel: u32, now_s: u32, route: u16) {
+        let Ok(tunnel) = u16::try_from(tunnel) else {
+            return;
+        };
         self.slots[hash as usize & (FLOW_SLOTS - 1)] = FlowSlot {
             hash,
-            tunnel,
             seen: now_s.saturating_add(1),
+            tunnel,
+            route,
         };
     }
 }
@@ -220,27 +265,51 @@ mod tests {
     fn flow_table_keeps_a_flow_on_its_tunnel_until_it_leaves_or_idles() {
         let mut t = FlowTable::default();
         let both: [Member; 2] = [(1, 1), (2, 1)];
-        assert_eq!(t.lookup(7, 0, &both), None, "new flow");
-        t.remember(7, 2, 0);
-        assert_eq!(t.lookup(7, 5, &both), Some(2));
+        assert_eq!(t.lookup(7, 0, &both, 0), None, "new flow");
+        t.remember(7, 2, 0, 0);
+        assert_eq!(t.lookup(7, 5, &both, 0), Some(2));
         // Refreshed at 5: still there at 5 + FLOW_IDLE_S, gone after.
-        assert_eq!(t.lookup(7, 5 + FLOW_IDLE_S, &both), Some(2));
+        assert_eq!(t.lookup(7, 5 + FLOW_IDLE_S, &both, 0), Some(2));
         assert_eq!(
-            t.lookup(7, 5 + 2 * FLOW_IDLE_S + 1, &both),
+            t.lookup(7, 5 + 2 * FLOW_IDLE_S + 1, &both, 0),
             None,
             "idle too long"
         );
-        t.remember(7, 2, 100);
+        t.remember(7, 2, 100, 0);
         assert_eq!(
-            t.lookup(7, 100, &[(1, 1)]),
+            t.lookup(7, 100, &[(1, 1)], 0),
             None,
             "its tunnel left the group"
         );
         // Another flow in the same slot takes it over.
         let other = 7 + FLOW_SLOTS as u64;
-        t.remember(other, 1, 100);
-        assert_eq!(t.lookup(7, 100, &both), None);
-        assert_eq!(t.lookup(other, 100, &both), Some(1));
+        t.remember(other, 1, 100, 0);
+        assert_eq!(t.lookup(7, 100, &both, 0), None);
+        assert_eq!(t.lookup(other, 100, &both, 0), Some(1));
+        // Past the largest index a slot holds: not remembered.
+        t.remember(9, 70_000, 100, 0);
+        assert_eq!(t.lookup(9, 100, &[(70_000, 1)], 0), None);
+    }
+
+    /// The route cache: a flow's tunnel is taken without its route while the routing stamp is the one it was
+    /// found or confirmed under; a new stamp needs the route again (a lookup), and a lookup that confirms
+    /// the tunnel restamps it; idle flows and other flows in the slot miss.
+    #[test]
+    fn cached_tunnel_holds_only_under_the_routing_it_was_found_with() {
+        let mut t = FlowTable::default();
+        assert_eq!(t.cached(7, 0, 3), None, "new flow");
+        t.remember(7, 2, 0, 3);
+        assert_eq!(t.cached(7, 1, 3), Some(2));
+        assert_eq!(t.cached(7, 1, 4), None, "the FIB or the liveness changed");
+        let both: [Member; 2] = [(1, 1), (2, 1)];
+        assert_eq!(t.lookup(7, 1, &both, 4), Some(2), "still a member");
+        assert_eq!(t.cached(7, 2, 4), Some(2), "confirmed under the new stamp");
+        assert_eq!(t.cached(7, 2, 3), None);
+        assert_eq!(t.cached(7, 2 + FLOW_IDLE_S + 1, 4), None, "idle too long");
+        t.remember(7, 2, 50, 4);
+        assert_eq!(t.cached(7 + FLOW_SLOTS as u64, 50, 4), None, "another flow");
+        assert_eq!(t.lookup(7, 50, &[(1, 1)], 5), None, "its tunnel left");
+        assert_eq!(t.cached(7, 50, 5), None, "and is not confirmed");
     }
 
     use super::*;
