@@ -1369,21 +1369,24 @@ mod tests {
         }
     }
 
+    /// Tunnel `t` on uplink 0 to 192.0.2.(1 + t), sealing with `sa`.
+    fn tunnel_io(t: u8, sa: Option<OutboundSa>, max_inner: usize) -> TunnelIo {
+        TunnelIo {
+            name: format!("t{t}"),
+            uplink: 0,
+            remote: SocketAddr::from(([192, 0, 2, 1 + t], 4500)),
+            outbound: sa,
+            inbound: Vec::new(),
+            allowed_sources: Vec::new(),
+            max_inner,
+            icmp_source_v4: None,
+            icmp_source_v6: None,
+            stats: Arc::default(),
+        }
+    }
+
     fn path_with_tunnels(n: usize) -> OutboundPath {
-        let tunnels = (0..n)
-            .map(|t| TunnelIo {
-                name: format!("t{t}"),
-                uplink: 0,
-                remote: SocketAddr::from(([192, 0, 2, 1 + t as u8], 4500)),
-                outbound: None,
-                inbound: Vec::new(),
-                allowed_sources: Vec::new(),
-                max_inner: 1400,
-                icmp_source_v4: None,
-                icmp_source_v6: None,
-                stats: Arc::default(),
-            })
-            .collect();
+        let tunnels = (0..n).map(|t| tunnel_io(t as u8, None, 1400)).collect();
         OutboundPath::standalone(
             tunnels,
             vec![Arc::default()],
@@ -1488,18 +1491,8 @@ mod tests {
         use crate::fib::{FibBuilder, NextHopGroup};
         use crate::vnet::{F_NEEDS_CSUM, GSO_UDP_L4};
         use braid_crypto::{InboundSa, Spi};
-        let tunnel = TunnelIo {
-            name: "t0".into(),
-            uplink: 0,
-            remote: SocketAddr::from(([192, 0, 2, 1], 4500)),
-            outbound: Some(OutboundSa::new(Spi(0x200), &key_for_test(), false)),
-            inbound: Vec::new(),
-            allowed_sources: Vec::new(),
-            max_inner: 9000,
-            icmp_source_v4: None,
-            icmp_source_v6: None,
-            stats: Arc::default(),
-        };
+        let sa = OutboundSa::new(Spi(0x200), &key_for_test(), false);
+        let tunnel = tunnel_io(0, Some(sa), 9000);
         let mut fib = FibBuilder::new();
         let all = crate::prefix::Prefix::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).unwrap();
         fib.insert(all, Arc::new(NextHopGroup::single(0)));
@@ -1585,21 +1578,9 @@ mod tests {
         use crate::fib::{FibBuilder, Member, NextHopGroup};
         use braid_crypto::Spi;
         let tunnels: Vec<TunnelIo> = (0..2u8)
-            .map(|t| TunnelIo {
-                name: format!("t{t}"),
-                uplink: 0,
-                remote: SocketAddr::from(([192, 0, 2, 1 + t], 4500)),
-                outbound: Some(OutboundSa::new(
-                    Spi(0x300 + t as u32),
-                    &key_for_test(),
-                    false,
-                )),
-                inbound: Vec::new(),
-                allowed_sources: Vec::new(),
-                max_inner: 1400,
-                icmp_source_v4: None,
-                icmp_source_v6: None,
-                stats: Arc::default(),
+            .map(|t| {
+                let sa = OutboundSa::new(Spi(0x300 + t as u32), &key_for_test(), false);
+                tunnel_io(t, Some(sa), 1400)
             })
             .collect();
         let stats: Vec<Arc<TunnelStats>> = tunnels.iter().map(|t| t.stats.clone()).collect();
