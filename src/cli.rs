@@ -704,10 +704,11 @@ fn nonzero_drops(d: &Value) -> String {
 
 fn print_tunnels(v: &Value) {
     println!(
-        "gateway {}  tun {} (mtu {})",
+        "gateway {}  tun {} (mtu {}, queue {})",
         v["gateway"].as_str().unwrap_or("?"),
         v["tun"]["name"].as_str().unwrap_or("?"),
-        v["tun"]["mtu"]
+        v["tun"]["mtu"],
+        v["tun"]["queue_len"]
     );
     println!(
         "{:<20} {:<8} {:<24} {:<10} {:<16} {:>10} {:>14} {:>10} {:>14}  DROPS",

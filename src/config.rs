@@ -27,6 +27,11 @@ pub const DEFAULT_PORT: u16 = 4500;
 /// (a braid peer) brings, one batch per worker (RFC 4303 3.4.3 leaves the size to the receiver); its bitmap is
 /// 1 KiB per SA.
 pub const DEFAULT_REPLAY_WINDOW: u32 = 8192;
+/// The TUN device's default transmit queue (Linux gives a TUN device 500): 2000 packets of 1400 octets are
+/// 22 ms at 1 Gbit/s, enough for a sender's bursts while a worker is off its core (see the README).
+pub const DEFAULT_TUN_QUEUE_LEN: u32 = 2000;
+/// The longest TUN transmit queue accepted.
+pub const MAX_TUN_QUEUE_LEN: u32 = 100_000;
 /// The most data-path workers per direction.
 pub const MAX_WORKERS: usize = 64;
 /// The largest anti-replay window braid accepts.
@@ -155,6 +160,9 @@ pub struct Gateway {
     pub ike_cookie_threshold: usize,
     /// The default of every uplink's `ike_port_500`.
     pub ike_port_500: bool,
+    /// Packets the TUN device queues for the outbound workers (its transmit queue, per queue of a
+    /// multi-queue device) before the kernel drops: what absorbs a sender's bursts while a worker is busy.
+    pub tun_queue_len: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -407,6 +415,7 @@ struct RawGateway {
     ike_cookie_threshold: Option<usize>,
     ike_port_500: Option<bool>,
     workers: Option<usize>,
+    tun_queue_len: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -623,6 +632,13 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(cx.err("gateway.mtu", format!("{m} is outside 576..=65535")));
         }
     }
+    let tun_queue_len = g.tun_queue_len.unwrap_or(DEFAULT_TUN_QUEUE_LEN);
+    if !(16..=MAX_TUN_QUEUE_LEN).contains(&tun_queue_len) {
+        return Err(cx.err(
+            "gateway.tun_queue_len",
+            format!("{tun_queue_len} is outside 16..={MAX_TUN_QUEUE_LEN}"),
+        ));
+    }
     if let Some(n) = g.ike_cookie_threshold {
         if n > 1_000_000 {
             return Err(cx.err(
@@ -662,6 +678,7 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             .ike_cookie_threshold
             .unwrap_or(DEFAULT_IKE_COOKIE_THRESHOLD),
         ike_port_500: g.ike_port_500.unwrap_or(true),
+        tun_queue_len,
     };
 
     let mut uplinks = Vec::new();
@@ -1891,6 +1908,16 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
             "gateway.metrics",
             "address:port",
         );
+        for bad in ["0", "15", "100001"] {
+            expect_err(
+                &base().replace(
+                    "tun = \"braid0\"",
+                    &format!("tun = \"braid0\"\ntun_queue_len = {bad}"),
+                ),
+                "gateway.tun_queue_len",
+                "outside 16..=100000",
+            );
+        }
         expect_err(
             &base().replace("name = \"isp1\"", "name = \"isp1\"\nmtu = 100"),
             "mtu",
@@ -2157,6 +2184,19 @@ static = {{ cipher = "aes256gcm16", spi_out = "0x1000", spi_in = "0x2000", key_o
             .audit()
             .iter()
             .any(|w| w.key.ends_with("ike.dpd_interval")));
+    }
+
+    #[test]
+    fn tun_queue_len_default_and_set() {
+        assert_eq!(
+            parse(&base()).unwrap().gateway.tun_queue_len,
+            DEFAULT_TUN_QUEUE_LEN
+        );
+        let set = base().replace(
+            "tun = \"braid0\"\n",
+            "tun = \"braid0\"\ntun_queue_len = 500\n",
+        );
+        assert_eq!(parse(&set).unwrap().gateway.tun_queue_len, 500);
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct GatewayState {
     pub name: String,
     tun: String,
     tun_mtu: u32,
+    /// The TUN device's transmit queue (none without a data path).
+    pub tun_queue_len: Option<u32>,
     epoch: Instant,
     tunnels: Vec<TunnelInfo>,
     uplinks: Vec<UplinkInfo>,
@@ -106,6 +108,7 @@ impl GatewayState {
             name,
             tun,
             tun_mtu,
+            tun_queue_len: None,
             epoch,
             tunnels,
             uplinks,
@@ -238,7 +241,7 @@ impl GatewayState {
             .collect();
         json!({
             "gateway": self.name,
-            "tun": { "name": self.tun, "mtu": self.tun_mtu, "rx_packets": ld(&self.tun_stats.rx_packets),
+            "tun": { "name": self.tun, "mtu": self.tun_mtu, "queue_len": self.tun_queue_len, "rx_packets": ld(&self.tun_stats.rx_packets),
                      "gro_writes": ld(&self.tun_stats.gro_writes), "gro_packets": ld(&self.tun_stats.gro_packets), "gro_fallbacks": ld(&self.tun_stats.gro_fallbacks),
                      "gso_reads": ld(&self.tun_stats.gso_reads), "gso_segments": ld(&self.tun_stats.gso_segments),
                      "drops": Self::drops_json(&self.tun_stats.drops),

@@ -341,8 +341,10 @@ fn assemble(config: &Config) -> Result<Assembled> {
     }
     let tun = Tun::create_queues(&g.tun, tun_mtu, &inside_addrs, g.workers)
         .context("setting up the TUN device (needs CAP_NET_ADMIN)")?;
+    tun.set_queue_len(g.tun_queue_len)
+        .context("setting the TUN device's transmit queue")?;
     tracing::info!(tun = %tun.name(), mtu = tun_mtu, addresses = inside_addrs.len(), queues = tun.queues(),
-        "TUN device up");
+        queue_len = g.tun_queue_len, "TUN device up");
 
     let installer = RouteInstaller::new(tunnel_routes, neighbor_tunnels);
     let liveness = braid_dataplane::Liveness::new(tunnel_infos.len());
@@ -400,6 +402,7 @@ fn assemble(config: &Config) -> Result<Assembled> {
         tun_stats,
     );
     state.neighbors = neighbor_names;
+    state.tun_queue_len = Some(g.tun_queue_len);
     state.installer = Some(Arc::new(Mutex::new(installer)));
     state.liveness = Some(liveness);
     state.workers = dataplane.worker_stats();

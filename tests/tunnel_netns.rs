@@ -41,6 +41,13 @@ fn ping_both_ways_ipv4_and_ipv6() {
         0
     );
     assert_eq!(drop_count(&a, "replay") + drop_count(&b, "replay"), 0);
+    // The TUN device's transmit queue is braid's default, in the kernel and in `braid show`.
+    let shown = p.show(Side::A, "tunnels").unwrap();
+    assert_eq!(shown["tun"]["queue_len"], 2000, "{shown}");
+    let tun = shown["tun"]["name"].as_str().unwrap();
+    let link = p.ns(Side::A).ip(&["link", "show", tun]).unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("qlen 2000"), "{link}");
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! What it wraps, and nothing more:
 //! - the Linux TUN device (`/dev/net/tun`, `TUNSETIFF` with `IFF_TUN | IFF_NO_PI | IFF_VNET_HDR`, the offloads
 //!   it accepts with `TUNSETOFFLOAD`), and the classic interface
-//!   ioctls for MTU, flags and index (`SIOCSIFMTU`, `SIOCGIFFLAGS`/`SIOCSIFFLAGS`, `SIOCGIFINDEX`);
+//!   ioctls for MTU, flags, index and transmit queue (`SIOCSIFMTU`, `SIOCGIFFLAGS`/`SIOCSIFFLAGS`,
+//!   `SIOCGIFINDEX`, `SIOCSIFTXQLEN`);
 //! - a minimal rtnetlink client that adds interface addresses (`RTM_NEWADDR`), because the ioctl interface can
 //!   hold only one IPv4 address per device and braid puts one inside address per tunnel on the same device;
 //! - routes through the same client ([`RouteSocket`]): `RTM_NEWROUTE`/`RTM_DELROUTE` of prefixes out of one
@@ -59,6 +60,8 @@ struct IfReq {
 union IfReqData {
     flags: libc::c_short,
     mtu: libc::c_int,
+    /// `ifr_qlen`: a transmit queue's length.
+    qlen: libc::c_int,
     ifindex: libc::c_int,
     _pad: [u8; 24],
 }
@@ -178,6 +181,22 @@ pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
     let mut req = IfReq::new(name)?;
     req.data.mtu = mtu as libc::c_int;
     ifreq_ioctl(libc::SIOCSIFMTU, &mut req)
+}
+
+/// Sets the transmit queue length of interface `name` (`txqueuelen`; per queue of a multi-queue device).
+pub fn set_tx_queue_len(name: &str, len: u32) -> io::Result<()> {
+    let mut req = IfReq::new(name)?;
+    req.data.qlen = libc::c_int::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "queue length too large"))?;
+    ifreq_ioctl(libc::SIOCSIFTXQLEN, &mut req)
+}
+
+/// Reads the transmit queue length of interface `name`.
+pub fn get_tx_queue_len(name: &str) -> io::Result<u32> {
+    let mut req = IfReq::new(name)?;
+    ifreq_ioctl(libc::SIOCGIFTXQLEN, &mut req)?;
+    // SAFETY: SIOCGIFTXQLEN filled the `qlen` member.
+    Ok(unsafe { req.data.qlen } as u32)
 }
 
 /// Reads the MTU of interface `name`.

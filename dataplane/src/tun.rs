@@ -71,6 +71,13 @@ impl Tun {
         &self.name
     }
 
+    /// Sets how many packets the device queues for its readers before the kernel drops (its transmit queue,
+    /// per queue).
+    pub fn set_queue_len(&self, len: u32) -> io::Result<()> {
+        sys::set_tx_queue_len(&self.name, len)
+            .map_err(|e| annotate(e, &format!("setting transmit queue {len} on {}", self.name)))
+    }
+
     /// The first queue.
     pub fn file(&self) -> &File {
         &self.files[0]
