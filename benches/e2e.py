@@ -25,7 +25,7 @@ Prints a table, braid's ratio to each other setup, and writes the results as JSO
 target/e2e-<time>.json). Namespaces, devices, processes and files are removed at the end, on failure and on
 Ctrl-C; every wait is bounded.
 
-    sudo benches/e2e.py [--only braid,boringtun] [--secs 10] [--udp-secs 3] [--mtu 1400] [--workers N] [--no-build]
+    sudo benches/e2e.py [--only braid,boringtun] [--secs 10] [--udp-secs 3] [--mtu 1400] [--workers N] [--tun-queue-len N] [--no-build]
     scripts/e2e-peers.sh      # installs iperf3, wireguard-tools, strongSwan (apt) and boringtun-cli (cargo)
 """
 
@@ -208,6 +208,7 @@ tun = "braid0"
 control_socket = "{me}.sock"
 mtu = {opts.mtu}
 {f"workers = {opts.workers}" if opts.workers else "# workers: braid's default (the machine's cores)"}
+{f"tun_queue_len = {opts.tun_queue_len}" if opts.tun_queue_len else "# tun_queue_len: braid's default"}
 
 [[uplink]]
 name = "isp1"
@@ -319,6 +320,8 @@ def setup_boringtun(lab, opts):
         )
         nsexec(ns, "ip", "addr", "add", f"{inside}/30", "dev", dev[side])
         nsexec(ns, "ip", "link", "set", dev[side], "mtu", str(opts.mtu), "up")
+        if opts.tun_queue_len:
+            nsexec(ns, "ip", "link", "set", dev[side], "txqueuelen", str(opts.tun_queue_len))
         nsexec(ns, "ip", "route", "add", net, "dev", dev[side], "src", src)
     ping_through(lab)
     return {"a": procs["a"].pid, "b": procs["b"].pid}
@@ -420,6 +423,8 @@ def setup_strongswan(lab, opts):
         wait_until(f"ipsec0 in {side}", 5,
                    lambda: nsexec(ns, "ip", "link", "show", "ipsec0", check=False).returncode == 0)
         nsexec(ns, "ip", "link", "set", "ipsec0", "mtu", str(opts.mtu), "up")
+        if opts.tun_queue_len:
+            nsexec(ns, "ip", "link", "set", "ipsec0", "txqueuelen", str(opts.tun_queue_len))
         nsexec(ns, "ip", "route", "add", net, "dev", "ipsec0", "src", src)
     r = swanctl("a", NS_A, "--initiate", "--child", "net", "--timeout", "10", check=False, timeout=20)
     if r.returncode != 0:
@@ -621,6 +626,9 @@ def main():
     ap.add_argument("--mtu", type=int, default=1400, help="inner MTU of every setup (default 1400)")
     ap.add_argument("--workers", type=int, default=None,
                     help="braid's [gateway] workers on both ends (default: braid's own, the machine's cores)")
+    ap.add_argument("--tun-queue-len", type=int, default=None,
+                    help="TUN transmit queue of every TUN-based setup (braid's tun_queue_len; boringtun's and "
+                         "strongSwan's device via `ip link`); default: each as shipped (braid 2000, Linux 500)")
     ap.add_argument("--braid", default=os.environ.get("BRAID", os.path.join(TARGET, "release/braid")))
     ap.add_argument("--boringtun", default=os.environ.get("BORINGTUN"), help="boringtun-cli binary")
     ap.add_argument("--no-build", action="store_true", help="do not run `cargo build --release` first")
