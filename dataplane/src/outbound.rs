@@ -6,7 +6,8 @@
 //! buffer, so that the sealed datagrams lie back to back. The TUN device reads straight into the next slot
 //! ([`OutboundPath::read_areas`]: one `readv`, the slot first, a spill buffer for the rest of a larger read),
 //! so a finished packet is sealed where the kernel put it, with no copy in user space; a super-packet's
-//! segments ([`crate::gso`]) are written from the spill buffer into the slots (the segmentation is the copy). The sequence numbers of all of a read's segments are reserved with one atomic step. A capped uplink's
+//! segments ([`crate::gso`]) are written from the spill buffer into the slots (the segmentation is the copy).
+//! The sequence numbers of all of a read's segments are reserved with one atomic step. A capped uplink's
 //! datagrams pass its token bucket (sent, held briefly, or dropped). A full batch, and the batch once the
 //! device is drained, goes out per uplink: runs of equal-size datagrams of one tunnel (the last may be
 //! shorter; at most 64 and 64 KiB) become one UDP GSO message, the messages of the batch one `sendmmsg`. An
@@ -471,10 +472,10 @@ impl OutboundPath {
         OutboundPath::new(0, &shared)
     }
 
-    /// Where the next TUN read goes (one `readv` of both): the batch's next slot, where a packet of up to
-    /// [`slot_room`](Self) octets is sealed where the kernel put it (the virtio-net header just before it), and
-    /// the worker's spill buffer for the rest of a larger read (a super-packet). Sends the batch first if it has
-    /// no room for a slot.
+    /// Where the next TUN read goes (one `readv` of both): the batch's next slot, where a finished packet that
+    /// fits (2 KiB at first, growing to the largest finished packet seen, at most 16 KiB) is sealed where the
+    /// kernel put it (the virtio-net header just before it), and the worker's spill buffer for the rest of a
+    /// larger read (a super-packet). Sends the batch first if it has no room for a slot.
     pub fn read_areas(&mut self, wire: &mut impl Wire) -> (&mut [u8], &mut [u8]) {
         if !self.batch.fits(self.slot_room) {
             self.flush(wire);
