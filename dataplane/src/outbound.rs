@@ -480,13 +480,17 @@ impl OutboundPath {
         if !self.batch.fits(self.slot_room) {
             self.flush(wire);
         }
-        let start = self.batch.end + HEADROOM - VNET_HDR_LEN;
-        let room = VNET_HDR_LEN + self.slot_room;
+        let (start, room) = (self.slot_start(), VNET_HDR_LEN + self.slot_room);
         let spill = self.spill.get_or_insert_with(PacketBuf::new);
         (
             &mut self.batch.buf[start..start + room],
             &mut spill.vnet_payload_area()[room..],
         )
+    }
+
+    /// Where a read into the batch's next slot starts: its virtio-net header, just before the packet's place.
+    fn slot_start(&self) -> usize {
+        self.batch.end + HEADROOM - VNET_HDR_LEN
     }
 
     /// Handles the TUN read of `n` octets that went into [`read_areas`](Self::read_areas): counts it and
@@ -495,8 +499,7 @@ impl OutboundPath {
     /// whole in the spill buffer (its slot part copied there) and its segments written into the batch.
     pub fn read_placed(&mut self, n: usize, wire: &mut impl Wire) {
         self.reads.reads += 1;
-        let room = VNET_HDR_LEN + self.slot_room;
-        let start = self.batch.end + HEADROOM - VNET_HDR_LEN;
+        let (start, room) = (self.slot_start(), VNET_HDR_LEN + self.slot_room);
         if n < VNET_HDR_LEN {
             self.tun_stats.drops.count(DropReason::InnerMalformed);
         } else if n <= room && !is_super(&self.batch.buf[start..]) {
@@ -593,10 +596,14 @@ impl OutboundPath {
     fn choose(&mut self, group: &NextHopGroup, flow: Option<u64>, stamp: u16) -> Option<usize> {
         let mut live = [NO_MEMBER; MAX_LIVE];
         let members = self.liveness.members(group, &mut live);
-        let Some(hash) = flow else {
-            if let [only] = members {
-                return Some(only.tunnel as usize);
+        if let [only] = members {
+            // One way to go: remembered for the route cache.
+            if let Some(hash) = flow {
+                self.flows.remember(hash, only.tunnel, self.now_s, stamp);
             }
+            return Some(only.tunnel as usize);
+        }
+        let Some(hash) = flow else {
             if self.spray {
                 self.spray_counter = self.spray_counter.wrapping_add(1);
                 return scheduler::pick_spray(members, self.spray_counter).map(|t| t as usize);
@@ -605,10 +612,6 @@ impl OutboundPath {
         };
         if let Some(t) = self.flows.lookup(hash, self.now_s, members, stamp) {
             return Some(t as usize);
-        }
-        if let [only] = members {
-            self.flows.remember(hash, only.tunnel, self.now_s, stamp);
-            return Some(only.tunnel as usize);
         }
         // A new flow (or its tunnel left the group): hash it, but away from a full uplink if another has room.
         let mut tunnel = scheduler::pick(members, hash)?;
@@ -675,7 +678,7 @@ impl OutboundPath {
     /// Forwards the finished packet of `n` octets (virtio-net header included) that the TUN device read into
     /// the batch's next slot ([`read_areas`](Self::read_areas)): decided as any read, then sealed where it lies.
     fn forward_in_slot(&mut self, n: usize, wire: &mut impl Wire) {
-        let start = self.batch.end + HEADROOM - VNET_HDR_LEN;
+        let start = self.slot_start();
         // The batch buffer is taken out while the read in it is decided on (a move), and put back.
         let buf = std::mem::take(&mut self.batch.buf);
         let decided = self.decide(&buf[start..start + n], wire);
