@@ -299,6 +299,42 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_hash_is_siphash_of_the_tuple_octets() {
+        let key = (SEED, SEED ^ KEY1_TWEAK);
+        let of = |tuple: &[u8]| siphash::<1, 3>(key.0, key.1, tuple);
+        let addresses = [192, 0, 2, 7, 198, 51, 100, 8];
+        let with = |rest: &[u8]| [&addresses[..], rest].concat();
+        // UDP, unfragmented: the 5-tuple.
+        let udp = v4_raw(17, 1, false, 0, &[0x9c, 0x40, 0x13, 0x8a, 0, 8, 0, 0]);
+        assert_eq!(
+            flow_hash(&udp, SEED),
+            Some(of(&with(&[17, 0x9c, 0x40, 0x13, 0x8a])))
+        );
+        // A first fragment and a later one: the 3-tuple, though the first carries ports.
+        let first = v4_raw(17, 2, true, 0, &[0x9c, 0x40, 0x13, 0x8a, 0, 8, 0, 0]);
+        let later = v4_raw(17, 2, false, 1, &[0; 8]);
+        assert_eq!(flow_hash(&first, SEED), Some(of(&with(&[17]))));
+        assert_eq!(flow_hash(&later, SEED), Some(of(&with(&[17]))));
+        // No ports: ICMP.
+        let icmp = v4_raw(1, 3, false, 0, &[8, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(flow_hash(&icmp, SEED), Some(of(&with(&[1]))));
+        // TCP with 4 octets of options: the ports after them.
+        let mut tcp = vec![0x46, 0, 0, 32, 0, 4, 0, 0, 64, 6, 0, 0];
+        tcp.extend_from_slice(&addresses);
+        tcp.extend_from_slice(&[1, 1, 0, 0]); // NOP NOP EOL EOL
+        tcp.extend_from_slice(&[0x04, 0xd2, 0x00, 0x50, 0, 0, 0, 0]);
+        let c = checksum(0, &tcp[..24]);
+        tcp[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(
+            flow_hash(&tcp, SEED),
+            Some(of(&with(&[6, 0x04, 0xd2, 0x00, 0x50])))
+        );
+        // Ports cut off by the packet's end: malformed.
+        let short = v4_raw(6, 5, false, 0, &[0x04, 0xd2]);
+        assert_eq!(flow_hash(&short, SEED), None);
+    }
+
+    #[test]
     fn tuple_hash_agrees_with_the_packet_hash() {
         use std::net::IpAddr;
         let v4 = v4_udp([192, 0, 2, 66], [192, 0, 2, 194], 40000, 5002, b"probe");
