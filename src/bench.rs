@@ -31,6 +31,10 @@
 //!   on that tunnel), the TUN queue, GRO coalescing where packets allow it, the TUN writes and the counters
 //!   once per batch.
 //! - **raw ring AEAD seal** over the same number of octets with an 8-octet AAD: the ceiling.
+//! - **ESP seal**: the four tunnels' SAs sealing packets of that size in turn, each in its own buffer
+//!   ([`OutboundSa::seal_next`] after one [`OutboundSa::reserve`]): ESP's header, padding, trailer, nonce and AAD
+//!   around the same AEAD, without the path. Where it stays at the raw figure, the outbound path's distance from
+//!   raw is the path's own work.
 //!
 //! Each direction runs on one thread, so the figures are per core. `--loopback` sends the sealed datagrams
 //! for real, from a sender thread (A's outbound path) to a receiver thread (B's inbound path) over UDP
@@ -52,7 +56,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use braid_crypto::{sealed_len, Cipher, InboundSa, OutboundSa, SaKey, Spi, KEYMAT_LEN};
+use braid_crypto::{
+    sealed_len, Cipher, InboundSa, NextHeader, OutboundSa, SaKey, Spi, HEADROOM, KEYMAT_LEN,
+};
 use braid_dataplane::inbound::{InboundPath, TunWire};
 use braid_dataplane::outbound::{OutboundPath, Sockets, Wire};
 use braid_dataplane::sys::{self, RecvBatch, SendBatch};
@@ -185,11 +191,15 @@ pub struct SyntheticReport {
     pub machine: Machine,
     /// ring's AEAD seal alone over `size` octets: the ceiling.
     pub raw_seal: Rate,
+    /// The SAs' ESP seal alone (framing and AEAD, no path) over `size` octets.
+    pub esp_seal: Rate,
     pub outbound: Rate,
     /// The outbound path of TCP super-packets read with TSO (up to [`TSO_SEGMENTS`] segments each): per segment only
     /// the segmentation copy and the seal; routing once per super-packet. What a TCP stream costs.
     pub outbound_tso: Rate,
     pub inbound: Rate,
+    /// ESP seal packets/s over raw seal packets/s.
+    pub esp_seal_vs_raw: f64,
     /// outbound packets/s over raw seal packets/s.
     pub outbound_vs_raw: f64,
     pub outbound_tso_vs_raw: f64,
@@ -281,6 +291,11 @@ fn print_synthetic(r: &SyntheticReport) {
         r.batch, r.flows, r.tunnel_spread
     );
     rate_line("raw ring AEAD seal (ceiling)", &r.raw_seal, "");
+    rate_line(
+        "ESP seal: framing + AEAD",
+        &r.esp_seal,
+        &format!("  {:.0}% of raw", r.esp_seal_vs_raw * 100.0),
+    );
     rate_line(
         "outbound: inspect..seal..queue",
         &r.outbound,
@@ -762,6 +777,36 @@ fn raw_seal_round(cipher: Cipher, size: usize) -> impl FnMut() {
     }
 }
 
+/// The tunnels' SAs sealing [`BATCH`] packets of `size` octets in place, in turn (as the outbound round spreads
+/// them): ESP's framing (header, padding, trailer, nonce and AAD, a sequence number reserved per packet) and the
+/// AEAD, without the path around them.
+fn esp_seal_round(cipher: Cipher, size: usize) -> impl FnMut() {
+    let sas: Vec<OutboundSa> = (0..TUNNELS)
+        .map(|t| {
+            let key = SaKey::new(cipher, &keymat(t, true)).expect("36 octets");
+            OutboundSa::new(spi(t, true), &key, false)
+        })
+        .collect();
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH)
+        .map(|i| vec![i as u8; HEADROOM + size + braid_crypto::MAX_TAILROOM])
+        .collect();
+    move || {
+        for (i, buf) in bufs.iter_mut().enumerate() {
+            let sa = &sas[i % TUNNELS];
+            let mut seq = sa.reserve(1).expect("sequence numbers");
+            let esp = sa
+                .seal_next(
+                    black_box(buf),
+                    HEADROOM..HEADROOM + size,
+                    NextHeader::Ipv4,
+                    &mut seq,
+                )
+                .expect("seal");
+            black_box(esp);
+        }
+    }
+}
+
 /// Octets of a read the synthetic rounds write into its read areas: the virtio-net header and the inner IP and
 /// transport headers, all that the path reads before it seals.
 const READ_HEADERS: usize = VNET_HDR_LEN + HEADER_LEN;
@@ -786,6 +831,7 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
     let remote: SocketAddr = "198.51.100.2:4500".parse().expect("address");
 
     let mut raw_round = raw_seal_round(opts.cipher, size);
+    let mut esp_round = esp_seal_round(opts.cipher, size);
 
     // Outbound: A's TUN side to its uplink, one finished packet per read (virtio-net header first).
     let mut a_out = Outbound::new(Side::A, opts.cipher, remote, size);
@@ -895,12 +941,14 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         size,
         &mut [
             (&mut || {}, &mut raw_round),
+            (&mut || {}, &mut esp_round),
             (&mut || {}, &mut out_round),
             (&mut || {}, &mut tso_round),
             (&mut prepare_in, &mut in_round),
         ],
     );
-    let [raw, outbound, outbound_tso, inbound] = <[Rate; 4]>::try_from(rates).expect("four rates");
+    let [raw, esp_seal, outbound, outbound_tso, inbound] =
+        <[Rate; 5]>::try_from(rates).expect("five rates");
     assert_eq!(a_out.drops(), 0, "outbound drops");
     assert_eq!(a_tso.drops(), 0, "outbound TSO drops");
     // Every packet of every round (and of the first one, unmeasured) went out.
@@ -935,10 +983,12 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         batch: BATCH,
         flows: FLOWS,
         machine,
+        esp_seal_vs_raw: ratio(&esp_seal),
         outbound_vs_raw: ratio(&outbound),
         outbound_tso_vs_raw: ratio(&outbound_tso),
         inbound_vs_raw: ratio(&inbound),
         raw_seal: raw,
+        esp_seal,
         outbound,
         outbound_tso,
         inbound,

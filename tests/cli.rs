@@ -152,6 +152,7 @@ fn bench_runs_and_prints_sane_numbers() {
     );
     for line in [
         "raw ring AEAD seal",
+        "ESP seal",
         "outbound",
         "inbound",
         "Gbit/s",
@@ -167,7 +168,13 @@ fn bench_runs_and_prints_sane_numbers() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["cipher"], cipher);
         assert_eq!(v["size"], 512);
-        for dir in ["raw_seal", "outbound", "inbound"] {
+        for dir in [
+            "raw_seal",
+            "esp_seal",
+            "outbound",
+            "outbound_tso",
+            "inbound",
+        ] {
             let gbit = v[dir]["gbit_s"].as_f64().unwrap();
             let mpps = v[dir]["mpps"].as_f64().unwrap();
             assert!(gbit > 0.0 && gbit < 1000.0, "{dir} {gbit} Gbit/s");
@@ -177,8 +184,10 @@ fn bench_runs_and_prints_sane_numbers() {
             );
             assert!(v[dir]["packets"].as_u64().unwrap() >= 256);
         }
-        let ratio = v["outbound_vs_raw"].as_f64().unwrap();
-        assert!(ratio > 0.0 && ratio < 1.5, "outbound/raw {ratio}");
+        for ratio in ["esp_seal_vs_raw", "outbound_vs_raw"] {
+            let r = v[ratio].as_f64().unwrap();
+            assert!(r > 0.0 && r < 1.5, "{ratio} {r}");
+        }
     }
     let out = braid(&["bench", "--secs", "0.2", "--loopback", "--json"]);
     assert!(out.status.success());
