@@ -66,13 +66,61 @@ pub fn flow_hash(pkt: &[u8], seed: u64) -> Option<u64> {
 /// [`flow_hash`] of a packet the caller already ran through [`inspect`] (`inner` is that result), so the
 /// forwarding path checks each packet's header once.
 pub fn flow_hash_inspected(pkt: &[u8], inner: &Inner, seed: u64) -> Option<u64> {
+    flow_key(pkt, inner, seed).map(|key| key.hash(seed))
+}
+
+/// A flow as a flow table tells it apart without hashing it: for IPv4 the tuple itself, as the two words
+/// SipHash reads it in (the addresses; then the protocol, the ports when they count, and the tuple's length in
+/// the top octet); for IPv6 (a tuple of up to 37 octets) its keyed hash, with a second word whose top octet no
+/// IPv4 key has. Two flows have one key only if they are one flow (IPv4) or their 64-bit keyed hashes collide
+/// (IPv6).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey([u64; 2]);
+
+/// The top octet of an IPv6 key's second word (an IPv4 key's holds its tuple's length, 9 or 13).
+const IPV6_KEY: u64 = 0xff;
+
+impl FlowKey {
+    /// A key of two words, for tests and benches that need distinct flows without packets.
+    pub const fn from_words(words: [u64; 2]) -> FlowKey {
+        FlowKey(words)
+    }
+
+    /// The flow's keyed hash, [`flow_hash`] of its packets, under `seed` (for an IPv6 key, the seed it was
+    /// made with): SipHash-1-3 of an IPv4 tuple's two words, computed only when asked for.
+    pub fn hash(&self, seed: u64) -> u64 {
+        if self.0[1] >> 56 == IPV6_KEY {
+            self.0[0]
+        } else {
+            siphash_words::<1, 3>(seed, seed ^ KEY1_TWEAK, [self.0[0]], self.0[1])
+        }
+    }
+
+    /// Where a table of flows keeps this one: a multiply-and-fold of its words under `seed`, a few cycles
+    /// against SipHash's few dozen. Not a defence on its own: a table compares whole keys, so flows chosen to
+    /// land on one index only take each other's slot (and are placed again, by their keyed hash); the seed
+    /// keeps even that from being aimed at.
+    #[inline]
+    pub fn index(&self, seed: u64) -> u64 {
+        let a = self.0[0] ^ seed;
+        let b = self.0[1] ^ seed.rotate_left(32) ^ KEY1_TWEAK;
+        let product = u128::from(a) * u128::from(b);
+        (product as u64) ^ (product >> 64) as u64
+    }
+}
+
+/// The [`FlowKey`] of a packet the caller ran through [`inspect`] (`inner` is that result), or `None` if its
+/// IPv6 extension headers or its ports run past its length. `seed` keys an IPv6 flow's hash.
+pub fn flow_key(pkt: &[u8], inner: &Inner, seed: u64) -> Option<FlowKey> {
     let pkt = pkt.get(..inner.len)?;
+    if inner.version == 4 {
+        let (addresses, last) = ipv4_words(pkt)?;
+        return Some(FlowKey([addresses, last]));
+    }
     let mut tuple = [0u8; TUPLE_MAX];
-    let len = match inner.version {
-        4 => ipv4_tuple(pkt, &mut tuple)?,
-        _ => ipv6_tuple(pkt, &mut tuple)?,
-    };
-    Some(siphash::<1, 3>(seed, seed ^ KEY1_TWEAK, &tuple[..len]))
+    let len = ipv6_tuple(pkt, &mut tuple)?;
+    let hash = siphash::<1, 3>(seed, seed ^ KEY1_TWEAK, &tuple[..len]);
+    Some(FlowKey([hash, IPV6_KEY << 56 | len as u64]))
 }
 
 /// A cheap, unkeyed hash of a packet's flow that is the same in both directions (source and destination
@@ -144,21 +192,22 @@ pub fn tuple_hash(
     Some(siphash::<1, 3>(seed, seed ^ KEY1_TWEAK, &tuple[..len]))
 }
 
-/// Writes an IPv4 packet's tuple into `tuple`, returning its length. `pkt` has passed [`inspect`].
-fn ipv4_tuple(pkt: &[u8], tuple: &mut [u8; TUPLE_MAX]) -> Option<usize> {
+/// An IPv4 packet's tuple as the SipHash words of its octets: the addresses (octets 0-7, the first word) and
+/// the last word (the protocol, then the ports when they count, and the tuple's length in the top octet), as
+/// [`siphash`] forms them. `pkt` has passed [`inspect`].
+fn ipv4_words(pkt: &[u8]) -> Option<(u64, u64)> {
     let header_len = (pkt[0] & 0x0f) as usize * 4;
     debug_assert!(header_len >= IPV4_HEADER_LEN);
-    let protocol = pkt[9];
-    tuple[..8].copy_from_slice(&pkt[12..20]);
-    tuple[8] = protocol;
+    let addresses = u64::from_le_bytes(pkt[12..20].try_into().ok()?);
+    let protocol = u64::from(pkt[9]);
     let more_fragments = pkt[6] & 0x20 != 0;
     let fragment_offset = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff;
-    if more_fragments || fragment_offset != 0 || !has_ports(protocol) {
-        return Some(9);
+    if more_fragments || fragment_offset != 0 || !has_ports(pkt[9]) {
+        return Some((addresses, protocol | 9 << 56));
     }
     let ports = pkt.get(header_len..header_len + 4)?;
-    tuple[9..13].copy_from_slice(ports);
-    Some(13)
+    let ports = u64::from(u32::from_le_bytes(ports.try_into().ok()?));
+    Some((addresses, protocol | ports << 8 | 13 << 56))
 }
 
 /// Writes an IPv6 packet's tuple into `tuple`, returning its length. `pkt` has passed [`inspect`] and is cut
@@ -201,22 +250,33 @@ fn ipv6_tuple(pkt: &[u8], tuple: &mut [u8; TUPLE_MAX]) -> Option<usize> {
 /// SipHash-1-3, which keeps the keyed, well-mixing output at about half the cost of SipHash-2-4 (our inputs
 /// are at most 37 bytes: 5 words). The tests check SipHash-2-4 against the standard library's.
 fn siphash<const C: usize, const D: usize>(k0: u64, k1: u64, msg: &[u8]) -> u64 {
+    let chunks = msg.chunks_exact(8);
+    // The last word: the remaining bytes, with the message length (mod 256) in the top byte.
+    let mut last = (msg.len() as u64) << 56;
+    for (i, &b) in chunks.remainder().iter().enumerate() {
+        last |= (b as u64) << (8 * i);
+    }
+    let words = chunks.map(|c| u64::from_le_bytes(c.try_into().expect("8 octets")));
+    siphash_words::<C, D>(k0, k1, words, last)
+}
+
+/// [`siphash`] of a message given as its whole 8-octet words (little-endian) and its `last` word (the
+/// remaining octets, with the message length mod 256 in the top octet).
+#[inline(always)]
+fn siphash_words<const C: usize, const D: usize>(
+    k0: u64,
+    k1: u64,
+    words: impl IntoIterator<Item = u64>,
+    last: u64,
+) -> u64 {
     let mut v = [
         k0 ^ 0x736f_6d65_7073_6575,
         k1 ^ 0x646f_7261_6e64_6f6d,
         k0 ^ 0x6c79_6765_6e65_7261,
         k1 ^ 0x7465_6462_7974_6573,
     ];
-    let mut words = msg.chunks_exact(8);
-    for word in &mut words {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(word);
-        compress::<C>(&mut v, u64::from_le_bytes(bytes));
-    }
-    // The last word: the remaining bytes, with the message length (mod 256) in the top byte.
-    let mut last = (msg.len() as u64) << 56;
-    for (i, &b) in words.remainder().iter().enumerate() {
-        last |= (b as u64) << (8 * i);
+    for word in words {
+        compress::<C>(&mut v, word);
     }
     compress::<C>(&mut v, last);
     v[2] ^= 0xff;
@@ -296,6 +356,30 @@ mod tests {
             .filter(|i| q(&v4_tcp(40000 + i, 80)) % 2 == 1)
             .count();
         assert!((16..=48).contains(&odd), "{odd} of 64 on one queue");
+    }
+
+    #[test]
+    fn flow_keys_tell_flows_apart_and_give_their_hash() {
+        let key = |p: &[u8]| flow_key(p, &inspect(p).unwrap(), SEED).unwrap();
+        let a = v4_udp([192, 0, 2, 66], [198, 51, 100, 7], 40000, 5002, b"x");
+        let a2 = v4_udp([192, 0, 2, 66], [198, 51, 100, 7], 40000, 5002, b"longer");
+        let b = v4_udp([192, 0, 2, 66], [198, 51, 100, 7], 40001, 5002, b"x");
+        assert_eq!(key(&a), key(&a2), "one flow, one key");
+        assert_ne!(key(&a), key(&b));
+        assert_eq!(key(&a).hash(SEED), flow_hash(&a, SEED).unwrap());
+        assert_ne!(key(&a).hash(SEED), key(&a).hash(SEED ^ 1), "keyed");
+        let mut v6 = Vec::new();
+        PacketBuilder::ipv6(V6_SRC, V6_DST, 64)
+            .udp(40000, 5002)
+            .write(&mut v6, b"x")
+            .unwrap();
+        assert_eq!(key(&v6).hash(SEED), flow_hash(&v6, SEED).unwrap());
+        // An IPv6 key can never equal an IPv4 one: the top octet of its second word is no tuple length.
+        assert_eq!(key(&v6).0[1] >> 56, IPV6_KEY);
+        assert_eq!(key(&a).0[1] >> 56, 13);
+        // The index is keyed too.
+        assert_ne!(key(&a).index(1), key(&a).index(2));
+        assert_ne!(key(&a).index(SEED), key(&b).index(SEED));
     }
 
     #[test]

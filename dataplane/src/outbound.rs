@@ -32,7 +32,7 @@ use braid_crypto::{NextHeader, SealError, SeqRange};
 use crate::buffer::{PacketBuf, HEADROOM};
 use crate::engine::{warn_limited, Liveness, TunnelIo, MAX_LIVE, NO_MEMBER};
 use crate::fib::{Fib, FibCell, NextHopGroup};
-use crate::flow::flow_hash_inspected;
+use crate::flow::{flow_key, FlowKey};
 use crate::gso::Plan;
 use crate::sa::{Board, OutboundEntry, SaError, TxCommand};
 use crate::scheduler::{self, FlowTable};
@@ -423,7 +423,7 @@ impl OutboundPath {
                 .collect(),
             held: 0,
             pool: Vec::new(),
-            flows: FlowTable::default(),
+            flows: FlowTable::new(shared.flow_seed),
             fib_generation: 0,
             route_epoch: 0,
             spray: shared.spray,
@@ -576,10 +576,10 @@ impl OutboundPath {
         let flow = if self.spray {
             None
         } else {
-            flow_hash_inspected(pkt, inner, self.flow_seed)
+            flow_key(pkt, inner, self.flow_seed)
         };
         let stamp = self.route_stamp();
-        if let Some(t) = flow.and_then(|h| self.flows.cached(h, self.now_s, stamp)) {
+        if let Some(t) = flow.and_then(|key| self.flows.cached(&key, self.now_s, stamp)) {
             return Some(t as usize);
         }
         // The snapshot is taken out while `choose` borrows the worker, and put back (a move, no atomics).
@@ -591,29 +591,30 @@ impl OutboundPath {
         routed
     }
 
-    /// The tunnel for a packet of flow `flow` (`None`: sprayed, or no flow hash) to `group`, under the routing
+    /// The tunnel for a packet of flow `flow` (`None`: sprayed, or no flow key) to `group`, under the routing
     /// stamped `stamp`.
-    fn choose(&mut self, group: &NextHopGroup, flow: Option<u64>, stamp: u16) -> Option<usize> {
+    fn choose(&mut self, group: &NextHopGroup, flow: Option<FlowKey>, stamp: u16) -> Option<usize> {
         let mut live = [NO_MEMBER; MAX_LIVE];
         let members = self.liveness.members(group, &mut live);
         if let [only] = members {
             // One way to go: remembered for the route cache.
-            if let Some(hash) = flow {
-                self.flows.remember(hash, only.tunnel, self.now_s, stamp);
+            if let Some(key) = &flow {
+                self.flows.remember(key, only.tunnel, self.now_s, stamp);
             }
             return Some(only.tunnel as usize);
         }
-        let Some(hash) = flow else {
+        let Some(key) = flow else {
             if self.spray {
                 self.spray_counter = self.spray_counter.wrapping_add(1);
                 return scheduler::pick_spray(members, self.spray_counter).map(|t| t as usize);
             }
             return scheduler::pick(members, 0).map(|t| t as usize);
         };
-        if let Some(t) = self.flows.lookup(hash, self.now_s, members, stamp) {
+        if let Some(t) = self.flows.lookup(&key, self.now_s, members, stamp) {
             return Some(t as usize);
         }
         // A new flow (or its tunnel left the group): hash it, but away from a full uplink if another has room.
+        let hash = key.hash(self.flow_seed);
         let mut tunnel = scheduler::pick(members, hash)?;
         let at = Instant::now();
         if !self.has_headroom(tunnel, at) {
@@ -629,7 +630,7 @@ impl OutboundPath {
                 tunnel = t;
             }
         }
-        self.flows.remember(hash, tunnel, self.now_s, stamp);
+        self.flows.remember(&key, tunnel, self.now_s, stamp);
         Some(tunnel as usize)
     }
 

@@ -20,7 +20,7 @@
 //! [`pick_spray`] spreads packets rather than flows, by weight: it reorders packets within a flow, so it is for
 //! links whose traffic tolerates that and is off unless the operator asks for it.
 //!
-//! [`FlowTable`] remembers which tunnel each live flow (by its hash) took, so a flow stays on its tunnel while
+//! [`FlowTable`] remembers which tunnel each live flow (by its [`FlowKey`]) took, so a flow stays on its tunnel while
 //! that tunnel is in the group, even when members join (which [`pick`] alone would move some flows onto). It
 //! is also a route cache: each slot carries the caller's stamp of the routing (FIB snapshot, liveness) its
 //! tunnel was found under, and while the stamp is unchanged [`FlowTable::cached`] gives the tunnel without a
@@ -29,15 +29,19 @@
 //! Left out: preferring members whose uplink has headroom for *new* flows; that is the caller's, between a
 //! [`FlowTable::lookup`] miss and [`FlowTable::remember`] (see `shaper::TokenBucket::headroom`).
 
-/// Slots of a [`FlowTable`] (a power of two); a slot is one flow, 16 bytes.
+use crate::flow::FlowKey;
+
+/// Slots of a [`FlowTable`] (a power of two); a slot is one flow, 32 bytes (2 MiB a table).
 pub const FLOW_SLOTS: usize = 1 << 16;
 /// A flow idle this long is forgotten: its next packet is a new flow.
 pub const FLOW_IDLE_S: u32 = 30;
 
-/// One flow's tunnel, when the flow was last seen, and under which routing its tunnel was found.
+/// One flow's tunnel, when the flow was last seen, and under which routing its tunnel was found. Aligned so
+/// that a slot never straddles two cache lines.
 #[derive(Copy, Clone, Default)]
+#[repr(align(32))]
 struct FlowSlot {
-    hash: u64,
+    key: FlowKey,
     /// Coarse seconds (the caller's clock) plus one; 0 = empty.
     seen: u32,
     tunnel: u16,
@@ -45,34 +49,42 @@ struct FlowSlot {
     route: u16,
 }
 
-/// Which tunnel each live flow took: a direct-mapped table by flow hash (a colliding flow takes the slot
-/// over; the worst case is a flow re-hashed onto a tunnel as if new). One per outbound worker: no lock.
+/// Which tunnel each live flow took: a direct-mapped table by the flow key's index (a colliding flow takes
+/// the slot over; the worst case is a flow placed again as if new). One per outbound worker: no lock.
 pub struct FlowTable {
     slots: Box<[FlowSlot]>,
-}
-
-impl Default for FlowTable {
-    fn default() -> Self {
-        FlowTable {
-            slots: vec![FlowSlot::default(); FLOW_SLOTS].into_boxed_slice(),
-        }
-    }
+    /// Keys [`FlowKey::index`].
+    seed: u64,
 }
 
 impl FlowTable {
-    /// The tunnel the flow `hash` took, if it was seen within [`FLOW_IDLE_S`] of `now_s` and its tunnel was
+    /// An empty table whose slots are chosen under `seed` (random per gateway, like the flow hash's).
+    pub fn new(seed: u64) -> FlowTable {
+        FlowTable {
+            slots: vec![FlowSlot::default(); FLOW_SLOTS].into_boxed_slice(),
+            seed,
+        }
+    }
+
+    #[inline]
+    fn slot(&mut self, key: &FlowKey) -> &mut FlowSlot {
+        &mut self.slots[key.index(self.seed) as usize & (FLOW_SLOTS - 1)]
+    }
+
+    /// The tunnel the flow `key` took, if it was seen within [`FLOW_IDLE_S`] of `now_s` and its tunnel was
     /// found or confirmed under the routing the caller stamps `route` (its FIB snapshot and liveness, which
     /// change the stamp whenever they change): then the route and the group's members need no look, since
     /// they are what they were. A hit counts as seen now.
     ///
-    /// The flow hash stands for the flow's destination here: two flows with one 64-bit keyed hash but
-    /// different routes would share a tunnel (as likely as any 64-bit collision).
+    /// The key stands for the flow's destination here: an IPv4 key is the flow's tuple, so it does; two IPv6
+    /// flows with one 64-bit keyed hash but different routes would share a tunnel (as likely as any 64-bit
+    /// collision).
     #[inline]
-    pub fn cached(&mut self, hash: u64, now_s: u32, route: u16) -> Option<u32> {
+    pub fn cached(&mut self, key: &FlowKey, now_s: u32, route: u16) -> Option<u32> {
         let now = now_s.saturating_add(1);
-        let slot = &mut self.slots[hash as usize & (FLOW_SLOTS - 1)];
+        let slot = self.slot(key);
         if slot.seen != 0
-            && slot.hash == hash
+            && slot.key == *key
             && slot.route == route
             && now.saturating_sub(slot.seen) <= FLOW_IDLE_S
         {
@@ -82,21 +94,21 @@ impl FlowTable {
         None
     }
 
-    /// The tunnel the flow `hash` took, if it was seen within [`FLOW_IDLE_S`] of `now_s` and that tunnel is
+    /// The tunnel the flow `key` took, if it was seen within [`FLOW_IDLE_S`] of `now_s` and that tunnel is
     /// still among `members` (the flow's group under the routing stamped `route`); a hit counts as seen now
     /// and confirms the tunnel under `route`.
     #[inline]
     pub fn lookup<C: Candidate>(
         &mut self,
-        hash: u64,
+        key: &FlowKey,
         now_s: u32,
         members: &[C],
         route: u16,
     ) -> Option<u32> {
         let now = now_s.saturating_add(1);
-        let slot = &mut self.slots[hash as usize & (FLOW_SLOTS - 1)];
+        let slot = self.slot(key);
         if slot.seen != 0
-            && slot.hash == hash
+            && slot.key == *key
             && now.saturating_sub(slot.seen) <= FLOW_IDLE_S
             && members.iter().any(|m| m.tunnel() == u32::from(slot.tunnel))
         {
@@ -112,15 +124,15 @@ impl FlowTable {
         self.slots.fill(FlowSlot::default());
     }
 
-    /// Remembers that the flow `hash` took `tunnel` at `now_s` under the routing stamped `route`. Tunnel
+    /// Remembers that the flow `key` took `tunnel` at `now_s` under the routing stamped `route`. Tunnel
     /// indexes above 65535 are not remembered (their flows are placed afresh per packet).
     #[inline]
-    pub fn remember(&mut self, hash: u64, tunnel: u32, now_s: u32, route: u16) {
+    pub fn remember(&mut self, key: &FlowKey, tunnel: u32, now_s: u32, route: u16) {
         let Ok(tunnel) = u16::try_from(tunnel) else {
             return;
         };
-        self.slots[hash as usize & (FLOW_SLOTS - 1)] = FlowSlot {
-            hash,
+        *self.slot(key) = FlowSlot {
+            key: *key,
             seen: now_s.saturating_add(1),
             tunnel,
             route,
@@ -261,34 +273,50 @@ fn mix(flow: u64, tunnel: u32) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    const SEED: u64 = 0x5eed_f10e;
+
+    /// A distinct IPv4-shaped flow key per `n`.
+    fn key(n: u64) -> FlowKey {
+        FlowKey::from_words([n, 6 | 13 << 56])
+    }
+
+    /// A flow other than `of` whose key lands in `of`'s slot of `t`.
+    fn same_slot(t: &FlowTable, of: &FlowKey) -> FlowKey {
+        let slot = |k: &FlowKey| k.index(t.seed) as usize & (FLOW_SLOTS - 1);
+        (0u64..)
+            .map(key)
+            .find(|k| k != of && slot(k) == slot(of))
+            .expect("a key in that slot")
+    }
+
     #[test]
     fn flow_table_keeps_a_flow_on_its_tunnel_until_it_leaves_or_idles() {
-        let mut t = FlowTable::default();
+        let mut t = FlowTable::new(SEED);
         let both: [Member; 2] = [(1, 1), (2, 1)];
-        assert_eq!(t.lookup(7, 0, &both, 0), None, "new flow");
-        t.remember(7, 2, 0, 0);
-        assert_eq!(t.lookup(7, 5, &both, 0), Some(2));
+        assert_eq!(t.lookup(&key(7), 0, &both, 0), None, "new flow");
+        t.remember(&key(7), 2, 0, 0);
+        assert_eq!(t.lookup(&key(7), 5, &both, 0), Some(2));
         // Refreshed at 5: still there at 5 + FLOW_IDLE_S, gone after.
-        assert_eq!(t.lookup(7, 5 + FLOW_IDLE_S, &both, 0), Some(2));
+        assert_eq!(t.lookup(&key(7), 5 + FLOW_IDLE_S, &both, 0), Some(2));
         assert_eq!(
-            t.lookup(7, 5 + 2 * FLOW_IDLE_S + 1, &both, 0),
+            t.lookup(&key(7), 5 + 2 * FLOW_IDLE_S + 1, &both, 0),
             None,
             "idle too long"
         );
-        t.remember(7, 2, 100, 0);
+        t.remember(&key(7), 2, 100, 0);
         assert_eq!(
-            t.lookup(7, 100, &[(1, 1)], 0),
+            t.lookup(&key(7), 100, &[(1, 1)], 0),
             None,
             "its tunnel left the group"
         );
         // Another flow in the same slot takes it over.
-        let other = 7 + FLOW_SLOTS as u64;
-        t.remember(other, 1, 100, 0);
-        assert_eq!(t.lookup(7, 100, &both, 0), None);
-        assert_eq!(t.lookup(other, 100, &both, 0), Some(1));
+        let other = same_slot(&t, &key(7));
+        t.remember(&other, 1, 100, 0);
+        assert_eq!(t.lookup(&key(7), 100, &both, 0), None);
+        assert_eq!(t.lookup(&other, 100, &both, 0), Some(1));
         // Past the largest index a slot holds: not remembered.
-        t.remember(9, 70_000, 100, 0);
-        assert_eq!(t.lookup(9, 100, &[(70_000, 1)], 0), None);
+        t.remember(&key(9), 70_000, 100, 0);
+        assert_eq!(t.lookup(&key(9), 100, &[(70_000, 1)], 0), None);
     }
 
     /// The route cache: a flow's tunnel is taken without its route while the routing stamp is the one it was
@@ -296,20 +324,36 @@ mod tests {
     /// the tunnel restamps it; idle flows and other flows in the slot miss.
     #[test]
     fn cached_tunnel_holds_only_under_the_routing_it_was_found_with() {
-        let mut t = FlowTable::default();
-        assert_eq!(t.cached(7, 0, 3), None, "new flow");
-        t.remember(7, 2, 0, 3);
-        assert_eq!(t.cached(7, 1, 3), Some(2));
-        assert_eq!(t.cached(7, 1, 4), None, "the FIB or the liveness changed");
+        let mut t = FlowTable::new(SEED);
+        assert_eq!(t.cached(&key(7), 0, 3), None, "new flow");
+        t.remember(&key(7), 2, 0, 3);
+        assert_eq!(t.cached(&key(7), 1, 3), Some(2));
+        assert_eq!(
+            t.cached(&key(7), 1, 4),
+            None,
+            "the FIB or the liveness changed"
+        );
         let both: [Member; 2] = [(1, 1), (2, 1)];
-        assert_eq!(t.lookup(7, 1, &both, 4), Some(2), "still a member");
-        assert_eq!(t.cached(7, 2, 4), Some(2), "confirmed under the new stamp");
-        assert_eq!(t.cached(7, 2, 3), None);
-        assert_eq!(t.cached(7, 2 + FLOW_IDLE_S + 1, 4), None, "idle too long");
-        t.remember(7, 2, 50, 4);
-        assert_eq!(t.cached(7 + FLOW_SLOTS as u64, 50, 4), None, "another flow");
-        assert_eq!(t.lookup(7, 50, &[(1, 1)], 5), None, "its tunnel left");
-        assert_eq!(t.cached(7, 50, 5), None, "and is not confirmed");
+        assert_eq!(t.lookup(&key(7), 1, &both, 4), Some(2), "still a member");
+        assert_eq!(
+            t.cached(&key(7), 2, 4),
+            Some(2),
+            "confirmed under the new stamp"
+        );
+        assert_eq!(t.cached(&key(7), 2, 3), None);
+        assert_eq!(
+            t.cached(&key(7), 2 + FLOW_IDLE_S + 1, 4),
+            None,
+            "idle too long"
+        );
+        t.remember(&key(7), 2, 50, 4);
+        assert_eq!(
+            t.cached(&same_slot(&t, &key(7)), 50, 4),
+            None,
+            "another flow"
+        );
+        assert_eq!(t.lookup(&key(7), 50, &[(1, 1)], 5), None, "its tunnel left");
+        assert_eq!(t.cached(&key(7), 50, 5), None, "and is not confirmed");
     }
 
     use super::*;
