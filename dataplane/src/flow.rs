@@ -4,6 +4,10 @@
 //! seed, so the scheduler can keep every packet of a flow on one tunnel (no reordering within a flow) while
 //! spreading flows evenly, and so a remote sender cannot aim many flows at one tunnel without knowing the seed.
 //!
+//! [`flow_key`] gives what a flow table tells flows apart by without hashing each packet: an IPv4 flow's tuple
+//! itself (two words), an IPv6 flow's keyed hash; [`FlowKey::hash`] is the flow hash, computed from the key
+//! when a flow is placed.
+//!
 //! The tuple is:
 //! - the 5-tuple (source, destination, protocol, source port, destination port) for unfragmented TCP, UDP,
 //!   UDP-Lite, SCTP and DCCP, whose ports all sit in the first four bytes of the transport header;
