@@ -15,14 +15,15 @@
 //! - the choice is deterministic and does not depend on the order of the members.
 //!
 //! The cost is one 64-bit mix and one `ln` per member per packet (just the mix when all weights are equal,
-//! where the highest `u` wins), with no state and no table to rebuild when the group changes. A member of weight 0 carries nothing (a drained member or a backup).
+//! where the highest `u` wins), with no state and no table to rebuild when the group changes. A member of
+//! weight 0 carries nothing (a drained member or a backup).
 //!
 //! [`pick_spray`] spreads packets rather than flows, by weight: it reorders packets within a flow, so it is for
 //! links whose traffic tolerates that and is off unless the operator asks for it.
 //!
-//! [`FlowTable`] remembers which tunnel each live flow (by its [`FlowKey`]) took, so a flow stays on its tunnel while
-//! that tunnel is in the group, even when members join (which [`pick`] alone would move some flows onto). It
-//! is also a route cache: each slot carries the caller's stamp of the routing (FIB snapshot, liveness) its
+//! [`FlowTable`] remembers which tunnel each live flow (by its [`FlowKey`]) took, so a flow stays on its
+//! tunnel while that tunnel is in the group, even when members join (which [`pick`] alone would move some flows
+//! onto). It is also a route cache: each slot carries the caller's stamp of the routing (FIB snapshot, liveness) its
 //! tunnel was found under, and while the stamp is unchanged [`FlowTable::cached`] gives the tunnel without a
 //! route lookup.
 //!
