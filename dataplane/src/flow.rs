@@ -64,13 +64,7 @@ fn has_ports(protocol: u8) -> bool {
 /// The same `seed` must be used by every thread of one gateway; it should be random per gateway. Bytes after
 /// the packet's own length (TFC padding) are ignored. Never allocates and never panics.
 pub fn flow_hash(pkt: &[u8], seed: u64) -> Option<u64> {
-    flow_hash_inspected(pkt, &inspect(pkt).ok()?, seed)
-}
-
-/// [`flow_hash`] of a packet the caller already ran through [`inspect`] (`inner` is that result), so the
-/// forwarding path checks each packet's header once.
-pub fn flow_hash_inspected(pkt: &[u8], inner: &Inner, seed: u64) -> Option<u64> {
-    flow_key(pkt, inner, seed).map(|key| key.hash(seed))
+    flow_key(pkt, &inspect(pkt).ok()?, seed).map(|key| key.hash(seed))
 }
 
 /// A flow as a flow table tells it apart without hashing it: for IPv4 the tuple itself, as the two words
@@ -85,8 +79,9 @@ pub struct FlowKey([u64; 2]);
 const IPV6_KEY: u64 = 0xff;
 
 impl FlowKey {
-    /// A key of two words, for tests and benches that need distinct flows without packets.
-    pub const fn from_words(words: [u64; 2]) -> FlowKey {
+    /// A key of two words, for tests that need distinct flows without packets.
+    #[cfg(test)]
+    pub(crate) const fn from_words(words: [u64; 2]) -> FlowKey {
         FlowKey(words)
     }
 
