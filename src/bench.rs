@@ -58,6 +58,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use braid_crypto::{
     sealed_len, Cipher, InboundSa, NextHeader, OutboundSa, SaKey, Spi, HEADROOM, KEYMAT_LEN,
+    MAX_TAILROOM,
 };
 use braid_dataplane::inbound::{InboundPath, TunWire};
 use braid_dataplane::outbound::{OutboundPath, Sockets, Wire};
@@ -788,7 +789,7 @@ fn esp_seal_round(cipher: Cipher, size: usize) -> impl FnMut() {
         })
         .collect();
     let mut bufs: Vec<Vec<u8>> = (0..BATCH)
-        .map(|i| vec![i as u8; HEADROOM + size + braid_crypto::MAX_TAILROOM])
+        .map(|i| vec![i as u8; HEADROOM + size + MAX_TAILROOM])
         .collect();
     move || {
         for (i, buf) in bufs.iter_mut().enumerate() {

@@ -23,9 +23,9 @@
 //!
 //! [`FlowTable`] remembers which tunnel each live flow (by its [`FlowKey`]) took, so a flow stays on its
 //! tunnel while that tunnel is in the group, even when members join (which [`pick`] alone would move some flows
-//! onto). It is also a route cache: each slot carries the caller's stamp of the routing (FIB snapshot, liveness) its
-//! tunnel was found under, and while the stamp is unchanged [`FlowTable::cached`] gives the tunnel without a
-//! route lookup.
+//! onto). It is also a route cache: each slot carries the caller's stamp of the routing (FIB snapshot,
+//! liveness) its tunnel was found under, and while the stamp is unchanged [`FlowTable::cached`] gives the
+//! tunnel without a route lookup.
 //!
 //! Left out: preferring members whose uplink has headroom for *new* flows; that is the caller's, between a
 //! [`FlowTable::lookup`] miss and [`FlowTable::remember`] (see `shaper::TokenBucket::headroom`).
