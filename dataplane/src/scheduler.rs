@@ -31,6 +31,7 @@
 //! [`FlowTable::lookup`] miss and [`FlowTable::remember`] (see `shaper::TokenBucket::headroom`).
 
 use crate::flow::FlowKey;
+use crate::sys::HugeArray;
 
 /// Slots of a [`FlowTable`] (a power of two); a slot is one flow, 32 bytes (2 MiB a table).
 pub const FLOW_SLOTS: usize = 1 << 16;
@@ -53,7 +54,8 @@ struct FlowSlot {
 /// Which tunnel each live flow took: a direct-mapped table by the flow key's index (a colliding flow takes
 /// the slot over; the worst case is a flow placed again as if new). One per outbound worker: no lock.
 pub struct FlowTable {
-    slots: Box<[FlowSlot]>,
+    /// On transparent huge pages where the kernel has them: slots are looked up at random.
+    slots: HugeArray<FlowSlot>,
     /// Keys [`FlowKey::index`].
     seed: u64,
 }
@@ -62,7 +64,7 @@ impl FlowTable {
     /// An empty table whose slots are chosen under `seed` (random per gateway, like the flow hash's).
     pub fn new(seed: u64) -> FlowTable {
         FlowTable {
-            slots: vec![FlowSlot::default(); FLOW_SLOTS].into_boxed_slice(),
+            slots: HugeArray::new(FLOW_SLOTS, FlowSlot::default()),
             seed,
         }
     }
@@ -70,6 +72,13 @@ impl FlowTable {
     #[inline]
     fn slot(&mut self, key: &FlowKey) -> &mut FlowSlot {
         &mut self.slots[key.index(self.seed) as usize & (FLOW_SLOTS - 1)]
+    }
+
+    /// Starts fetching flow `key`'s slot into the cache, for a [`cached`](Self::cached) or
+    /// [`lookup`](Self::lookup) a little later (a slot of a large table is a cache miss more often than not).
+    #[inline]
+    pub fn prefetch(&self, key: &FlowKey) {
+        crate::sys::prefetch(&self.slots[key.index(self.seed) as usize & (FLOW_SLOTS - 1)]);
     }
 
     /// The tunnel the flow `key` took, if it was seen within [`FLOW_IDLE_S`] of `now_s` and its tunnel was

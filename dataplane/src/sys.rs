@@ -17,6 +17,8 @@
 //!   tests, `ETHTOOL_SGRO` on an interface and running a closure inside a network namespace.
 //! - `sendmmsg(2)` of batches of UDP messages, with UDP GSO (`UDP_SEGMENT`) where a message is a run of
 //!   equal-size datagrams ([`send_batch`]).
+//! - for the outbound path's flow table: a cache prefetch hint ([`prefetch`]) and a table on transparent huge
+//!   pages ([`HugeArray`]: an aligned allocation and `madvise(MADV_HUGEPAGE)`).
 //!
 //! Deliberately left out: routes with gateways, multipath routes and tables other than main (braid's routes point straight
 //! at its point-to-point TUN device); netlink extended acks and multicast groups.
@@ -270,6 +272,84 @@ pub fn interface_with_address(addr: IpAddr) -> io::Result<Option<String>> {
     // SAFETY: `list` came from getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(list) };
     Ok(found)
+}
+
+/// Asks the CPU to bring the cache line holding `value` into its caches, without waiting for it (x86-64's
+/// `PREFETCHT0`; nothing elsewhere). A hint: it reads nothing and cannot fault.
+#[inline(always)]
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is part of SSE, which every x86-64 CPU has; it only hints at an address (here a valid
+    // reference) and never faults or changes memory.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
+/// The size and alignment of a transparent huge page on x86-64 (and of the arrays [`HugeArray`] makes).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A fixed-size heap array aligned to 2 MiB, which the kernel is asked to back with transparent huge pages
+/// (`MADV_HUGEPAGE`, before the first touch): a large table looked up at random then takes one TLB entry per
+/// 2 MiB instead of one per 4 KiB page (a TLB miss is a page walk, in a virtual machine a nested one). Where
+/// the kernel has no huge pages (or says no) it is an ordinary array.
+pub struct HugeArray<T: Copy> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: a HugeArray owns its elements as a Box<[T]> would.
+unsafe impl<T: Copy + Send> Send for HugeArray<T> {}
+// SAFETY: as above; shared access only reads.
+unsafe impl<T: Copy + Sync> Sync for HugeArray<T> {}
+
+impl<T: Copy> HugeArray<T> {
+    /// `len` copies of `fill`. Panics when `len` elements do not fit in memory's address space (as `vec!`
+    /// does); aborts when the allocation fails.
+    pub fn new(len: usize, fill: T) -> HugeArray<T> {
+        let layout = std::alloc::Layout::array::<T>(len.max(1))
+            .and_then(|l| l.align_to(HUGE_PAGE))
+            .expect("a HugeArray fits the address space");
+        // SAFETY: the layout's size is non-zero.
+        let raw = unsafe { std::alloc::alloc(layout) }.cast::<T>();
+        let Some(ptr) = std::ptr::NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        // SAFETY: [raw, raw + size) is this allocation, page-aligned (2 MiB); the advice only changes how the
+        // kernel backs it. Refused advice (no THP in this kernel) leaves ordinary pages: nothing to handle.
+        unsafe { libc::madvise(raw.cast(), layout.size(), libc::MADV_HUGEPAGE) };
+        for i in 0..len {
+            // SAFETY: i < len, within the allocation; every element is written before any is read.
+            unsafe { raw.add(i).write(fill) };
+        }
+        HugeArray { ptr, len, layout }
+    }
+}
+
+impl<T: Copy> std::ops::Deref for HugeArray<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: ptr holds len initialised elements for as long as self lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Copy> std::ops::DerefMut for HugeArray<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in deref, and &mut self is the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Copy> Drop for HugeArray<T> {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; T: Copy needs no drop.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) };
+    }
 }
 
 /// Waits until `fd` is ready for `events` (`libc::POLLIN`/`POLLOUT`) or `timeout` passes.
@@ -1546,6 +1626,27 @@ pub fn send_batch(fd: RawFd, buf: &[u8], batch: &mut SendBatch, from: usize) -> 
 
 #[cfg(test)]
 mod tests {
+
+    /// A huge array holds its fill, takes writes, is aligned to a huge page, and frees itself.
+    #[test]
+    fn huge_array_is_an_aligned_array() {
+        use super::{HugeArray, HUGE_PAGE};
+        #[derive(Copy, Clone, PartialEq, Debug)]
+        struct Slot(u64, u32);
+        let mut a = HugeArray::new(100_000, Slot(7, 9));
+        assert_eq!(a.len(), 100_000);
+        assert_eq!(a.as_ptr() as usize % HUGE_PAGE, 0);
+        assert!(a.iter().all(|s| *s == Slot(7, 9)));
+        a[99_999] = Slot(1, 2);
+        a[0].0 = 3;
+        assert_eq!(
+            (a[0], a[99_999], a[50_000]),
+            (Slot(3, 9), Slot(1, 2), Slot(7, 9))
+        );
+        let empty = HugeArray::new(0, 0u8);
+        assert!(empty.is_empty());
+        drop((a, empty));
+    }
 
     #[test]
     fn gtsm_sets_ttl_and_minimum_ttl() {
