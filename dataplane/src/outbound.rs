@@ -259,6 +259,16 @@ struct TxBatch {
     /// Tunnels whose outbound SA sealed in this batch, with the packets and inner octets sealed: their SA
     /// counters move once, at the flush.
     sealed: Vec<(usize, u64, u64)>,
+    /// The finished packet last read into its slot, decided on and waiting to be sealed there (its room, up to
+    /// `end`, is kept; see [`OutboundPath::forward_in_slot`]).
+    pending: Option<Pending>,
+}
+
+/// A finished packet in its slot of the batch, decided on: sealed there when the next read has been inspected,
+/// or at the flush.
+struct Pending {
+    segments: Segments<'static>,
+    seq: SeqRange,
 }
 
 /// TUN reads of one outbound worker not yet added to the shared counters.
@@ -298,12 +308,13 @@ impl TxBatch {
             send: SendBatch::with_capacity(BATCH_DATAGRAMS),
             runs: Vec::with_capacity(BATCH_DATAGRAMS),
             sealed: Vec::new(),
+            pending: None,
         }
     }
 
-    /// Whether an inner packet of `len` octets still fits, sealed.
+    /// Whether an inner packet of `len` octets still fits, sealed (after the pending packet, if any).
     fn fits(&self, len: usize) -> bool {
-        self.datagrams.len() < BATCH_DATAGRAMS
+        self.datagrams.len() + usize::from(self.pending.is_some()) < BATCH_DATAGRAMS
             && self.end + HEADROOM + len + braid_crypto::MAX_TAILROOM <= self.buf.len()
     }
 }
@@ -565,19 +576,16 @@ impl OutboundPath {
     /// Applies one command of the control plane to this worker's tunnels and answers it (the caller may have
     /// stopped waiting: that is fine).
     pub(crate) fn apply(&mut self, board: &Board, command: TxCommand) {
+        // The packet waiting in its slot holds sequence numbers of the SA it was decided under.
+        self.settle();
         apply_tx(&mut self.tunnels, board, command);
         self.holding = self.tunnels.iter().filter(|t| t.hold.is_some()).count();
     }
 
-    /// The tunnel for a packet: from the route cache when its flow's tunnel was found under the current
+    /// The tunnel for a packet of flow `flow` (`None`: sprayed, or no flow key): from the route cache when its flow's tunnel was found under the current
     /// routing; otherwise routed to its next-hop group and chosen there, per flow (remembered in the flow
     /// table) or per packet (spray). `None`: no route.
-    fn route(&mut self, pkt: &[u8], inner: &Inner) -> Option<usize> {
-        let flow = if self.spray {
-            None
-        } else {
-            flow_key(pkt, inner, self.flow_seed)
-        };
+    fn route(&mut self, inner: &Inner, flow: Option<FlowKey>) -> Option<usize> {
         let stamp = self.route_stamp();
         if let Some(t) = flow.and_then(|key| self.flows.cached(&key, self.now_s, stamp)) {
             return Some(t as usize);
@@ -650,7 +658,11 @@ impl OutboundPath {
     /// for all its segments ([`decide`](Self::decide)); each segment is then written into the batch and sealed
     /// there.
     fn forward(&mut self, read: &[u8], wire: &mut impl Wire) {
-        let Some((mut segments, mut seq)) = self.decide(read, wire) else {
+        let inspected = self.inspect(read);
+        // The packet waiting in its slot goes into the batch first: the batch keeps the order of the reads.
+        self.settle();
+        let Some((mut segments, mut seq)) = inspected.and_then(|i| self.decide(read, &i, wire))
+        else {
             return;
         };
         let pkt = &read[VNET_HDR_LEN..];
@@ -677,56 +689,82 @@ impl OutboundPath {
     }
 
     /// Forwards the finished packet of `n` octets (virtio-net header included) that the TUN device read into
-    /// the batch's next slot ([`read_areas`](Self::read_areas)): decided as any read, then sealed where it lies.
+    /// the batch's next slot ([`read_areas`](Self::read_areas)): inspected, then decided as any read, and sealed
+    /// where it lies when the next read has been inspected (or at the flush). So the packet's flow slot, whose
+    /// fetch [`inspect`](Self::inspect) starts, arrives while the packet before it is sealed, instead of
+    /// stalling the route cache's look (with many flows the slot is a cache miss more often than not). The
+    /// waiting packet's room in the batch, its sealed length, is kept: the next slot starts after it.
     fn forward_in_slot(&mut self, n: usize, wire: &mut impl Wire) {
         let start = self.slot_start();
-        // The batch buffer is taken out while the read in it is decided on (a move), and put back.
-        let buf = std::mem::take(&mut self.batch.buf);
-        let decided = self.decide(&buf[start..start + n], wire);
-        self.batch.buf = buf;
-        let Some((segments, mut seq)) = decided else {
+        let inspected = self.inspect(&self.batch.buf[start..start + n]);
+        self.settle();
+        let Some(inspected) = inspected else {
             return;
         };
-        // The slot was made to fit it: it cannot stop for room (if it did, the packet is dropped, not lost
-        // track of: a flush would move the slot).
-        if self.seal_segments(&segments, 0, &mut seq) == Some(0) {
-            debug_assert!(false, "a read in its slot did not fit the batch");
-            self.tunnels[segments.t]
-                .stats
-                .drops
-                .count(DropReason::InnerMalformed);
+        // The batch buffer is taken out while the read in it is decided on (a move), and put back.
+        let buf = std::mem::take(&mut self.batch.buf);
+        let decided = self.decide(&buf[start..start + n], &inspected, wire);
+        self.batch.buf = buf;
+        let Some((mut segments, seq)) = decided else {
+            return;
+        };
+        segments.slot = self.batch.end;
+        self.batch.end += braid_crypto::sealed_len(segments.plan.segment_len(0));
+        self.batch.pending = Some(Pending { segments, seq });
+    }
+
+    /// Seals the packet waiting in its slot, if any ([`forward_in_slot`](Self::forward_in_slot)).
+    fn settle(&mut self) {
+        if let Some(Pending { segments, mut seq }) = self.batch.pending.take() {
+            // Its room was kept: it cannot stop for room (`None`, counted: the SA ran out of sequence numbers).
+            let _ = self.seal_segments(&segments, 0, &mut seq);
         }
     }
 
-    /// Decides what happens to one read, once for all its segments (they share the 5-tuple): inspected, routed,
-    /// given a tunnel, an SA and the segments' sequence numbers, checked against the tunnel MTU. Returns the
-    /// segments to seal (their source not yet set), or `None` when the read was dropped, held for the next SA,
-    /// or answered with an ICMP "too big" (each counted).
-    fn decide(
-        &mut self,
-        read: &[u8],
-        wire: &mut impl Wire,
-    ) -> Option<(Segments<'static>, SeqRange)> {
+    /// A read's first look: its inner packet's fields, its offload plan and its flow key (`None` when sprayed
+    /// or the packet has none), with the fetch of the flow's slot in the flow table started. `None` (counted)
+    /// when the read is malformed.
+    fn inspect(&self, read: &[u8]) -> Option<Inspected> {
         let hdr = VnetHdr::parse(read).unwrap_or_default();
-        let pkt = &read[VNET_HDR_LEN..];
-        // Matched by reference: moving the results out copies them through the stack, where loads wider than
-        // the stores that wrote them stall (store forwarding; ~15 ns a packet in `braid bench`).
-        let inspected = wire::inspect(pkt);
-        let Ok(inner) = &inspected else {
+        let pkt = read.get(VNET_HDR_LEN..).unwrap_or_default();
+        let Ok(inner) = wire::inspect(pkt) else {
             self.tun_stats.drops.count(DropReason::InnerMalformed);
             return None;
         };
-        let planned = Plan::new(&hdr, pkt);
-        let Ok(plan) = &planned else {
+        let Ok(plan) = Plan::new(&hdr, pkt) else {
             self.tun_stats.drops.count(DropReason::OffloadMalformed);
             return None;
         };
+        let flow = if self.spray {
+            None
+        } else {
+            flow_key(pkt, &inner, self.flow_seed)
+        };
+        if let Some(key) = &flow {
+            self.flows.prefetch(key);
+        }
+        Some(Inspected { inner, plan, flow })
+    }
+
+    /// Decides what happens to one `inspected` read, once for all its segments (they share the 5-tuple): routed,
+    /// given a tunnel, an SA and the segments' sequence numbers, checked against the tunnel MTU. Returns the
+    /// segments to seal (their source not yet set), or `None` when the read was dropped, held for the next SA,
+    /// or answered with an ICMP "too big" (each counted).
+    #[inline(always)]
+    fn decide(
+        &mut self,
+        read: &[u8],
+        inspected: &Inspected,
+        wire: &mut impl Wire,
+    ) -> Option<(Segments<'static>, SeqRange)> {
+        let pkt = &read[VNET_HDR_LEN..];
+        let Inspected { inner, plan, flow } = inspected;
         let count = plan.count();
         if plan.is_gso() {
             self.reads.gso_reads += 1;
             self.reads.gso_segments += count as u64;
         }
-        let routed = self.route(pkt, inner).filter(|&t| t < self.tunnels.len());
+        let routed = self.route(inner, *flow).filter(|&t| t < self.tunnels.len());
         let Some(t) = routed else {
             self.tun_stats
                 .drops
@@ -791,6 +829,7 @@ impl OutboundPath {
             t,
             plan: *plan,
             pkt: None,
+            slot: 0,
             next: if inner.version == 4 {
                 NextHeader::Ipv4
             } else {
@@ -831,11 +870,13 @@ impl OutboundPath {
         let mut i = from;
         while i < count {
             let len = s.plan.segment_len(i);
-            if !batch.fits(len) {
-                break;
-            }
+            let slot = match s.pkt {
+                Some(_) if !batch.fits(len) => break,
+                Some(_) => batch.end,
+                // Read into its slot, whose room was kept.
+                None => s.slot,
+            };
             i += 1;
-            let slot = batch.end;
             match s.pkt {
                 Some(pkt) => {
                     s.plan.write(pkt, i - 1, &mut batch.buf[slot + HEADROOM..]);
@@ -904,7 +945,14 @@ impl OutboundPath {
                 inner_len: len,
                 gso: s.gso,
             });
-            batch.end = esp.end;
+            match s.pkt {
+                Some(_) => batch.end = esp.end,
+                None => debug_assert_eq!(
+                    esp.end,
+                    s.slot + braid_crypto::sealed_len(len),
+                    "its kept room"
+                ),
+            }
         }
         note_sealed(&mut batch.sealed, s.t, sealed);
         Some(i)
@@ -914,6 +962,7 @@ impl OutboundPath {
     /// message each (the last of a run may be shorter), all the messages of a stretch of the batch in one
     /// `sendmmsg`. Then publishes the SA counters, empties the batch and sends what the caps have released.
     pub fn flush(&mut self, wire: &mut impl Wire) {
+        self.settle();
         let total = self.batch.datagrams.len();
         let mut i = 0;
         while i < total {
@@ -1215,12 +1264,21 @@ fn is_super(read: &[u8]) -> bool {
     VnetHdr::parse(read).is_none_or(|h| h.gso_kind() != crate::vnet::GSO_NONE)
 }
 
+/// What [`OutboundPath::inspect`] finds in a read.
+struct Inspected {
+    inner: Inner,
+    plan: Plan,
+    flow: Option<FlowKey>,
+}
+
 /// One read's segments as [`OutboundPath::seal_segments`] seals them: decided once per read.
 struct Segments<'a> {
     t: usize,
     plan: Plan,
-    /// The packet they are written from, or `None` for a finished packet read into the batch's next slot.
+    /// The packet they are written from, or `None` for a finished packet read into a slot of the batch.
     pkt: Option<&'a [u8]>,
+    /// Where that slot starts (its packet at `slot + HEADROOM`), when `pkt` is `None`.
+    slot: usize,
     next: NextHeader,
     gso: bool,
     on_wire_extra: usize,
@@ -1571,6 +1629,80 @@ mod tests {
         for (i, segment) in inner[sent.len()..].iter().enumerate() {
             assert_eq!(segment.len(), 528);
             assert_eq!(segment[28..], superpacket[28 + 500 * i..28 + 500 * (i + 1)]);
+        }
+        assert_eq!(p.tun_stats.drops.total(), 0);
+    }
+
+    /// A finished packet read into its slot is sealed when the next read has been inspected, or at the flush.
+    /// Sealed datagrams still lie back to back (one GSO run), in the order read; and an SA switch in between
+    /// seals the waiting packet first, under the SA and sequence number it was decided with.
+    #[test]
+    fn a_packet_waiting_in_its_slot_is_sealed_in_order_under_its_sa() {
+        use crate::fib::{FibBuilder, NextHopGroup};
+        use braid_crypto::{InboundSa, Spi};
+        let remote = SocketAddr::from(([192, 0, 2, 1], 4500));
+        let board = Board::new([remote]);
+        let sa = OutboundSa::new(Spi(0x300), &key_for_test(), false);
+        let mut fib = FibBuilder::new();
+        let all = crate::prefix::Prefix::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).unwrap();
+        fib.insert(all, Arc::new(NextHopGroup::single(0)));
+        let mut p = OutboundPath::standalone(
+            vec![tunnel_io(0, Some(sa), 1400)],
+            vec![Arc::default()],
+            Arc::new(FibCell::new(fib.build())),
+            Liveness::new(1),
+            Arc::default(),
+            1,
+        );
+        let read = |fill: u8| {
+            let mut r = vec![0u8; VNET_HDR_LEN];
+            VnetHdr::default().write(&mut r);
+            r.extend_from_slice(&udp_v4(500, true, fill));
+            r
+        };
+        let mut wire = Recorder::default();
+
+        for fill in [0x61, 0x62, 0x63] {
+            p.read(&read(fill), &mut wire);
+            assert!(p.batch.pending.is_some(), "the last read waits in its slot");
+            assert!(wire.datagrams.is_empty());
+        }
+        assert_eq!(p.batch.datagrams.len(), 2, "the reads before it are sealed");
+        // A rekey while the third waits: it is sealed first, on the old SA.
+        let (done, answer) = crossbeam_channel::bounded(1);
+        let next = OutboundSa::new(Spi(0x301), &key_for_test(), false);
+        p.apply(
+            &board,
+            TxCommand::SetOutbound {
+                tunnel: 0,
+                sa: Some(Arc::new(OutboundEntry::new(next))),
+                hold: Duration::ZERO,
+                done,
+            },
+        );
+        answer.try_recv().expect("answered").expect("applied");
+        assert!(p.batch.pending.is_none());
+        p.read(&read(0x64), &mut wire);
+        p.flush(&mut wire);
+
+        // One GSO run (one tunnel, one remote): the datagrams lie back to back, the old SA's and the new one's.
+        let sealed_len = braid_crypto::sealed_len(500);
+        assert_eq!(
+            wire.calls,
+            vec![vec![(0, 4 * sealed_len, sealed_len as u16)]]
+        );
+        let mut old = InboundSa::new(Spi(0x300), &key_for_test(), false, 64);
+        let mut new = InboundSa::new(Spi(0x301), &key_for_test(), false, 64);
+        for (d, (fill, spi, seq)) in wire.datagrams.iter_mut().zip([
+            (0x61, 0x300u32, 1u32),
+            (0x62, 0x300, 2),
+            (0x63, 0x300, 3),
+            (0x64, 0x301, 1),
+        ]) {
+            assert_eq!(d[..8], [spi.to_be_bytes(), seq.to_be_bytes()].concat()[..]);
+            let sa = if spi == 0x300 { &mut old } else { &mut new };
+            let opened = sa.open(d).expect("authentic");
+            assert_eq!(d[opened.inner][..500], udp_v4(500, true, fill)[..]);
         }
         assert_eq!(p.tun_stats.drops.total(), 0);
     }
