@@ -74,8 +74,10 @@ use serde::Serialize;
 /// Packets per round: about 370 KiB of 1400-octet packets, within one core's L2 cache, as a batch of the
 /// fast path would be.
 pub const BATCH: usize = 256;
-/// Distinct flows in a batch (half UDP, half TCP).
+/// Distinct flows by default (half UDP, half TCP): a batch holds four packets of each.
 pub const FLOWS: usize = 64;
+/// The most flows `--flows` takes (the synthetic rounds hold a read per flow, at least a batch).
+pub const MAX_FLOWS: usize = 16384;
 /// Tunnels between the two gateways, all in one next-hop group.
 const TUNNELS: usize = 4;
 /// The flow-hash seed of both gateways.
@@ -99,6 +101,9 @@ pub struct BenchOptions {
     pub size: usize,
     /// Seconds per measurement.
     pub secs: f64,
+    /// Distinct flows (1 to [`MAX_FLOWS`]); above a batch, the outbound rounds take the flows' packets in
+    /// turn, a batch at a time.
+    pub flows: usize,
     pub json: bool,
     /// Real UDP sockets on 127.0.0.1 instead of the synthetic loop.
     pub loopback: bool,
@@ -666,8 +671,8 @@ impl TunWire for TunSink {
 
 /// Packet `i` of a batch from `side`'s site to the other's: IPv4 with DF, UDP for even flows and TCP for
 /// odd ones, `size` octets in all, a valid header checksum.
-fn packet(side: Side, i: usize, size: usize) -> Vec<u8> {
-    let flow = i % FLOWS;
+fn packet(side: Side, i: usize, size: usize, flows: usize) -> Vec<u8> {
+    let flow = i % flows.max(1);
     let mut p = vec![0u8; size];
     let mut src = side.site();
     let mut dst = side.other().site();
@@ -703,8 +708,8 @@ fn packet(side: Side, i: usize, size: usize) -> Vec<u8> {
 }
 
 /// A batch of [`BATCH`] packets from `side`'s site (see [`packet`]).
-fn packets(side: Side, size: usize) -> Vec<Vec<u8>> {
-    (0..BATCH).map(|i| packet(side, i, size)).collect()
+fn packets(side: Side, size: usize, flows: usize) -> Vec<Vec<u8>> {
+    (0..BATCH).map(|i| packet(side, i, size, flows)).collect()
 }
 
 /// A TUN read: the virtio-net header `hdr`, then packet `p`.
@@ -834,14 +839,15 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
     let mut raw_round = raw_seal_round(opts.cipher, size);
     let mut esp_round = esp_seal_round(opts.cipher, size);
 
-    // Outbound: A's TUN side to its uplink, one finished packet per read (virtio-net header first).
+    // Outbound: A's TUN side to its uplink, one finished packet per read (virtio-net header first). With more
+    // flows than a batch holds, a packet of each flow, and the rounds take them a batch at a time, in turn.
+    let flows = opts.flows.clamp(1, MAX_FLOWS);
     let mut a_out = Outbound::new(Side::A, opts.cipher, remote, size);
-    let reads: Vec<Vec<u8>> = packets(Side::A, size)
-        .iter()
-        .map(|p| with_vnet_hdr(&VnetHdr::default(), p))
+    let reads: Vec<Vec<u8>> = (0..flows.next_multiple_of(BATCH))
+        .map(|i| with_vnet_hdr(&VnetHdr::default(), &packet(Side::A, i, size, flows)))
         .collect();
     let mut out_sink = Sink::default();
-    // The first round (not measured) copies the reads whole; the measured ones write their headers.
+    // The first pass (not measured) copies the reads whole; the measured rounds write their headers.
     for r in &reads {
         a_out.path.read(r, &mut out_sink);
     }
@@ -851,8 +857,10 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         .iter()
         .map(|t| t.tx_packets.load(Ordering::Relaxed) as usize)
         .collect();
+    let first_pass = reads.len() as u64;
+    let mut turn = reads.chunks(BATCH).cycle();
     let mut out_round = || {
-        for r in &reads {
+        for r in turn.next().expect("a batch of reads") {
             tun_read(&mut a_out.path, r, &mut out_sink);
         }
         a_out.path.flush(&mut out_sink);
@@ -873,7 +881,7 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
     };
     let super_read = with_vnet_hdr(
         &tso_hdr,
-        &packet(Side::A, 1, HEADER_LEN + segments * gso_size),
+        &packet(Side::A, 1, HEADER_LEN + segments * gso_size, flows),
     );
     let mut a_tso = Outbound::new(Side::A, opts.cipher, remote, size);
     let mut tso_sink = Sink::default();
@@ -892,7 +900,7 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
     // them); the round copies them into receive slots, 32 messages at a time (the stand-in for `recvmmsg`'s
     // copy), and A's inbound path handles each batch as the engine does, up to the TUN write.
     let mut b_out = Outbound::new(Side::B, opts.cipher, remote, size);
-    let b_reads: Vec<Vec<u8>> = packets(Side::B, size)
+    let b_reads: Vec<Vec<u8>> = packets(Side::B, size, flows)
         .iter()
         .map(|p| with_vnet_hdr(&VnetHdr::default(), p))
         .collect();
@@ -952,10 +960,10 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         <[Rate; 5]>::try_from(rates).expect("five rates");
     assert_eq!(a_out.drops(), 0, "outbound drops");
     assert_eq!(a_tso.drops(), 0, "outbound TSO drops");
-    // Every packet of every round (and of the first one, unmeasured) went out.
+    // Every packet of every round (and of the first pass and the first round, unmeasured) went out.
     assert_eq!(
         a_out.sent(),
-        outbound.packets + 2 * BATCH as u64,
+        outbound.packets + first_pass + BATCH as u64,
         "outbound sent"
     );
     assert_eq!(
@@ -982,7 +990,7 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         cipher: opts.cipher.name(),
         size,
         batch: BATCH,
-        flows: FLOWS,
+        flows,
         machine,
         esp_seal_vs_raw: ratio(&esp_seal),
         outbound_vs_raw: ratio(&outbound),
@@ -1031,6 +1039,7 @@ pub fn loopback(opts: &BenchOptions) -> Result<LoopbackReport> {
     let to = rx_sock.local_addr()?;
     let done = Arc::new(AtomicBool::new(false));
     let cipher = opts.cipher;
+    let flows = opts.flows.clamp(1, MAX_FLOWS);
 
     let receiver = {
         let done = done.clone();
@@ -1081,7 +1090,7 @@ pub fn loopback(opts: &BenchOptions) -> Result<LoopbackReport> {
     let sender = std::thread::Builder::new().name("bench-tx".into()).spawn(
         move || -> (Rate, Counted, u64, bool) {
             let mut a_out = Outbound::new(Side::A, cipher, to, size);
-            let reads: Vec<Vec<u8>> = packets(Side::A, size)
+            let reads: Vec<Vec<u8>> = packets(Side::A, size, flows)
                 .iter()
                 .map(|p| with_vnet_hdr(&VnetHdr::default(), p))
                 .collect();
@@ -1160,7 +1169,7 @@ mod tests {
     #[test]
     fn packets_are_well_formed_and_spread_over_the_group() {
         for size in [MIN_SIZE, 64, 1400] {
-            let p = packet(Side::A, 3, size);
+            let p = packet(Side::A, 3, size, FLOWS);
             let inner = wire::inspect(&p).unwrap();
             assert_eq!(inner.len, size);
             assert_eq!(wire::checksum(0, &p[..20]), 0, "header checksum");
@@ -1169,12 +1178,25 @@ mod tests {
             cipher: Cipher::Aes256Gcm16,
             size: 200,
             secs: 0.01,
+            flows: FLOWS,
             json: false,
             loopback: false,
         });
         assert_eq!(r.tunnel_spread.iter().sum::<usize>(), BATCH);
         assert!(r.tunnel_spread.iter().all(|&n| n > 0), "{r:?}");
         assert!(r.outbound.packets >= BATCH as u64 && r.inbound.packets >= BATCH as u64);
+        // More flows than a batch: a packet of each goes out first, then the rounds take them in turn.
+        let r = synthetic(&BenchOptions {
+            cipher: Cipher::Aes256Gcm16,
+            size: 200,
+            secs: 0.01,
+            flows: 1000,
+            json: false,
+            loopback: false,
+        });
+        assert_eq!(r.flows, 1000);
+        assert_eq!(r.tunnel_spread.iter().sum::<usize>(), 1024);
+        assert!(r.tunnel_spread.iter().all(|&n| n > 0), "{r:?}");
     }
 
     #[test]
@@ -1183,6 +1205,7 @@ mod tests {
             cipher: Cipher::ChaCha20Poly1305,
             size: 1400,
             secs: 0.05,
+            flows: FLOWS,
             json: false,
             loopback: true,
         })

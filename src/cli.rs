@@ -150,6 +150,12 @@ enum Cmd {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
         secs: f64,
+        /// Distinct flows (1 to 16384). Above the 256 packets of a round, each round takes the next 256
+        /// flows' packets: the flow table's look is then a cache miss more often than not, as on a gateway
+        /// with many flows.
+        #[arg(long, default_value_t = crate::bench::FLOWS,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::bench::MAX_FLOWS as u64))]
+        flows: usize,
         /// Real UDP sockets on loopback: a sender thread seals and sends, a receiver thread opens.
         #[arg(long)]
         loopback: bool,
@@ -429,6 +435,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             cipher,
             size,
             secs,
+            flows,
             loopback,
             json,
         } => {
@@ -442,6 +449,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 cipher,
                 size,
                 secs,
+                flows,
                 json,
                 loopback,
             })

@@ -215,4 +215,22 @@ fn bench_runs_and_prints_sane_numbers() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--cipher"));
     let bad = braid(&["bench", "--size", "20", "--secs", "0.1"]);
     assert_eq!(bad.status.code(), Some(1));
+    // Many flows: every flow's packet went out once (the spread adds up to them), the rounds take them in turn.
+    let out = braid(&["bench", "--secs", "0.1", "--flows", "300", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["flows"], 300);
+    let spread: Vec<u64> = v["tunnel_spread"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(spread.iter().sum::<u64>(), 512, "{v}");
+    assert!(spread.iter().all(|&n| n > 0), "{v}");
+    for flows in ["0", "16385"] {
+        let bad = braid(&["bench", "--flows", flows, "--secs", "0.1"]);
+        assert_eq!(bad.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("--flows"));
+    }
 }
