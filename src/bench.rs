@@ -3,8 +3,9 @@
 //! Two gateways, A and B, are built in memory as a configuration would build them: four tunnels between
 //! them (SPIs and keys mirrored), a FIB on each side with a few prefixes and one 4-member next-hop group
 //! (equal weights) towards the other site, [`Liveness`], per-tunnel and per-uplink counters. A batch of
-//! synthetic inner IPv4 packets (half UDP, half TCP, [`FLOWS`] flows over different addresses and ports, all
-//! of the chosen size) then goes through the engine's own code:
+//! synthetic inner IPv4 packets (half UDP, half TCP, [`FLOWS`] flows over different addresses and ports by
+//! default, up to [`MAX_FLOWS`] with `--flows`, all of the chosen size) then goes through the engine's own
+//! code:
 //!
 //! - **outbound** (A's TUN side to A's uplink): the engine's outbound worker path itself
 //!   ([`OutboundPath::read_placed`], the code the engine's worker runs per TUN read, with a [`Wire`] that

@@ -7,6 +7,11 @@
 //! ([`OutboundPath::read_areas`]: one `readv`, the slot first, a spill buffer for the rest of a larger read),
 //! so a finished packet is sealed where the kernel put it, with no copy in user space; a super-packet's
 //! segments ([`crate::gso`]) are written from the spill buffer into the slots (the segmentation is the copy).
+//! A finished packet is sealed one read late: a read is inspected first (its flow's slot in the flow table
+//! fetched in the background), then the packet read before it is sealed, then it is decided and waits in
+//! its slot, its sealed length kept, so the slot's cache miss (the common case with many flows) overlaps an
+//! AEAD instead of stalling the route cache. The flush, an SA command and a read through the spill buffer
+//! seal the waiting packet first: the order of the reads and each packet's SA are kept.
 //! The sequence numbers of all of a read's segments are reserved with one atomic step. A capped uplink's
 //! datagrams pass its token bucket (sent, held briefly, or dropped). A full batch, and the batch once the
 //! device is drained, goes out per uplink: runs of equal-size datagrams of one tunnel (the last may be
