@@ -153,8 +153,7 @@ enum Cmd {
         /// Distinct flows (1 to 16384). Above the 256 packets of a round, each round takes the next 256
         /// flows' packets: the flow table's look is then a cache miss more often than not, as on a gateway
         /// with many flows.
-        #[arg(long, default_value_t = crate::bench::FLOWS,
-              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::bench::MAX_FLOWS as u64))]
+        #[arg(long, default_value_t = crate::bench::FLOWS, value_parser = flows_parser())]
         flows: usize,
         /// Real UDP sockets on loopback: a sender thread seals and sends, a receiver thread opens.
         #[arg(long)]
@@ -280,6 +279,11 @@ enum LabTool {
 }
 
 /// Parses arguments, runs the command, returns the exit code.
+/// `braid bench --flows`: 1 to [`crate::bench::MAX_FLOWS`].
+fn flows_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=crate::bench::MAX_FLOWS as u64)
+}
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
