@@ -666,12 +666,11 @@ impl OutboundPath {
         let inspected = self.inspect(read);
         // The packet waiting in its slot goes into the batch first: the batch keeps the order of the reads.
         self.settle();
-        let Some((mut segments, mut seq)) = inspected.and_then(|i| self.decide(read, &i, wire))
+        let source = Source::Packet(&read[VNET_HDR_LEN..]);
+        let Some((segments, mut seq)) = inspected.and_then(|i| self.decide(read, &i, source, wire))
         else {
             return;
         };
-        let pkt = &read[VNET_HDR_LEN..];
-        segments.pkt = Some(pkt);
         let count = segments.plan.count();
         let mut i = 0;
         while i < count {
@@ -708,12 +707,12 @@ impl OutboundPath {
         };
         // The batch buffer is taken out while the read in it is decided on (a move), and put back.
         let buf = std::mem::take(&mut self.batch.buf);
-        let decided = self.decide(&buf[start..start + n], &inspected, wire);
+        let slot = Source::Slot(self.batch.end);
+        let decided = self.decide(&buf[start..start + n], &inspected, slot, wire);
         self.batch.buf = buf;
-        let Some((mut segments, seq)) = decided else {
+        let Some((segments, seq)) = decided else {
             return;
         };
-        segments.slot = self.batch.end;
         self.batch.end += braid_crypto::sealed_len(segments.plan.segment_len(0));
         self.batch.pending = Some(Pending { segments, seq });
     }
@@ -753,18 +752,19 @@ impl OutboundPath {
 
     /// Decides what happens to one `inspected` read, once for all its segments (they share the 5-tuple): routed,
     /// given a tunnel, an SA and the segments' sequence numbers, checked against the tunnel MTU. Returns the
-    /// segments to seal (their source not yet set), or `None` when the read was dropped, held for the next SA,
+    /// segments to seal from `source`, or `None` when the read was dropped, held for the next SA,
     /// or answered with an ICMP "too big" (each counted).
     ///
     /// Always inlined: its result, returned through the stack, was read back by loads wider than the stores
     /// that wrote it (a store-forwarding stall, ~9 ns a packet in `braid bench`).
     #[inline(always)]
-    fn decide(
+    fn decide<'a>(
         &mut self,
         read: &[u8],
         inspected: &Inspected,
+        source: Source<'a>,
         wire: &mut impl Wire,
-    ) -> Option<(Segments<'static>, SeqRange)> {
+    ) -> Option<(Segments<'a>, SeqRange)> {
         let pkt = &read[VNET_HDR_LEN..];
         let Inspected { inner, plan, flow } = inspected;
         let count = plan.count();
@@ -836,8 +836,7 @@ impl OutboundPath {
         let segments = Segments {
             t,
             plan: *plan,
-            pkt: None,
-            slot: 0,
+            source,
             next: if inner.version == 4 {
                 NextHeader::Ipv4
             } else {
@@ -878,19 +877,19 @@ impl OutboundPath {
         let mut i = from;
         while i < count {
             let len = s.plan.segment_len(i);
-            let slot = match s.pkt {
-                Some(_) if !batch.fits(len) => break,
-                Some(_) => batch.end,
+            let slot = match s.source {
+                Source::Packet(_) if !batch.fits(len) => break,
+                Source::Packet(_) => batch.end,
                 // Read into its slot, whose room was kept.
-                None => s.slot,
+                Source::Slot(slot) => slot,
             };
             i += 1;
-            match s.pkt {
-                Some(pkt) => {
+            match s.source {
+                Source::Packet(pkt) => {
                     s.plan.write(pkt, i - 1, &mut batch.buf[slot + HEADROOM..]);
                 }
                 // Read into this slot: finished where it lies.
-                None => {
+                Source::Slot(_) => {
                     s.plan
                         .finish_in_place(&mut batch.buf[slot + HEADROOM..slot + HEADROOM + len]);
                 }
@@ -953,11 +952,11 @@ impl OutboundPath {
                 inner_len: len,
                 gso: s.gso,
             });
-            match s.pkt {
-                Some(_) => batch.end = esp.end,
-                None => debug_assert_eq!(
+            match s.source {
+                Source::Packet(_) => batch.end = esp.end,
+                Source::Slot(slot) => debug_assert_eq!(
                     esp.end,
-                    s.slot + braid_crypto::sealed_len(len),
+                    slot + braid_crypto::sealed_len(len),
                     "its kept room"
                 ),
             }
@@ -1283,14 +1282,21 @@ struct Inspected {
 struct Segments<'a> {
     t: usize,
     plan: Plan,
-    /// The packet they are written from, or `None` for a finished packet read into a slot of the batch.
-    pkt: Option<&'a [u8]>,
-    /// Where that slot starts (its packet at `slot + HEADROOM`), when `pkt` is `None`.
-    slot: usize,
+    source: Source<'a>,
     next: NextHeader,
     gso: bool,
     on_wire_extra: usize,
     now: Option<Instant>,
+}
+
+/// Where a read's segments come from.
+#[derive(Copy, Clone)]
+enum Source<'a> {
+    /// A finished packet the TUN device read into the batch's slot starting here (the packet at
+    /// `slot + HEADROOM`): sealed where it lies.
+    Slot(usize),
+    /// The packet they are written from into the batch (a super-packet, or a read larger than the slot).
+    Packet(&'a [u8]),
 }
 
 /// Applies one command to an outbound worker's tunnels and answers it (the caller may have stopped waiting:

@@ -69,16 +69,23 @@ impl FlowTable {
         }
     }
 
+    /// Where flow `key`'s slot is.
+    #[inline]
+    fn index(&self, key: &FlowKey) -> usize {
+        key.index(self.seed) as usize & (FLOW_SLOTS - 1)
+    }
+
     #[inline]
     fn slot(&mut self, key: &FlowKey) -> &mut FlowSlot {
-        &mut self.slots[key.index(self.seed) as usize & (FLOW_SLOTS - 1)]
+        let i = self.index(key);
+        &mut self.slots[i]
     }
 
     /// Starts fetching flow `key`'s slot into the cache, for a [`cached`](Self::cached) or
     /// [`lookup`](Self::lookup) a little later (a slot of a large table is a cache miss more often than not).
     #[inline]
     pub fn prefetch(&self, key: &FlowKey) {
-        crate::sys::prefetch(&self.slots[key.index(self.seed) as usize & (FLOW_SLOTS - 1)]);
+        crate::sys::prefetch(&self.slots[self.index(key)]);
     }
 
     /// The tunnel the flow `key` took, if it was seen within [`FLOW_IDLE_S`] of `now_s` and its tunnel was
@@ -292,10 +299,9 @@ mod tests {
 
     /// A flow other than `of` whose key lands in `of`'s slot of `t`.
     fn same_slot(t: &FlowTable, of: &FlowKey) -> FlowKey {
-        let slot = |k: &FlowKey| k.index(t.seed) as usize & (FLOW_SLOTS - 1);
         (0u64..)
             .map(key)
-            .find(|k| k != of && slot(k) == slot(of))
+            .find(|k| k != of && t.index(k) == t.index(of))
             .expect("a key in that slot")
     }
 
