@@ -17,7 +17,7 @@
 //!   tests, `ETHTOOL_SGRO` on an interface and running a closure inside a network namespace.
 //! - `sendmmsg(2)` of batches of UDP messages, with UDP GSO (`UDP_SEGMENT`) where a message is a run of
 //!   equal-size datagrams ([`send_batch`]).
-//! - the AVX2 build of the checksum loop where the CPU has AVX2 ([`wide`]);
+//! - the AVX2 build of the checksum loops where the CPU has AVX2 ([`wide`]);
 //! - for the outbound path's flow table: a cache prefetch hint ([`prefetch`]) and a table on transparent huge
 //!   pages ([`HugeArray`]: an aligned allocation and `madvise(MADV_HUGEPAGE)`).
 //!
@@ -291,7 +291,7 @@ pub fn prefetch<T>(value: &T) {
 }
 
 /// Runs `f` with the code it inlines compiled for AVX2 when this CPU has it (std checks once and caches the
-/// answer), else as it is: for the checksum loop ([`crate::gso::sum`]), which the compiler then vectorises twice as
+/// answer), else as it is: the checksum loops ([`crate::gso::sum`]), which the compiler then vectorises twice as
 /// wide as for the baseline x86-64 target.
 #[inline]
 pub fn wide<R>(f: impl FnOnce() -> R) -> R {
