@@ -350,26 +350,9 @@ fn ipv6_transport(pkt: &[u8], len: usize) -> Result<(usize, u8), GsoError> {
 }
 
 /// The ones' complement sum (RFC 1071) of `data` as 16-bit big-endian words, added to `initial`, not folded.
-/// Fine for any `data` up to 4 GiB. A segment's worth and more is summed with AVX2 where the CPU has it
-/// ([`crate::sys::wide`]).
+/// Fine for any `data` up to 4 GiB.
 #[inline]
 pub fn sum(initial: u64, data: &[u8]) -> u64 {
-    if data.len() >= WIDE_MIN {
-        crate::sys::wide(
-            #[inline(always)]
-            || sum_portable(initial, data),
-        )
-    } else {
-        sum_portable(initial, data)
-    }
-}
-
-/// Octets from which [`sum`] takes the AVX2 build of its loop.
-const WIDE_MIN: usize = 256;
-
-/// [`sum`] as compiled for the target (inlined into [`crate::sys::wide`]'s AVX2 build too).
-#[inline(always)]
-fn sum_portable(initial: u64, data: &[u8]) -> u64 {
     // The bulk in host byte order, 32-bit words into 64-bit accumulators (no carry is lost below 2^32 words);
     // the one's complement sum is byte-order independent (RFC 1071 2.B), so folding it to 16 bits and swapping
     // the bytes gives the big-endian sum. Sixteen independent accumulators over 64-octet blocks: a reduction
@@ -411,7 +394,6 @@ fn sum_portable(initial: u64, data: &[u8]) -> u64 {
 #[inline]
 pub fn copy_sum(initial: u64, src: &[u8], dst: &mut [u8]) -> u64 {
     assert_eq!(src.len(), dst.len(), "copy_sum of unequal lengths");
-    // (An AVX2 build of this loop, as `sum` has, measured no faster: the copy bounds it.)
     let mut blocks = src.chunks_exact(64);
     let mut out = dst.chunks_exact_mut(64);
     let mut lanes = [0u64; 16];
@@ -430,7 +412,7 @@ pub fn copy_sum(initial: u64, src: &[u8], dst: &mut [u8]) -> u64 {
     while folded > 0xffff {
         folded = (folded & 0xffff) + (folded >> 16);
     }
-    sum_portable(initial + u16::from_be(folded as u16) as u64, rest)
+    sum(initial + u16::from_be(folded as u16) as u64, rest)
 }
 
 /// Folds a [`sum`] to 16 bits and complements it: the checksum to put in a header.
@@ -478,8 +460,6 @@ mod tests {
                     let d = &data[off..off + len];
                     assert_eq!(fold(sum(0, d)), rfc1071(&[d]), "len {len} offset {off}");
                     assert_eq!(fold(sum(0, d)), crate::wire::checksum(0, d), "len {len}");
-                    // The build for CPUs without AVX2, whatever this one has.
-                    assert_eq!(sum_portable(7, d), sum(7, d), "len {len} offset {off}");
                     let initial = 0x1_2345u64;
                     let init_bytes = [0x00, 0x01, 0x23, 0x45];
                     if len % 2 == 0 {

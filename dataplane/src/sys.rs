@@ -17,7 +17,6 @@
 //!   tests, `ETHTOOL_SGRO` on an interface and running a closure inside a network namespace.
 //! - `sendmmsg(2)` of batches of UDP messages, with UDP GSO (`UDP_SEGMENT`) where a message is a run of
 //!   equal-size datagrams ([`send_batch`]).
-//! - the AVX2 build of the checksum loops where the CPU has AVX2 ([`wide`]);
 //! - for the outbound path's flow table: a cache prefetch hint ([`prefetch`]) and a table on transparent huge
 //!   pages ([`HugeArray`]: an aligned allocation and `madvise(MADV_HUGEPAGE)`).
 //!
@@ -288,23 +287,6 @@ pub fn prefetch<T>(value: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = value;
-}
-
-/// Runs `f` with the code it inlines compiled for AVX2 when this CPU has it (std checks once and caches the
-/// answer), else as it is: the checksum loops ([`crate::gso::sum`]), which the compiler then vectorises twice as
-/// wide as for the baseline x86-64 target.
-#[inline]
-pub fn wide<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: this CPU has AVX2 (checked just above), all `with_avx2` assumes.
-        return unsafe { with_avx2(f) };
-    }
-    f()
 }
 
 /// The size and alignment of a transparent huge page on x86-64 (and of the arrays [`HugeArray`] makes).
