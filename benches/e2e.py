@@ -19,6 +19,9 @@ Setups (`--only a,b,...`; default all):
   boringtun   boringtun-cli (crates.io) with `--threads 1`, configured with `wg`
   strongswan  strongSwan charon-systemd + kernel-libipsec, AES-256-GCM-16, one charon per namespace with its
               own STRONGSWAN_CONF and a private /run (as tests/ike_interop.rs)
+  braid-no-aead   only with `--ceiling BIN`: braid as `braid`, but BIN, a build with benches/null-aead.patch (no
+              encryption at all): what the rest of the path allows end to end on this machine, the ceiling of
+              any AEAD speed-up. benches/ceiling.sh builds it and runs it beside the others.
 A setup whose tools are missing, or that fails, is reported with the reason and the rest still run.
 
 Prints a table, braid's ratio to each other setup, and writes the results as JSON (`--json FILE`, default
@@ -47,6 +50,8 @@ SITE_A, SITE_B = "192.0.2.1", "203.0.113.1"
 NET_A, NET_B = "192.0.2.0/24", "203.0.113.0/24"
 IN_A, IN_B = "169.254.0.1", "169.254.0.2"
 SETUPS = ["plain", "braid", "braid-ike", "boringtun", "strongswan"]
+# Run only when asked for with --ceiling (a build that does not encrypt).
+CEILING = "braid-no-aead"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
 
@@ -234,9 +239,10 @@ routes = ["{routes}"]
     return cfg
 
 
-def setup_braid(lab, opts, ike=False):
-    if not os.access(opts.braid, os.X_OK):
-        raise Skip(f"no braid binary at {opts.braid} (build with `cargo build --release` or pass --braid)")
+def setup_braid(lab, opts, ike=False, binary=None):
+    binary = binary or opts.braid
+    if not os.access(binary, os.X_OK):
+        raise Skip(f"no braid binary at {binary} (build with `cargo build --release` or pass --braid)")
     k_ab, k_ba = os.urandom(36).hex(), os.urandom(36).hex()
     write_private(os.path.join(lab.dir, "a.out.key"), k_ab)
     write_private(os.path.join(lab.dir, "b.in.key"), k_ab)
@@ -248,7 +254,7 @@ def setup_braid(lab, opts, ike=False):
         path = os.path.join(lab.dir, f"{side}.toml")
         with open(path, "w") as f:
             f.write(braid_config(side, opts, ike))
-        procs[side] = lab.spawn(ns, [opts.braid, "run", "-c", path], f"braid-{side}.log")
+        procs[side] = lab.spawn(ns, [binary, "run", "-c", path], f"braid-{side}.log")
     for side, ns, net, src in (("a", NS_A, NET_B, SITE_A), ("b", NS_B, NET_A, SITE_B)):
         try:
             wait_until(
@@ -439,6 +445,7 @@ SETUP_FNS = {
     "braid-ike": lambda lab, opts: setup_braid(lab, opts, ike=True),
     "boringtun": setup_boringtun,
     "strongswan": setup_strongswan,
+    CEILING: lambda lab, opts: setup_braid(lab, opts, binary=opts.ceiling),
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -574,18 +581,18 @@ def fmt_cpu(c):
 
 
 def table(results):
-    head = (f"{'setup':<11} {'TCP 1':>7} {'CPU a/b %':>10} {'TCP 4':>7} {'CPU a/b %':>10} "
+    head = (f"{'setup':<13} {'TCP 1':>7} {'CPU a/b %':>10} {'TCP 4':>7} {'CPU a/b %':>10} "
             f"{'UDP':>7} {'kpps':>7} {'loss%':>6} {'CPU a/b %':>10} {'load':>5}")
     lines = [head, "-" * len(head)]
     for r in results:
         if r["status"] != "ok":
-            lines.append(f"{r['setup']:<11} {r['status']}: {r['reason'].splitlines()[0][:90]}")
+            lines.append(f"{r['setup']:<13} {r['status']}: {r['reason'].splitlines()[0][:90]}")
             continue
         t1, t4 = r["tcp1"], r["tcp4"]
         best = (r.get("udp") or {}).get("best")
         udp = (f"{best['gbit_s']:>7.3f} {best['kpps']:>7.1f} {best['loss_pct']:>6.2f} {fmt_cpu(best['cpu_pct']):>10}"
                if best else f"{'-':>7} {'-':>7} {'-':>6} {'-':>10}")
-        lines.append(f"{r['setup']:<11} {t1['gbit_s']:>7.3f} {fmt_cpu(t1['cpu_pct']):>10} {t4['gbit_s']:>7.3f} "
+        lines.append(f"{r['setup']:<13} {t1['gbit_s']:>7.3f} {fmt_cpu(t1['cpu_pct']):>10} {t4['gbit_s']:>7.3f} "
                      f"{fmt_cpu(t4['cpu_pct']):>10} {udp} {t1['load1']:>5.2f}")
     lines.append("Gbit/s of inner payload (iperf3's receiver); UDP = highest rate with <= 1% loss; CPU = endpoint "
                  "process a / b, % of one core; load = 1-min load average before the TCP 1 run")
@@ -600,7 +607,7 @@ def ratios(results):
         return {"tcp1": r["tcp1"]["gbit_s"], "tcp4": r["tcp4"]["gbit_s"], "udp": best["gbit_s"] if best else None}
 
     out = {}
-    for mine in ("braid", "braid-ike"):
+    for mine in ("braid", "braid-ike", CEILING):
         if mine not in ok:
             continue
         m = figs(ok[mine])
@@ -631,12 +638,20 @@ def main():
                          "strongSwan's device via `ip link`); default: each as shipped (braid 2000, Linux 500)")
     ap.add_argument("--braid", default=os.environ.get("BRAID", os.path.join(TARGET, "release/braid")))
     ap.add_argument("--boringtun", default=os.environ.get("BORINGTUN"), help="boringtun-cli binary")
+    ap.add_argument("--ceiling", default=None, metavar="BIN",
+                    help=f"a braid built with benches/null-aead.patch (NO encryption): adds setup {CEILING} after "
+                         "braid (benches/ceiling.sh builds it)")
     ap.add_argument("--no-build", action="store_true", help="do not run `cargo build --release` first")
     ap.add_argument("--json", default=None, help="results file (default target/e2e-<time>.json)")
     opts = ap.parse_args()
     opts.udp_len = opts.udp_len or opts.mtu - 28
     only = [s.strip() for s in opts.only.split(",") if s.strip()]
-    unknown = [s for s in only if s not in SETUPS]
+    if opts.ceiling and CEILING not in only:
+        at = only.index("braid") + 1 if "braid" in only else len(only)
+        only.insert(at, CEILING)
+    if CEILING in only and not opts.ceiling:
+        ap.error(f"{CEILING} needs --ceiling BIN (benches/ceiling.sh)")
+    unknown = [s for s in only if s not in SETUPS + [CEILING]]
     if unknown:
         ap.error(f"unknown setup(s) {unknown}; known: {SETUPS}")
     if os.geteuid() != 0:
@@ -687,7 +702,7 @@ def main():
     if rat:
         print("\nbraid's ratio (TCP 1 / TCP 4 / UDP):")
         for k, v in rat.items():
-            print(f"  {k:<22} " + " / ".join("-" if v[x] is None else f"x{v[x]:.2f}" for x in ("tcp1", "tcp4", "udp")))
+            print(f"  {k:<26} " + " / ".join("-" if v[x] is None else f"x{v[x]:.2f}" for x in ("tcp1", "tcp4", "udp")))
     report = {"started": started, "machine": m, "options": {k: v for k, v in vars(opts).items()},
               "results": results, "ratios": rat}
     path = opts.json or os.path.join(TARGET, f"e2e-{time.strftime('%Y%m%d-%H%M%S')}.json")
