@@ -31,7 +31,10 @@
 //!   1024-packet window) and the open in place, the inner-packet checks (version, length, the source allowed
 //!   on that tunnel), the TUN queue, GRO coalescing where packets allow it, the TUN writes and the counters
 //!   once per batch.
-//! - **raw ring AEAD seal** over the same number of octets with an 8-octet AAD: the ceiling.
+//! - **raw ring AEAD seal** over the same number of octets with an 8-octet AAD: the reference the fast path's
+//!   target is stated against (80% of it). braid's ESP seals with aws-lc-rs, whose AES-GCM is faster than
+//!   ring's on CPUs with AVX-512 and VAES, so the path can pass 100% of it; the path's own cost shows against
+//!   the ESP seal line (`outbound_vs_esp_seal`).
 //! - **ESP seal**: the four tunnels' SAs sealing packets of that size in turn, each in its own buffer
 //!   ([`OutboundSa::seal_next`] after one [`OutboundSa::reserve`]): ESP's header, padding, trailer, nonce and AAD
 //!   around the same AEAD, without the path. Where it stays at the raw figure, the outbound path's distance from
@@ -196,7 +199,7 @@ pub struct SyntheticReport {
     pub batch: usize,
     pub flows: usize,
     pub machine: Machine,
-    /// ring's AEAD seal alone over `size` octets: the ceiling.
+    /// ring's AEAD seal alone over `size` octets: the reference of the ratios `*_vs_raw`.
     pub raw_seal: Rate,
     /// The SAs' ESP seal alone (framing and AEAD, no path) over `size` octets.
     pub esp_seal: Rate,
@@ -211,6 +214,8 @@ pub struct SyntheticReport {
     pub outbound_vs_raw: f64,
     pub outbound_tso_vs_raw: f64,
     pub inbound_vs_raw: f64,
+    /// outbound packets/s over ESP seal packets/s: the path's own cost, against braid's own AEAD.
+    pub outbound_vs_esp_seal: f64,
     /// Packets per tunnel in the outbound batch (the 4-member group's spread).
     pub tunnel_spread: Vec<usize>,
 }
@@ -297,16 +302,20 @@ fn print_synthetic(r: &SyntheticReport) {
         "  {} packets per round, {} flows (UDP + TCP) over a 4-member group (per tunnel: {:?}); median round, mean Gbit/s in ()",
         r.batch, r.flows, r.tunnel_spread
     );
-    rate_line("raw ring AEAD seal (ceiling)", &r.raw_seal, "");
+    rate_line("raw ring AEAD seal (reference)", &r.raw_seal, "");
     rate_line(
-        "ESP seal: framing + AEAD",
+        "ESP seal: framing + aws-lc AEAD",
         &r.esp_seal,
         &format!("  {:.0}% of raw", r.esp_seal_vs_raw * 100.0),
     );
     rate_line(
         "outbound: inspect..seal..queue",
         &r.outbound,
-        &format!("  {:.0}% of raw", r.outbound_vs_raw * 100.0),
+        &format!(
+            "  {:.0}% of raw, {:.0}% of ESP seal",
+            r.outbound_vs_raw * 100.0,
+            r.outbound_vs_esp_seal * 100.0
+        ),
     );
     rate_line(
         "outbound TSO: segment..seal",
@@ -997,6 +1006,11 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         outbound_vs_raw: ratio(&outbound),
         outbound_tso_vs_raw: ratio(&outbound_tso),
         inbound_vs_raw: ratio(&inbound),
+        outbound_vs_esp_seal: if esp_seal.mpps > 0.0 {
+            outbound.mpps / esp_seal.mpps
+        } else {
+            0.0
+        },
         raw_seal: raw,
         esp_seal,
         outbound,

@@ -184,7 +184,7 @@ fn bench_runs_and_prints_sane_numbers() {
             );
             assert!(v[dir]["packets"].as_u64().unwrap() >= 256);
         }
-        for ratio in ["esp_seal_vs_raw", "outbound_vs_raw"] {
+        for ratio in ["esp_seal_vs_raw", "outbound_vs_raw", "outbound_vs_esp_seal"] {
             let r = v[ratio].as_f64().unwrap();
             assert!(r > 0.0 && r < 1.5, "{ratio} {r}");
         }
