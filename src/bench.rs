@@ -37,8 +37,8 @@
 //!   the ESP seal line (`outbound_vs_esp_seal`).
 //! - **ESP seal**: the four tunnels' SAs sealing packets of that size in turn, each in its own buffer
 //!   ([`OutboundSa::seal_next`] after one [`OutboundSa::reserve`]): ESP's header, padding, trailer, nonce and AAD
-//!   around the same AEAD, without the path. Where it stays at the raw figure, the outbound path's distance from
-//!   raw is the path's own work.
+//!   around braid's AEAD (aws-lc-rs), without the path: the outbound path's distance from it is the path's own
+//!   work.
 //!
 //! Each direction runs on one thread, so the figures are per core. `--loopback` sends the sealed datagrams
 //! for real, from a sender thread (A's outbound path) to a receiver thread (B's inbound path) over UDP
