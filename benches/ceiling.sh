@@ -18,7 +18,7 @@ cleanup() {
 }
 trap cleanup EXIT
 git -C "$repo" worktree add -q --detach "$tree" HEAD
-git -C "$tree" apply "$repo/benches/null-aead.patch" || {
+git -C "$tree" apply -3 "$repo/benches/null-aead.patch" || {
     echo "benches/null-aead.patch no longer applies to HEAD's crypto/src/esp.rs: update it" >&2
     exit 1
 }
