@@ -102,7 +102,7 @@ fn packets(inbound: &mut InboundSa, mut rest: &[u8]) {
     }
 }
 
-fn round_trip(mut outbound: OutboundSa, mut inbound: InboundSa, rest: &[u8]) {
+fn round_trip(outbound: OutboundSa, mut inbound: InboundSa, rest: &[u8]) {
     let [headroom, tailroom, flags, inner @ ..] = rest else {
         return;
     };
@@ -131,7 +131,7 @@ fn round_trip(mut outbound: OutboundSa, mut inbound: InboundSa, rest: &[u8]) {
 }
 
 #[cfg(fuzzing)]
-fn authentic_plaintext(mut outbound: OutboundSa, mut inbound: InboundSa, plaintext: &[u8]) {
+fn authentic_plaintext(outbound: OutboundSa, mut inbound: InboundSa, plaintext: &[u8]) {
     let mut buf = vec![0u8; HEADROOM + plaintext.len() + 16];
     buf[HEADROOM..HEADROOM + plaintext.len()].copy_from_slice(plaintext);
     let esp = outbound
