@@ -653,7 +653,7 @@ def main():
         ap.error(f"{CEILING} needs --ceiling BIN (benches/ceiling.sh)")
     unknown = [s for s in only if s not in SETUPS + [CEILING]]
     if unknown:
-        ap.error(f"unknown setup(s) {unknown}; known: {SETUPS}")
+        ap.error(f"unknown setup(s) {unknown}; known: {SETUPS + [CEILING]}")
     if os.geteuid() != 0:
         sys.exit("benches/e2e.py needs root (network namespaces); run it with sudo")
     if not shutil.which("iperf3"):

@@ -988,9 +988,10 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         "every packet delivered"
     );
 
-    let ratio = |r: &Rate| {
-        if raw.mpps > 0.0 {
-            r.mpps / raw.mpps
+    // Packets/s of `r` over those of `base` (0 where the base measured nothing).
+    let share = |r: &Rate, base: &Rate| {
+        if base.mpps > 0.0 {
+            r.mpps / base.mpps
         } else {
             0.0
         }
@@ -1002,15 +1003,11 @@ pub fn synthetic(opts: &BenchOptions) -> SyntheticReport {
         batch: BATCH,
         flows,
         machine,
-        esp_seal_vs_raw: ratio(&esp_seal),
-        outbound_vs_raw: ratio(&outbound),
-        outbound_tso_vs_raw: ratio(&outbound_tso),
-        inbound_vs_raw: ratio(&inbound),
-        outbound_vs_esp_seal: if esp_seal.mpps > 0.0 {
-            outbound.mpps / esp_seal.mpps
-        } else {
-            0.0
-        },
+        esp_seal_vs_raw: share(&esp_seal, &raw),
+        outbound_vs_raw: share(&outbound, &raw),
+        outbound_tso_vs_raw: share(&outbound_tso, &raw),
+        inbound_vs_raw: share(&inbound, &raw),
+        outbound_vs_esp_seal: share(&outbound, &esp_seal),
         raw_seal: raw,
         esp_seal,
         outbound,
